@@ -1,0 +1,124 @@
+"""The codec interface: one class per codec, parameters declared, per-tensor payloads.
+
+A codec only turns one float32 array into payload bytes and back. The container
+(:mod:`splitcomp.codecs.container`) adds everything else a decoder needs: codec id,
+parameters, shapes, dtypes and a CRC, so a bitstream is self-describing.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from .errors import DEFAULT_LIMITS, DecodeLimits
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared codec parameter. ``kind`` is one of int, float, bool, str (with choices).
+
+    Floats are stored as float32 on the wire; the codec rounds them the same way on
+    construction, so the encoder and the decoder see identical values.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    doc: str = ""
+
+    def coerce(self, value: Any) -> Any:
+        if self.kind is bool:
+            if not isinstance(value, (bool, np.bool_, int)):
+                raise TypeError(f"{self.name}: expected bool, got {value!r}")
+            return bool(value)
+        if self.kind is int:
+            if isinstance(value, bool) or int(value) != value:
+                raise TypeError(f"{self.name}: expected int, got {value!r}")
+            value = int(value)
+        elif self.kind is float:
+            value = float(np.float32(value))
+        elif self.kind is str:
+            if value not in self.choices:
+                raise ValueError(f"{self.name}: expected one of {self.choices}, got {value!r}")
+            return value
+        if self.low is not None and value < self.low:
+            raise ValueError(f"{self.name}={value} below {self.low}")
+        if self.high is not None and value > self.high:
+            raise ValueError(f"{self.name}={value} above {self.high}")
+        return value
+
+
+TensorsLike = torch.Tensor | Sequence[torch.Tensor]
+
+
+class Codec(abc.ABC):
+    """Base class of every intermediate-feature codec.
+
+    Subclasses set ``params_spec``, implement :meth:`encode_array` / :meth:`decode_array`,
+    and register with :func:`~splitcomp.codecs.registry.register_codec`.
+    """
+
+    name: ClassVar[str] = ""
+    codec_id: ClassVar[int] = 0
+    lossless: ClassVar[bool] = False
+    params_spec: ClassVar[tuple[Param, ...]] = ()
+    #: name of the parameter that trades rate for fidelity (``--quality``), if any
+    quality_param: ClassVar[str | None] = None
+    #: values of ``quality_param`` from the lowest rate to the highest, for target searches
+    quality_grid: ClassVar[tuple[float, ...]] = ()
+
+    def __init__(self, **params: Any) -> None:
+        known = {p.name: p for p in self.params_spec}
+        unknown = set(params) - set(known)
+        if unknown:
+            raise TypeError(f"{self.name}: unknown parameter(s) {sorted(unknown)}")
+        self.params: dict[str, Any] = {
+            p.name: p.coerce(params.get(p.name, p.default)) for p in self.params_spec
+        }
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+    # -- public API ------------------------------------------------------------------
+    def encode(self, tensors: TensorsLike) -> bytes:
+        """Encode one tensor or a sequence of tensors into one self-describing bitstream."""
+        from .container import pack
+
+        return pack(self, tensors)
+
+    def decode(
+        self, data: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_LIMITS
+    ) -> tuple[torch.Tensor, ...]:
+        """Decode a bitstream made by this codec; returns the tensors in their original dtypes."""
+        from .container import unpack
+
+        return unpack(data, limits=limits, expect_codec=self.codec_id)
+
+    # -- what a codec implements -----------------------------------------------------
+    @abc.abstractmethod
+    def encode_array(self, x: np.ndarray) -> bytes:
+        """Payload for one float32, C-contiguous array (any shape, possibly empty)."""
+
+    @abc.abstractmethod
+    def decode_array(
+        self, payload: memoryview, shape: tuple[int, ...], limits: DecodeLimits
+    ) -> np.ndarray:
+        """Inverse of :meth:`encode_array`: a float32 array of ``shape``.
+
+        Must raise :class:`~splitcomp.codecs.errors.BitstreamError` for any payload it
+        cannot have produced, and never allocate more than ``shape`` (already checked
+        against ``limits``) or the payload size justify.
+        """
+
+    def error_bound(self, x: np.ndarray) -> float:
+        """Largest absolute error this codec allows itself on ``x`` (0 for lossless codecs)."""
+        return 0.0

@@ -1,0 +1,233 @@
+"""The one bitstream container every codec writes (format version 1, see docs/bitstream.md).
+
+    magic "SC" | version u8 | codec id u8 | params | n_tensors varint
+    | per tensor: dtype u8, ndim u8, dims varint... , payload length varint
+    | payloads, concatenated | CRC32 (u32 little-endian) of every preceding byte
+
+The CRC is checked before anything is parsed; every count is checked against
+:class:`DecodeLimits` before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .errors import DEFAULT_LIMITS, BitstreamError, DecodeLimits, require
+from .registry import codec_class_by_id
+from .wire import Reader, put_varint, unzigzag, zigzag
+
+if TYPE_CHECKING:
+    from .base import Codec, Param
+
+MAGIC = b"SC"
+FORMAT_VERSION = 1
+CRC_BYTES = 4
+
+DTYPE_CODES: dict[torch.dtype, int] = {
+    torch.float32: 1,
+    torch.float16: 2,
+    torch.bfloat16: 3,
+    torch.float64: 4,
+    torch.uint8: 10,
+    torch.int8: 11,
+    torch.int16: 12,
+    torch.int32: 13,
+    torch.int64: 14,
+    torch.bool: 15,
+}
+CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    payload_bytes: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the container says about a bitstream, without decoding any payload."""
+
+    codec_id: int
+    codec_name: str
+    params: dict[str, Any]
+    tensors: tuple[TensorInfo, ...]
+    header_bytes: int
+    total_bytes: int
+
+
+def _as_tensor_list(tensors: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    if isinstance(tensors, torch.Tensor):
+        return [tensors]
+    out = list(tensors)
+    for t in out:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"expected tensors, got {type(t).__name__}")
+    return out
+
+
+def encode_params(spec: Sequence[Param], params: dict[str, Any]) -> bytes:
+    out = bytearray()
+    for p in spec:
+        v = params[p.name]
+        if p.kind is bool:
+            out.append(1 if v else 0)
+        elif p.kind is int:
+            put_varint(out, zigzag(v))
+        elif p.kind is float:
+            out += struct.pack("<f", v)
+        elif p.kind is str:
+            out.append(p.choices.index(v))
+        else:  # pragma: no cover - guarded by Param
+            raise TypeError(p.kind)
+    return bytes(out)
+
+
+def decode_params(spec: Sequence[Param], r: Reader) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for p in spec:
+        if p.kind is bool:
+            b = r.u8()
+            require(b in (0, 1), f"param {p.name}: bad bool {b}")
+            params[p.name] = bool(b)
+        elif p.kind is int:
+            params[p.name] = unzigzag(r.varint())
+        elif p.kind is float:
+            (v,) = r.unpack("<f")
+            require(math.isfinite(v), f"param {p.name}: not finite")
+            params[p.name] = v
+        elif p.kind is str:
+            i = r.u8()
+            require(i < len(p.choices), f"param {p.name}: bad choice {i}")
+            params[p.name] = p.choices[i]
+    return params
+
+
+def pack(codec: Codec, tensors: torch.Tensor | Sequence[torch.Tensor]) -> bytes:
+    """Encode ``tensors`` with ``codec`` into one container bitstream."""
+    items = _as_tensor_list(tensors)
+    head = bytearray(MAGIC)
+    head.append(FORMAT_VERSION)
+    head.append(codec.codec_id)
+    head += encode_params(codec.params_spec, codec.params)
+    put_varint(head, len(items))
+    payloads: list[bytes] = []
+    for t in items:
+        t = t.detach()
+        if t.dtype not in DTYPE_CODES:
+            raise TypeError(f"unsupported dtype {t.dtype}")
+        t = t.cpu().contiguous()
+        if t.dtype in FLOAT_DTYPES:
+            arr = t.to(torch.float32).numpy()
+            payload = codec.encode_array(np.ascontiguousarray(arr))
+        else:  # integer / bool tensors crossing a cut are sent raw, losslessly
+            payload = t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).tobytes()
+        head.append(DTYPE_CODES[t.dtype])
+        head.append(t.dim())
+        for d in t.shape:
+            put_varint(head, int(d))
+        put_varint(head, len(payload))
+        payloads.append(payload)
+    body = bytes(head) + b"".join(payloads)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def read_header(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_LIMITS):
+    """Validate magic, version, CRC and limits; return (Header, codec instance, payload offset)."""
+    view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
+    n = len(view)
+    require(n <= limits.max_bytes, f"bitstream of {n} bytes exceeds limit {limits.max_bytes}")
+    require(n >= len(MAGIC) + 2 + CRC_BYTES, f"truncated: {n} bytes")
+    require(bytes(view[:2]) == MAGIC, "bad magic: not a splitcomp bitstream")
+    body_end = n - CRC_BYTES
+    (crc,) = struct.unpack("<I", view[body_end:])
+    require(zlib.crc32(view[:body_end]) == crc, "CRC mismatch: bitstream corrupted")
+    r = Reader(view, 2, body_end)
+    version = r.u8()
+    require(version == FORMAT_VERSION, f"unsupported format version {version}")
+    codec_id = r.u8()
+    cls = codec_class_by_id(codec_id)
+    require(cls is not None, f"unknown codec id {codec_id}")
+    params = decode_params(cls.params_spec, r)
+    try:
+        codec = cls(**params)
+    except (TypeError, ValueError) as e:
+        raise BitstreamError(f"bad parameters for {cls.name}: {e}") from None
+    n_tensors = r.varint()
+    require(n_tensors <= limits.max_tensors, f"{n_tensors} tensors exceeds limit")
+    infos = []
+    total_elements = 0
+    total_payload = 0
+    for _ in range(n_tensors):
+        code = r.u8()
+        require(code in CODE_DTYPES, f"unknown dtype code {code}")
+        ndim = r.u8()
+        require(ndim <= limits.max_ndim, f"ndim {ndim} exceeds limit")
+        shape = tuple(r.varint() for _ in range(ndim))
+        numel = math.prod(shape)
+        total_elements += numel
+        limits.check_elements(total_elements, "total elements")
+        size = r.varint()
+        total_payload += size
+        require(total_payload <= r.remaining(), "truncated: payloads exceed bitstream")
+        infos.append(TensorInfo(CODE_DTYPES[code], shape, size))
+    require(total_payload == r.remaining(), "payload lengths do not match bitstream size")
+    header = Header(codec_id, cls.name, codec.params, tuple(infos), r.pos, n)
+    return header, codec, r.pos
+
+
+def peek(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_LIMITS) -> Header:
+    """Read and check a bitstream's header without decoding payloads (for runtimes, tools)."""
+    return read_header(data, limits)[0]
+
+
+def unpack(
+    data: bytes | bytearray | memoryview,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    expect_codec: int | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Decode any container bitstream into tensors of the original shapes and dtypes."""
+    header, codec, pos = read_header(data, limits)
+    if expect_codec is not None:
+        require(header.codec_id == expect_codec, f"bitstream was made by {header.codec_name!r}")
+    view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
+    out = []
+    for info in header.tensors:
+        payload = view[pos : pos + info.payload_bytes]
+        pos += info.payload_bytes
+        if info.dtype in FLOAT_DTYPES:
+            try:
+                arr = codec.decode_array(payload, info.shape, limits)
+            except BitstreamError:
+                raise
+            except (ValueError, IndexError, OverflowError, RuntimeError, TypeError) as e:
+                raise BitstreamError(f"{header.codec_name}: corrupt payload ({e})") from None
+            require(
+                isinstance(arr, np.ndarray) and arr.shape == info.shape,
+                f"{header.codec_name}: decoded shape mismatch",
+            )
+            t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(info.dtype)
+        else:
+            np_dtype = torch.empty(0, dtype=info.dtype).numpy().dtype.newbyteorder("<")
+            require(
+                info.payload_bytes == info.numel * np_dtype.itemsize,
+                "raw tensor payload size mismatch",
+            )
+            arr = np.frombuffer(payload, dtype=np_dtype).reshape(info.shape).copy()
+            t = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="), copy=False))
+        out.append(t)
+    return tuple(out)

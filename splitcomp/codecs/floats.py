@@ -1,0 +1,65 @@
+"""Plain float baselines: fp32 (lossless reference), fp16 and bf16 (what frameworks ship)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Codec
+from .errors import DecodeLimits, require
+from .registry import register_codec
+
+FP16_MAX = 65504.0
+
+
+def _raw(payload: memoryview, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    itemsize = np.dtype(dtype).itemsize
+    n = int(np.prod(shape, dtype=np.int64))
+    require(len(payload) == n * itemsize, f"payload is {len(payload)} bytes, want {n * itemsize}")
+    return np.frombuffer(payload, dtype=dtype).reshape(shape)
+
+
+@register_codec("fp32", codec_id=1)
+class Float32Codec(Codec):
+    """The uncompressed reference: 32 bits per element, lossless for fp32/fp16/bf16 input."""
+
+    lossless = True
+
+    def encode_array(self, x: np.ndarray) -> bytes:
+        return x.astype("<f4", copy=False).tobytes()
+
+    def decode_array(self, payload, shape, limits: DecodeLimits) -> np.ndarray:
+        return _raw(payload, shape, "<f4").astype(np.float32)
+
+
+@register_codec("fp16", codec_id=2)
+class Float16Codec(Codec):
+    """IEEE half precision, 16 bits per element; saturates at +-65504 instead of overflowing."""
+
+    def encode_array(self, x: np.ndarray) -> bytes:
+        return np.clip(x, -FP16_MAX, FP16_MAX).astype("<f2").tobytes()
+
+    def decode_array(self, payload, shape, limits: DecodeLimits) -> np.ndarray:
+        return _raw(payload, shape, "<f2").astype(np.float32)
+
+    def error_bound(self, x: np.ndarray) -> float:
+        if x.size == 0:
+            return 0.0
+        m = float(np.max(np.abs(x)))
+        return max(m - FP16_MAX, 0.0) + min(m, FP16_MAX) * 2.0**-11 + 2.0**-25
+
+
+@register_codec("bf16", codec_id=3)
+class BFloat16Codec(Codec):
+    """bfloat16 (fp32 range, 8-bit mantissa), 16 bits per element, round to nearest even."""
+
+    def encode_array(self, x: np.ndarray) -> bytes:
+        bits = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy()
+        return bits.astype("<i2", copy=False).tobytes()
+
+    def decode_array(self, payload, shape, limits: DecodeLimits) -> np.ndarray:
+        bits = _raw(payload, shape, "<i2").astype(np.int16)
+        return torch.from_numpy(bits).view(torch.bfloat16).to(torch.float32).numpy()
+
+    def error_bound(self, x: np.ndarray) -> float:
+        return float(np.max(np.abs(x))) * 2.0**-8 if x.size else 0.0
