@@ -216,11 +216,11 @@ def unpack(
                 raise
             except (ValueError, IndexError, OverflowError, RuntimeError, TypeError) as e:
                 raise BitstreamError(f"{header.codec_name}: corrupt payload ({e})") from None
-            require(
-                isinstance(arr, np.ndarray) and arr.shape == info.shape,
-                f"{header.codec_name}: decoded shape mismatch",
-            )
-            t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(info.dtype)
+            arr = np.asarray(arr, dtype=np.float32)
+            require(arr.shape == info.shape, f"{header.codec_name}: decoded shape mismatch")
+            if not (arr.flags.c_contiguous and arr.flags.writeable):
+                arr = arr.copy(order="C")
+            t = torch.from_numpy(arr).to(info.dtype)
         else:
             np_dtype = torch.empty(0, dtype=info.dtype).numpy().dtype.newbyteorder("<")
             require(

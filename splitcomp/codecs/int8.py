@@ -66,7 +66,9 @@ class Int8Codec(Codec):
         scale = np.frombuffer(payload[: 4 * n_ch], "<f4").astype(np.float32)
         zp = np.frombuffer(payload[4 * n_ch : 5 * n_ch], np.uint8).astype(np.float32)
         require(bool(np.all(np.isfinite(scale))), "int8 scale not finite")
-        moved_shape = (shape[axis], *shape[:axis], *shape[axis + 1 :]) if axis is not None else shape
+        moved_shape = shape
+        if axis is not None:
+            moved_shape = (shape[axis], *shape[:axis], *shape[axis + 1 :])
         q = np.frombuffer(payload[5 * n_ch :], np.uint8).reshape(moved_shape).astype(np.float32)
         bshape = (-1,) + (1,) * (ndim - 1) if axis is not None else ()
         x = (q - zp.reshape(bshape)) * scale.reshape(bshape)
