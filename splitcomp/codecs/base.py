@@ -44,7 +44,9 @@ class Param:
                 raise TypeError(f"{self.name}: expected int, got {value!r}")
             value = int(value)
         elif self.kind is float:
-            value = float(np.float32(value))
+            # the shortest decimal that round-trips through float32: the decoder rebuilds the
+            # same value from the wire, and it prints as the user wrote it
+            value = float(str(np.float32(value)))
         elif self.kind is str:
             if value not in self.choices:
                 raise ValueError(f"{self.name}: expected one of {self.choices}, got {value!r}")
