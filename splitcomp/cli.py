@@ -9,6 +9,7 @@ import sys
 #: command name -> module exposing ``add_arguments(parser)`` and ``run(args) -> int``
 COMMANDS: dict[str, str] = {
     "codecs": "splitcomp.codecs.cli",
+    "candidates": "splitcomp.partition.cli",
     "eval": "splitcomp.bench.cli_eval",
     "demo": "splitcomp.bench.demo",
 }
