@@ -12,6 +12,7 @@ COMMANDS: dict[str, str] = {
     "candidates": "splitcomp.partition.cli",
     "eval": "splitcomp.bench.cli_eval",
     "demo": "splitcomp.bench.demo",
+    "serve": "splitcomp.runtime.cli_serve",
 }
 
 

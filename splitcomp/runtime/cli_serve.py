@@ -1,0 +1,116 @@
+"""Serve model tails to edge clients: ``splitcomp serve --model mobilenet_v2 --split S``.
+
+Each deployment is a zoo model cut at a split point; clients run the head, send the codec
+bitstream, and get the tail's output back (protocol: docs/protocol.md). ``--deploy`` adds
+more deployments to the same server. Prometheus metrics: ``GET /metrics`` on the same port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+import torch
+
+from .deployment import Deployment, zoo_deployment
+from .server import Server
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="zoo model name (e.g. mobilenet_v2, resnet20)")
+    p.add_argument("--split", help="where to cut: a module path such as features.14")
+    p.add_argument("--codec", default=None,
+                   help="comma-separated codecs the deployment accepts (default: any; the "
+                        "bitstream names its codec)")
+    p.add_argument("--deployment", default=None,
+                   help="name clients use for this deployment (default: the model name)")
+    p.add_argument("--weights", default="default",
+                   help="'default' (offline default weights), 'random', or a weights file")
+    p.add_argument("--deploy", action="append", default=[], metavar="NAME=MODEL:SPLIT[:CODECS]",
+                   help="another deployment (repeatable), e.g. r20=resnet20:layer2:slicer")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=8765, help="port (0: pick a free one)")
+    p.add_argument("--tokens", default=None, help="tokens file: one 'client_id token' a line")
+    p.add_argument("--tls-cert", default=None, help="certificate (PEM) to serve wss://")
+    p.add_argument("--tls-key", default=None, help="private key (PEM) of --tls-cert")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--max-frame-bytes", type=int, default=16 << 20)
+    p.add_argument("--max-inflight-per-client", type=int, default=256)
+    p.add_argument("--request-timeout", type=float, default=30.0, help="seconds in the queue")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (1 makes per-request CPU accounting exact)")
+    p.add_argument("--metrics-private", action="store_true",
+                   help="require a valid token for /metrics")
+
+
+def _deploy_specs(args: argparse.Namespace) -> list[tuple[str, str, str, list[str] | None]]:
+    specs = []
+    if args.model or args.split:
+        if not (args.model and args.split):
+            raise SystemExit("--model and --split go together")
+        codecs = args.codec.split(",") if args.codec else None
+        specs.append((args.deployment or args.model, args.model, args.split, codecs))
+    for spec in args.deploy:
+        name, eq, rest = spec.partition("=")
+        parts = rest.split(":")
+        if not eq or len(parts) not in (2, 3) or not all(parts[:2]):
+            raise SystemExit(f"--deploy {spec!r}: expected NAME=MODEL:SPLIT[:CODECS]")
+        codecs = parts[2].split(",") if len(parts) == 3 and parts[2] else None
+        specs.append((name, parts[0], parts[1], codecs))
+    if not specs:
+        raise SystemExit("nothing to serve: give --model and --split, or --deploy")
+    return specs
+
+
+def build_server(args: argparse.Namespace) -> Server:
+    """The server the arguments describe (models built and split, not started)."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    deployments: list[Deployment] = []
+    for name, model, at, codecs in _deploy_specs(args):
+        dep, _head = zoo_deployment(model, at, weights=args.weights, name=name, codecs=codecs,
+                                    max_batch_size=args.max_batch_size,
+                                    max_wait_ms=args.max_wait_ms)
+        deployments.append(dep)
+    return Server(deployments, args.host, args.port, tokens=args.tokens,
+                  tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
+                  max_frame_bytes=args.max_frame_bytes,
+                  max_inflight_per_client=args.max_inflight_per_client,
+                  request_timeout_s=args.request_timeout,
+                  metrics_public=not args.metrics_private)
+
+
+async def _serve(server: Server) -> None:
+    await server.start()
+    for dep in server.deployments.values():
+        print(f"deployment {dep!r}", flush=True)
+    print(f"listening on {server.url} (metrics: GET /metrics)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("shutting down", file=sys.stderr, flush=True)
+    await server.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    asyncio.run(_serve(build_server(args)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m splitcomp.runtime.cli_serve`` (same as ``splitcomp serve``)."""
+    p = argparse.ArgumentParser(prog="splitcomp serve", description=__doc__)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

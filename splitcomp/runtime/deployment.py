@@ -1,0 +1,312 @@
+"""A deployment: one tail served under a name. Decodes a batch of bitstreams, groups them by
+per-sample shapes, runs the tail once per group, splits the outputs and encodes each result.
+
+:meth:`Deployment.run_batch` is synchronous, transport-free and thread-confined (one call at a
+time), so the embedded server runs it in a worker thread and a Ray Serve replica can call it
+from a ``@serve.batch`` handler unchanged. It only reads bitstream headers
+(:func:`splitcomp.codecs.peek`) before handing the bytes to the codec.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import codecs as _codecs
+from ..codecs import BitstreamError, DecodeLimits, Header
+from .protocol import ErrorCode, check_name
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the tail takes for one crossing tensor: dtype, and the per-sample shape (the shape
+    without the batch dimension), or None when it may vary (e.g. sequence length)."""
+
+    dtype: torch.dtype
+    sample_shape: tuple[int, ...] | None
+    ndim: int
+
+
+class RequestError(Exception):
+    """Why one request failed (an error code and a message for the client)."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Reply:
+    """One request's outcome: ``result`` (a codec bitstream) or ``error``, and its figures."""
+
+    result: bytes | None = None
+    error: RequestError | None = None
+    batch_size: int = 0  #: samples in the tail call that computed it
+    decode_s: float = 0.0  #: this request's header check and decode
+    tail_s: float = 0.0  #: the whole tail call it took part in
+
+
+@dataclass
+class BatchReport:
+    """What one :meth:`Deployment.run_batch` did, for accounting (seconds, wall unless cpu)."""
+
+    replies: list[Reply]
+    tail_calls: list[int] = field(default_factory=list)  #: samples per tail call
+    decode_s: float = 0.0
+    decode_cpu_s: float = 0.0  #: CPU of the calling thread while decoding
+    tail_s: float = 0.0
+    tail_cpu_s: float = 0.0  #: CPU of the calling thread during tail calls
+    encode_s: float = 0.0  #: stacking, splitting and result encoding
+    worker_cpu_s: float = 0.0  #: filled in by a caller that measures its whole batch
+
+
+def _as_outputs(out: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(out, torch.Tensor):
+        return (out,)
+    if isinstance(out, Mapping):
+        out = tuple(out.values())
+    if isinstance(out, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in out):
+        return tuple(out)
+    raise TypeError(f"tail returned {type(out).__name__}, not tensors")
+
+
+def specs_from_split(tail: nn.Module) -> tuple[InputSpec, ...] | None:
+    """Input specs from a tail made by :func:`splitcomp.partition.split` (None otherwise).
+
+    Per-sample shapes are enforced for fx-traced tails (vision models, fixed input size);
+    exported tails (language models) may take other sequence lengths, so only dtypes and
+    ranks are checked there.
+    """
+    info = getattr(tail, "split_info", None)
+    if info is None:
+        return None
+    fixed = info.backend == "fx"
+    return tuple(InputSpec(c.dtype, tuple(c.shape[1:]) if fixed else None, len(c.shape))
+                 for c in info.crossing)
+
+
+class Deployment:
+    """A named tail with its batching and acceptance rules.
+
+    ``codecs``: names of the codecs whose bitstreams are accepted (None: any registered one).
+    ``limits``: decode limits per bitstream. ``input_specs``: ``"auto"`` (from the tail's
+    ``split_info``), None (no check) or one :class:`InputSpec` per tail input.
+    ``max_request_samples``: the largest batch one request may carry (TOO_LARGE beyond).
+    ``result_codec``: how results travel back; ``fp32`` (lossless, the default) or ``fp16``.
+    ``allowed_clients``: client ids (from the tokens file) allowed to use it (None: all).
+    """
+
+    def __init__(self, name: str, tail: nn.Module | Callable[..., Any], *,
+                 codecs: Iterable[str] | None = None,
+                 limits: DecodeLimits | None = None,
+                 max_batch_size: int = 32, max_wait_ms: float = 2.0,
+                 max_request_samples: int = 256,
+                 input_specs: Sequence[InputSpec] | str | None = "auto",
+                 result_codec: str = "fp32",
+                 allowed_clients: Iterable[str] | None = None) -> None:
+        check_name(name)
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self.name = name
+        self.tail = tail
+        if isinstance(tail, nn.Module):
+            tail.eval()
+        self.codecs = frozenset(codecs) if codecs is not None else None
+        for c in self.codecs or ():
+            _ = _codecs.codec_class(c)  # raises KeyError for an unknown name
+        self.limits = limits or _codecs.DEFAULT_LIMITS
+        self.max_batch_size = max_batch_size
+        self.max_wait_ms = max_wait_ms
+        self.max_request_samples = max_request_samples
+        if input_specs == "auto":
+            self.input_specs = specs_from_split(tail) if isinstance(tail, nn.Module) else None
+        elif isinstance(input_specs, str):
+            raise ValueError(f"input_specs: 'auto', None or a sequence, not {input_specs!r}")
+        else:
+            self.input_specs = tuple(input_specs) if input_specs is not None else None
+        if result_codec not in ("fp32", "fp16"):
+            raise ValueError("result_codec must be 'fp32' (lossless) or 'fp16'")
+        self.result_codec = _codecs.get(result_codec)
+        self.allowed_clients = frozenset(allowed_clients) if allowed_clients is not None else None
+
+    def __repr__(self) -> str:
+        return (f"Deployment({self.name!r}, max_batch_size={self.max_batch_size}, "
+                f"max_wait_ms={self.max_wait_ms}, codecs={sorted(self.codecs or []) or 'any'})")
+
+    # -- one request -----------------------------------------------------------------
+    def check_header(self, header: Header) -> int:
+        """Validate a bitstream header against this deployment; returns its batch size."""
+        if self.codecs is not None and header.codec_name not in self.codecs:
+            raise RequestError(ErrorCode.CODEC_NOT_ALLOWED,
+                               f"codec {header.codec_name!r} not accepted by {self.name!r} "
+                               f"(accepts {', '.join(sorted(self.codecs))})")
+        return self.check_inputs([(t.dtype, tuple(t.shape)) for t in header.tensors])
+
+    def check_inputs(self, tensors: Sequence[tuple[torch.dtype, tuple[int, ...]]]) -> int:
+        """Validate (dtype, shape) of each tensor sent against the tail's inputs; returns the
+        request's batch size."""
+        if not tensors or any(len(shape) == 0 for _, shape in tensors):
+            raise RequestError(ErrorCode.BAD_INPUT, "expected batched tensors (ndim >= 1)")
+        specs = self.input_specs
+        if specs is not None:
+            if len(tensors) != len(specs):
+                raise RequestError(ErrorCode.BAD_INPUT,
+                                   f"{len(tensors)} tensors sent, the tail takes {len(specs)}")
+            for i, ((dtype, shape), s) in enumerate(zip(tensors, specs, strict=True)):
+                if dtype != s.dtype or len(shape) != s.ndim or (
+                        s.sample_shape is not None and shape[1:] != s.sample_shape):
+                    want = ("B", *s.sample_shape) if s.sample_shape is not None else f"{s.ndim}-d"
+                    raise RequestError(ErrorCode.BAD_INPUT, f"tensor {i}: got {dtype} {shape}, "
+                                       f"the tail takes {s.dtype} {want}")
+        batch = tensors[0][1][0]
+        if batch > self.max_request_samples:
+            raise RequestError(ErrorCode.TOO_LARGE, f"batch of {batch} samples exceeds "
+                               f"{self.max_request_samples} per request")
+        return batch
+
+    def decode(self, data: bytes | memoryview) -> tuple[torch.Tensor, ...]:
+        """Decode one bitstream and check it fits the tail; raises :class:`RequestError`.
+
+        With a codec allow-list the header is read first (:func:`~splitcomp.codecs.peek`) so
+        no other codec's decoder ever runs; without one, the decoded tensors are checked
+        instead, which saves reading the header (and its CRC) twice.
+        """
+        try:
+            if self.codecs is not None:
+                self.check_header(_codecs.peek(data, self.limits))
+                return _codecs.decode(data, self.limits)
+            tensors = _codecs.decode(data, self.limits)
+        except BitstreamError as e:
+            raise RequestError(ErrorCode.BAD_BITSTREAM, str(e)) from None
+        self.check_inputs([(t.dtype, tuple(t.shape)) for t in tensors])
+        return tensors
+
+    # -- a batch ---------------------------------------------------------------------
+    def run_batch(self, bitstreams: Sequence[bytes | memoryview]) -> BatchReport:
+        """Decode, group, run the tail once per group (at most ``max_batch_size`` samples a
+        call), split and encode. Never raises for a bad request: each gets its own error."""
+        replies = [Reply() for _ in bitstreams]
+        report = BatchReport(replies)
+        inputs: list[tuple[torch.Tensor, ...] | None] = []
+        groups: dict[Any, list[int]] = {}
+        c0 = time.thread_time()
+        for i, data in enumerate(bitstreams):
+            t0 = time.perf_counter()
+            try:
+                tensors = self.decode(data)
+            except RequestError as e:
+                replies[i].error = e
+                tensors = None
+            except Exception as e:  # a codec bug must not take the batch down
+                replies[i].error = RequestError(ErrorCode.INTERNAL, f"decode failed: {e!r}"[:300])
+                tensors = None
+            replies[i].decode_s = time.perf_counter() - t0
+            report.decode_s += replies[i].decode_s
+            inputs.append(tensors)
+            if tensors is None:
+                continue
+            n = tensors[0].shape[0]
+            if all(t.dim() >= 1 and t.shape[0] == n for t in tensors):
+                key: Any = tuple((t.dtype, tuple(t.shape[1:])) for t in tensors)
+            else:
+                key = ("alone", i)  # not batch-first: never stacked with others
+            groups.setdefault(key, []).append(i)
+        report.decode_cpu_s = time.thread_time() - c0
+        for members in groups.values():
+            for call in self._chunks(members, inputs):
+                self._run_call(call, inputs, report)
+        return report
+
+    def _chunks(self, members: list[int], inputs: list) -> list[list[int]]:
+        calls: list[list[int]] = [[]]
+        size = 0
+        for i in members:
+            n = inputs[i][0].shape[0]
+            if calls[-1] and size + n > self.max_batch_size:
+                calls.append([])
+                size = 0
+            calls[-1].append(i)
+            size += n
+        return calls
+
+    def _run_call(self, call: list[int], inputs: list, report: BatchReport) -> None:
+        replies = report.replies
+        t0 = time.perf_counter()
+        sizes = [inputs[i][0].shape[0] for i in call]
+        if len(call) == 1:
+            stacked = inputs[call[0]]
+        else:
+            stacked = tuple(torch.cat(parts) for parts in zip(*(inputs[i] for i in call),
+                                                                  strict=True))
+        t1 = time.perf_counter()
+        c1 = time.thread_time()
+        try:
+            with torch.inference_mode():
+                outputs = _as_outputs(self.tail(*stacked))
+            error = None
+        except Exception as e:
+            outputs, error = (), e
+        t2 = time.perf_counter()
+        report.tail_cpu_s += time.thread_time() - c1
+        report.tail_s += t2 - t1
+        total = sum(sizes)
+        report.tail_calls.append(total)
+        if error is not None or (len(call) > 1 and not all(
+                o.dim() >= 1 and o.shape[0] == total for o in outputs)):
+            if len(call) > 1:  # isolate the request that breaks the tail: run each alone
+                report.encode_s += t1 - t0
+                report.tail_calls.pop()
+                for i in call:
+                    self._run_call([i], inputs, report)
+                return
+            replies[call[0]].error = RequestError(ErrorCode.INTERNAL,
+                                                  f"tail failed: {error!r}"[:300])
+            replies[call[0]].batch_size, replies[call[0]].tail_s = total, t2 - t1
+            return
+        parts = [outputs] if len(call) == 1 else list(
+            zip(*(torch.split(o, sizes) for o in outputs), strict=True))
+        for i, out in zip(call, parts, strict=True):
+            r = replies[i]
+            r.batch_size, r.tail_s = total, t2 - t1
+            try:
+                r.result = self.result_codec.encode(list(out))
+            except Exception as e:
+                r.error = RequestError(ErrorCode.INTERNAL, f"result encoding failed: {e!r}"[:300])
+        report.encode_s += (t1 - t0) + (time.perf_counter() - t2)
+
+
+def split_deployment(model: nn.Module, at: str, example_inputs: Any, name: str,
+                     **options: Any) -> tuple[Deployment, nn.Module]:
+    """Cut ``model`` at ``at`` and serve its tail as ``name``; returns (deployment, head).
+
+    ``options`` go to :class:`Deployment` (codecs, max_batch_size, max_wait_ms, ...).
+    """
+    from ..partition import split
+
+    model.eval()
+    head, tail = split(model, at, example_inputs)
+    return Deployment(name, tail, **options), head
+
+
+def zoo_deployment(model_name: str, at: str, *, weights: str | None = "default",
+                   name: str | None = None, **options: Any) -> tuple[Deployment, nn.Module]:
+    """A zoo image model cut at ``at``: (deployment named ``name`` or the model's, head).
+
+    ``weights``: ``"default"`` (the offline default weights), ``"random"`` / None (random
+    initialisation) or a path.
+    """
+    from ..bench.setup import load_model
+    from ..zoo import model_config
+
+    cfg = model_config(model_name)
+    if cfg.input_size is None:
+        raise ValueError(f"{model_name} does not take images: build it and use split_deployment")
+    model = load_model(model_name, None if weights == "default" else (weights or "random"))
+    example = torch.zeros(1, *cfg.input_size)
+    return split_deployment(model, at, (example,), name or model_name, **options)
