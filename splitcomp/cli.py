@@ -13,6 +13,7 @@ COMMANDS: dict[str, str] = {
     "eval": "splitcomp.bench.cli_eval",
     "demo": "splitcomp.bench.demo",
     "serve": "splitcomp.runtime.cli_serve",
+    "load": "splitcomp.runtime.cli_load",
 }
 
 

