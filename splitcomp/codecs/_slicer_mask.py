@@ -182,7 +182,7 @@ def quad_model(code: int) -> constriction.stream.model.Categorical:
     """
     s = np.arange(16)
     ones = ((s[:, None] >> np.arange(4)) & 1).sum(axis=1)
-    freqs = np.float64(code) ** ones * np.float64(_ONE - code) ** (4 - ones)
+    freqs = (np.int64(code) ** ones * np.int64(_ONE - code) ** (4 - ones)).astype(np.float64)
     return constriction.stream.model.Categorical(freqs, perfect=False)
 
 

@@ -6,8 +6,9 @@ zero-order baseline needs 1.77 bits an element there, 0.97 for the mask and 0.80
 
 1. **Asymmetric top-K filtering.** Per sign, keep the largest fraction ``keep_pos`` of the
    positive values and ``keep_neg`` of the negative ones; the rest decode to 0 and cost no
-   value bits. Thresholds are selections (``torch.kthvalue``, O(n), indifferent to the exact
-   zeros of ReLU maps; a strided sample above 2**17 elements), not sorts. Post-BN features
+   value bits. Thresholds are exact selections, not sorts: a strided sample brackets the
+   k-th value and a small ``np.partition`` finds it among the few percent inside the bracket
+   (:func:`._slicer_quant.kth_largest`; a full selection slows ~10x on ReLU zeros). Post-BN features
    and LLM hidden states carry both signs; ReLU maps none below zero (``keep_neg`` moot).
 2. **Magnitude splitting with a distortion budget.** Kept magnitudes ``a >= t`` of each sign
    are quantized on a grid of step ``distortion * t`` (``t``: the smaller threshold): the
@@ -147,7 +148,7 @@ class SlicerCodec(Codec):
         Param("axis", int, 1, low=-8, high=7, doc="channel axis (out of range: none)"),
     )
     quality_param = "quality"
-    quality_grid = (0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 1.0)
+    quality_grid = (0.05, 0.1, 0.2, 0.3, 0.35, 0.4, 0.5, 0.55, 0.6, 0.7, 0.8, 1.0)
 
     def __init__(self, **params) -> None:
         super().__init__(**params)

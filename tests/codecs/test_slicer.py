@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from splitcomp import codecs
 from splitcomp.codecs import BitstreamError, DecodeLimits
-from splitcomp.codecs._slicer_quant import EXACT_SELECT
+from splitcomp.codecs._slicer_quant import kth_largest
 
 LIMITS = DecodeLimits(max_elements=1 << 16, max_bytes=1 << 20)
 
@@ -111,12 +111,21 @@ def test_relu_features_keep_fraction_of_positives() -> None:
     assert not (y < 0).any()
 
 
-def test_large_tensor_uses_sampled_thresholds() -> None:
+def test_large_tensor_keeps_exact_fractions() -> None:
     x = signed((2, 16, 64, 65), seed=5)
-    assert x.size > EXACT_SELECT
     y = round_trip(codecs.get("slicer", keep_pos=0.4, keep_neg=0.2), x)
-    assert abs((y > 0).sum() / (x > 0).sum() - 0.4) < 0.01
-    assert abs((y < 0).sum() / (x < 0).sum() - 0.2) < 0.01
+    assert int((y > 0).sum()) == round(0.4 * int((x > 0).sum()))
+    assert int((y < 0).sum()) == round(0.2 * int((x < 0).sum()))
+
+
+@pytest.mark.parametrize("n", [1, 7, 4096, 5000, 100_003])
+def test_kth_largest_is_exact(n: int) -> None:
+    rng = np.random.default_rng(n)
+    x = np.maximum(rng.standard_normal(n).astype(np.float32), 0)  # ReLU: many ties at 0
+    ref = np.sort(x)[::-1]
+    for k in sorted({1, max(1, n // 3), max(1, n // 2), n}):
+        assert kth_largest(x, k, 1) == ref[k - 1]
+        assert kth_largest(-x, k, -1) == ref[k - 1]
 
 
 def test_rate_monotone_in_quality() -> None:
