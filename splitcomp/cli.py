@@ -14,6 +14,8 @@ COMMANDS: dict[str, str] = {
     "demo": "splitcomp.bench.demo",
     "serve": "splitcomp.runtime.cli_serve",
     "load": "splitcomp.runtime.cli_load",
+    "generate": "splitcomp.llm.cli_generate",
+    "eval-lm": "splitcomp.llm.cli_eval",
 }
 
 

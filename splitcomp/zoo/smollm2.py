@@ -2,7 +2,8 @@
 
 Reading GGUF needs ``gguf`` and ``accelerate`` and takes ~40 s, so the first load converts the
 model to a plain Hugging Face folder under the cache (``<repo>/.cache/``, not in git) and later
-loads read that in seconds. Without weights, ``create_model("smollm2")`` gives a randomly
+loads read that in seconds; the tokenizer (also in the GGUF) is cached beside it, see
+:func:`load_smollm2_tokenizer`. Without weights, ``create_model("smollm2")`` gives a randomly
 initialised model of the same shape (no package needed beyond transformers).
 """
 
@@ -63,7 +64,38 @@ def convert_gguf(gguf: Path, out_dir: Path) -> nn.Module:
     model = model.float().eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
+    _convert_tokenizer(gguf, out_dir)
     return model
+
+
+def _convert_tokenizer(gguf: Path, out_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(out_dir)
+    return tok
+
+
+def load_smollm2_tokenizer(weights: str | Path = "default") -> Any:
+    """The SmolLM2 tokenizer: from the cached conversion, else read from the GGUF (~7 s) and
+    cached. ``weights`` as for :func:`load_smollm2`."""
+    require("transformers", purpose="the smollm2 tokenizer")
+    from transformers import AutoTokenizer
+
+    if weights == "default":
+        folder, gguf = cache_dir() / CACHE_NAME, gguf_path()
+    else:
+        path = Path(weights).expanduser()
+        folder, gguf = (path, None) if path.is_dir() else (cache_dir() / path.stem, path)
+    if (folder / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(folder)
+    if gguf is None or not gguf.is_file():
+        raise FileNotFoundError(
+            f"the smollm2 tokenizer needs the {PACKAGE} package or a converted copy in {folder}"
+        )
+    require("gguf", purpose="reading a GGUF tokenizer")
+    return _convert_tokenizer(gguf, folder)
 
 
 def load_smollm2(weights: str | Path = "default") -> nn.Module:

@@ -1,0 +1,25 @@
+"""Split LLM inference: an edge half and a server half of a Hugging Face causal LM, with the
+hidden state crossing the cut through a codec, one token per decode step.
+
+    >>> from splitcomp.llm import SplitLM
+    >>> lm = SplitLM(model, split=15, codec="fp32")
+    >>> for step in lm.generate(prompt_ids, 32): print(step.token, step.bytes_sent)
+
+Data path: ids -> :class:`EdgeHalf` (embeddings, blocks [0, k), its KV cache) -> hidden (1, T, H)
+-> :class:`Wire` (codec, bytes counted) -> :class:`TailSession` of a :class:`ServerHalf`
+(blocks [k, L), final norm, LM head, one KV cache per session) -> logits.
+Families (Llama, GPT-2) are plugins in :mod:`splitcomp.llm.families`.
+"""
+
+from .cache import BatchedKV, KVCache, causal_mask, positions_for
+from .families import Family, family_for, register_family, supported_model_types
+from .halves import EdgeHalf, ServerHalf, TailSession
+from .pipeline import SplitLM, Step, as_codec, greedy_unsplit, split_model
+from .wire import Wire, WireStats, decode_hidden, encode_hidden
+
+__all__ = [
+    "BatchedKV", "EdgeHalf", "Family", "KVCache", "ServerHalf", "SplitLM", "Step",
+    "TailSession", "Wire", "WireStats", "as_codec", "causal_mask", "decode_hidden",
+    "encode_hidden", "family_for", "greedy_unsplit", "positions_for", "register_family",
+    "split_model", "supported_model_types",
+]

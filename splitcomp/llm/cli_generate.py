@@ -1,0 +1,81 @@
+"""Generate text with a split LLM (greedy), the hidden state crossing through a codec.
+
+Embedded mode: both halves run in this process, every step's bitstreams are really encoded
+and decoded, and every byte is counted. Tokens are printed as they come; the byte figures go
+to stderr at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from ._cli import add_common, make_codec, parse_params, set_threads, weights_arg
+from .pipeline import SplitLM
+from .text import HFTokenizer, load_lm
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.add_argument("prompt", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--chat", action="store_true",
+                   help="wrap the prompt in the model's chat template (instruct models)")
+    p.add_argument("--json", help="write the byte figures here")
+
+
+def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    model, tok = load_lm(args.model, weights_arg(args.weights))
+    codec = make_codec(args.codec, parse_params(args.codec, args.param))
+    lm = SplitLM(model, args.split, codec, per_token=not args.per_message)
+    prompt = args.prompt
+    if args.chat:
+        if not isinstance(tok, HFTokenizer):
+            raise SystemExit("--chat needs a model with a chat template")
+        prompt = tok.chat_prompt(prompt)
+    prompt_ids = tok.encode(prompt)
+    if not prompt_ids:
+        raise SystemExit("empty prompt")
+    out: list[int] = []
+    shown = ""
+    decode_bytes = 0
+    prefill_bytes = 0
+    t0 = time.perf_counter()
+    for i, step in enumerate(lm.generate(torch.tensor(prompt_ids), args.max_new_tokens,
+                                         tok.eos_token_id)):
+        if i == 0:
+            prefill_bytes = step.bytes_sent
+        else:
+            decode_bytes += step.bytes_sent
+        if step.token == tok.eos_token_id:
+            break
+        out.append(step.token)
+        text = tok.decode(out)
+        sys.stdout.write(text[len(shown):])  # stream only what is new (multi-token characters)
+        sys.stdout.flush()
+        shown = text
+    seconds = time.perf_counter() - t0
+    sys.stdout.write("\n")
+    steps = max(len(lm.wire.stats.per_message) - 1, 0)
+    report = {
+        "model": args.model, "split": args.split, "codec": codec.name, "params": codec.params,
+        "prompt_tokens": len(prompt_ids), "new_tokens": len(out),
+        "prefill_bytes": prefill_bytes,
+        "bytes_per_token": decode_bytes / steps if steps else prefill_bytes / len(prompt_ids),
+        "bits_per_element": lm.wire.stats.bits_per_element,
+        "overhead_bytes_per_bitstream": lm.wire.stats.overhead / max(lm.wire.stats.bitstreams, 1),
+        "tokens_per_s": (len(out) + 1) / seconds if seconds > 0 else 0.0,
+    }
+    print(f"[{report['new_tokens']} tokens, prefill {prefill_bytes} B for "
+          f"{len(prompt_ids)} tokens, {report['bytes_per_token']:.1f} B/token while decoding, "
+          f"{report['bits_per_element']:.2f} bits/element, "
+          f"{report['tokens_per_s']:.1f} tokens/s]", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0

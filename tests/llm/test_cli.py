@@ -1,0 +1,109 @@
+"""The ``generate`` and ``eval-lm`` command modules on a tiny model and small files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from splitcomp.llm import cli_eval, cli_generate
+
+KEYS = {"model", "split", "codec", "params", "ppl_baseline", "ppl", "ppl_increase_pct",
+        "hellaswag_baseline", "hellaswag", "bits_per_element", "bytes_per_token"}
+
+
+def _run(module, argv: list[str]) -> int:
+    p = argparse.ArgumentParser()
+    module.add_arguments(p)
+    return module.run(p.parse_args(argv))
+
+
+@pytest.fixture
+def texts(tmp_path: Path) -> tuple[Path, Path]:
+    wiki = tmp_path / "wiki.txt"
+    wiki.write_text(" = Lobster = \n The lobster is a crustacean of the sea . " * 40)
+    items = []
+    for i in range(3):
+        items += [f"Cooking: A man cuts {i} onions. he", str(i % 4), "cries.", "sings a song.",
+                  "puts them in a pan.", "leaves [title] the kitchen."]
+    hs = tmp_path / "hs.txt"
+    hs.write_text("\n".join(items) + "\n")
+    return wiki, hs
+
+
+def test_eval_lm_json(texts, tmp_path) -> None:
+    wiki, hs = texts
+    out = tmp_path / "r.json"
+    argv = ["--model", "llama_tiny", "--split", "2", "--codec", "int8", "--windows", "3",
+            "--window", "32", "--items", "3", "--wikitext", str(wiki), "--hellaswag", str(hs),
+            "--json", str(out)]
+    assert _run(cli_eval, argv) == 0
+    r = json.loads(out.read_text())
+    assert KEYS <= set(r)
+    assert r["model"] == "llama_tiny" and r["split"] == 2 and r["codec"] == "int8"
+    assert r["ppl_tokens"] == 3 * 31 and r["hellaswag_items"] == 3
+    assert r["kl_mean"] >= 0 and 0 <= r["top1_agreement"] <= 1
+    assert 0 <= r["hellaswag"] <= 1 and 0 <= r["hellaswag_baseline"] <= 1
+    # one bitstream of 64 int8 values (+ scale, container) per token
+    assert r["bytes_per_token"] > 64 and r["bits_per_element"] == 8 * r["bytes_per_token"] / 64
+
+
+def test_eval_lm_target_search(texts, tmp_path) -> None:
+    wiki, _ = texts
+    out = tmp_path / "r.json"
+    argv = ["--model", "gpt2_tiny", "--split", "1", "--codec", "rans", "--windows", "2",
+            "--window", "32", "--calib-windows", "2", "--items", "0", "--wikitext", str(wiki),
+            "--target-ppl-increase", "1.0", "--json", str(out)]
+    assert _run(cli_eval, argv) == 0
+    r = json.loads(out.read_text())
+    cal = r["calibration"]
+    assert r["params"]["bits"] == cal["quality"] and r["hellaswag"] is None
+    tried = [t["quality"] for t in cal["tried"]]
+    assert tried == sorted(tried)  # lowest rate first, stopping at the first that meets it
+    assert cal["met"] == (cal["tried"][-1]["ppl_increase_pct"] <= 1.0)
+
+
+def test_compare_matches_perplexity(tiny_models) -> None:
+    import torch
+
+    from splitcomp import codecs
+    from splitcomp.llm import split_model
+    from splitcomp.llm.evaluate import compare, edge_pass, perplexity
+
+    edge, server = split_model(tiny_models["llama_tiny"], 2)
+    batches = [edge_pass(edge, torch.randint(0, 256, (1, 24), generator=torch.Generator()
+                                             .manual_seed(i))) for i in range(2)]
+    c = compare(server, batches, codecs.get("int8"))
+    assert c.base.ppl == pytest.approx(perplexity(server, batches, None).ppl)
+    assert c.coded.ppl == pytest.approx(perplexity(server, batches, codecs.get("int8")).ppl)
+    exact = compare(server, batches, codecs.get("fp32"))
+    assert exact.kl == pytest.approx(0, abs=1e-9) and exact.top1_agreement == 1.0
+
+
+def test_eval_lm_rejects_missing_file(tmp_path) -> None:
+    with pytest.raises(SystemExit, match="WikiText"):
+        _run(cli_eval, ["--model", "llama_tiny", "--split", "1", "--items", "0",
+                        "--wikitext", str(tmp_path / "absent.txt")])
+
+
+def test_generate_streams_and_reports(capsys, tmp_path) -> None:
+    out = tmp_path / "g.json"
+    assert _run(cli_generate, ["--model", "llama_tiny", "--split", "2", "--codec", "fp16",
+                               "--max-new-tokens", "6", "--json", str(out), "hello"]) == 0
+    r = json.loads(out.read_text())
+    assert r["prompt_tokens"] == 5 and r["new_tokens"] == 6
+    per_token = r["bytes_per_token"]
+    assert r["prefill_bytes"] == 5 * per_token  # fp16: every token's bitstream the same size
+    assert 2 * 64 < per_token < 2 * 64 + 32
+    assert "B/token" in capsys.readouterr().err
+
+
+def test_param_parsing() -> None:
+    from splitcomp.llm._cli import parse_params
+
+    assert parse_params("int8", ["per_channel=true", "axis=-1"]) == {"per_channel": True,
+                                                                     "axis": -1}
+    with pytest.raises(SystemExit, match="no parameter"):
+        parse_params("int8", ["bits=3"])

@@ -1,0 +1,69 @@
+"""What crosses the cut: the prompt's hidden states once, then one token's per step, and
+nothing else (no mask, no positions, no cache); every byte is counted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from splitcomp import codecs
+from splitcomp.llm import SplitLM, causal_mask
+from splitcomp.llm.wire import overhead_bytes
+
+from .conftest import TINY
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_one_token_per_decode_step(tiny_models, prompt, name, monkeypatch) -> None:
+    lm = SplitLM(tiny_models[name], 2, "fp32")
+    hidden = lm.edge.hidden_size
+    seen: list[list[tuple[int, ...]]] = []
+    receive = lm.wire.receive
+
+    def spy(blobs):
+        seen.append([codecs.peek(b).tensors[0].shape for b in blobs])
+        return receive(blobs)
+
+    monkeypatch.setattr(lm.wire, "receive", spy)
+    steps = list(lm.generate(prompt, 10))
+    # prefill: one bitstream per prompt token; then exactly one (1, 1, H) per step
+    assert seen[0] == [(1, 1, hidden)] * len(prompt)
+    assert seen[1:] == [[(1, 1, hidden)]] * (len(steps) - 1)
+    token_bytes = 4 * hidden + overhead_bytes(codecs.get("fp32").encode(torch.zeros(1, 1, hidden)))
+    assert [s.bytes_sent for s in steps] == [len(prompt) * token_bytes] + \
+        [token_bytes] * (len(steps) - 1)
+    stats = lm.wire.stats
+    assert stats.tokens == len(prompt) + len(steps) - 1
+    assert stats.bytes == sum(s.bytes_sent for s in steps)
+    assert stats.bytes_per_token == token_bytes
+    assert stats.bits_per_element == pytest.approx(8 * token_bytes / hidden)
+    # both sides keep their own cache, advanced in step
+    assert lm.edge.position == lm.session.position == stats.tokens
+
+
+def test_per_message_sends_one_bitstream_per_step(tiny_models, prompt) -> None:
+    lm = SplitLM(tiny_models["llama_tiny"], 2, "fp16", per_token=False)
+    list(lm.generate(prompt, 5))
+    assert lm.wire.stats.bitstreams == lm.wire.stats.messages == 5
+
+
+def test_masks_follow_the_library() -> None:
+    from transformers import DynamicCache
+    from transformers.masking_utils import create_causal_mask
+
+    from splitcomp.zoo import create_model
+
+    model = create_model("llama_tiny")
+    cfg = model.config
+    cache = DynamicCache(config=cfg)
+    ref = create_causal_mask(config=cfg, inputs_embeds=torch.zeros(1, 5, 64), attention_mask=None,
+                             cache=cache, position_ids=torch.arange(5)[None])
+    assert torch.equal(causal_mask([0], 5, "eager"), ref)
+    assert causal_mask([0], 5, "sdpa") is None and causal_mask([4], 1, "sdpa") is None
+    # padded batch: row 0 has 2 past tokens, row 1 has 4; new token sees past + itself
+    m = causal_mask([2, 4], 1, "sdpa")
+    assert m.shape == (2, 1, 1, 5)
+    assert m[0, 0, 0].tolist() == [True, True, True, False, False]
+    assert m[1, 0, 0].tolist() == [True] * 5
+    with pytest.raises(ValueError, match="not supported"):
+        causal_mask([0, 1], 2, "flash_attention_2")
