@@ -25,8 +25,8 @@ from splitcomp.bench.rate_accuracy import rate_accuracy  # noqa: E402
 
 JOBS = [
     # model, data, cuts, images (None = all), calibration images
-    ("resnet20", "cifar10", ["layer1", "layer2"], None, 1000),
-    ("mobilenet_v2", "imagenet", ["features.7", "features.14"], None, 100),
+    ("resnet20", "cifar10", ["layer1", "layer2"], None, 2500),
+    ("mobilenet_v2", "imagenet", ["features.7", "features.14"], None, 250),
 ]
 
 

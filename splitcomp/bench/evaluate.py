@@ -174,8 +174,11 @@ def search_quality(
 ) -> tuple[dict[str, Any], list[EvalResult]]:
     """Lowest-rate setting of the codec's quality knob whose drop on ``calib`` <= target.
 
-    Walks ``quality_grid`` by bisection (rate and fidelity are monotone in the knob); if even
-    the highest setting misses, returns it. Returns the chosen params and every trial.
+    Walks ``quality_grid`` down from the highest rate and stops at the first setting that
+    misses the target: the choice is the lowest rate such that it and every higher-rate
+    setting met the target on the calibration images. Unlike a bisection, a lucky low-rate
+    setting (calibration drops are noisy: one image is 1 pp of 100) cannot be picked over a
+    failing higher one. If even the highest setting misses, it is returned.
     """
     cls = codec_class(codec_name)
     fixed = dict(fixed or {})
@@ -184,24 +187,13 @@ def search_quality(
     grid = cls.quality_grid
     baseline, _ = top1(tail, calib.tensors, calib.labels)
     trials: dict[int, EvalResult] = {}
-
-    def trial(i: int) -> EvalResult:
-        if i not in trials:
-            codec = get(codec_name, **fixed, **{cls.quality_param: grid[i]})
-            trials[i] = evaluate_codec(tail, calib, codec, baseline=baseline)
-        return trials[i]
-
-    lo, hi = 0, len(grid) - 1
-    if trial(hi).drop_pp > target_drop:
-        best = hi
-    else:
-        while lo < hi:  # invariant: grid[hi] meets the target
-            mid = (lo + hi) // 2
-            if trial(mid).drop_pp <= target_drop:
-                hi = mid
-            else:
-                lo = mid + 1
-        best = hi
+    best = len(grid) - 1
+    for i in range(len(grid) - 1, -1, -1):
+        codec = get(codec_name, **fixed, **{cls.quality_param: grid[i]})
+        trials[i] = evaluate_codec(tail, calib, codec, baseline=baseline)
+        if trials[i].drop_pp > target_drop:
+            break
+        best = i
     params = {**fixed, cls.quality_param: grid[best]}
     return params, [trials[i] for i in sorted(trials)]
 
