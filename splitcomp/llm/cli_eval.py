@@ -3,9 +3,10 @@ codec, in one run, with the exact bits per hidden-state element and bytes per to
 
 Windows are non-overlapping (stride = window), teacher-forced. Each token's hidden state is
 its own bitstream (as a decode step sends it) unless ``--per-message``, which codes each
-window / each HellaSwag row as one bitstream. ``--target-ppl-increase`` tries the codec's
-quality grid (lowest rate first) on calibration windows that follow the reported ones, and
-reports the first setting that meets the target on the reported windows.
+window / each HellaSwag row as one bitstream. ``--target-ppl-increase`` walks the codec's
+quality grid down from the highest rate on calibration windows that follow the reported ones,
+stops at the first setting that misses the target, and reports the last one that met it on the
+reported windows.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q = p.add_mutually_exclusive_group()
     q.add_argument("--quality", type=float, help="value of the codec's quality parameter")
     q.add_argument("--target-ppl-increase", type=float, metavar="PCT",
-                   help="choose the lowest-rate quality whose perplexity rises by at most PCT %% "
-                        "on calibration windows, report on the others")
+                   help="choose the lowest-rate quality such that it and every higher one raise "
+                        "perplexity by at most PCT %% on calibration windows; report on others")
     p.add_argument("--windows", type=int, default=8, help="WikiText windows reported (8)")
     p.add_argument("--window", type=int, default=512, help="tokens per window (512)")
-    p.add_argument("--calib-windows", type=int, default=4,
-                   help="calibration windows for --target-ppl-increase (4)")
+    p.add_argument("--calib-windows", type=int, default=8,
+                   help="calibration windows for --target-ppl-increase (8)")
     p.add_argument("--items", type=int, default=40,
                    help="HellaSwag items, the first N of the file (40; 0 skips)")
     p.add_argument("--wikitext", type=Path, help="text file (default: shared WikiText-2 valid)")

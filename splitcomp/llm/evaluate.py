@@ -179,17 +179,22 @@ class Calibration:
 def choose_quality(server: ServerHalf, calib: Sequence[EdgeBatch],
                    make_codec: Callable[[float], Codec], grid: Sequence[float],
                    target_pct: float, per_token: bool = True) -> Calibration:
-    """The lowest-rate setting of ``grid`` (ordered lowest rate first) whose perplexity on the
-    calibration windows rises by at most ``target_pct`` percent; the highest if none does."""
+    """The lowest-rate setting of ``grid`` (ordered lowest rate first) such that it and every
+    higher-rate setting raise perplexity on the calibration windows by at most ``target_pct``
+    percent: the walk starts at the highest rate and stops at the first miss. (Perplexity
+    changes under 1 % are noisy; walking up from the lowest rate could pick a lucky setting
+    below a failing one.) If even the highest rate misses, it is returned with ``met=False``."""
     if not grid:
         raise ValueError("this codec has no quality grid to search")
     base = perplexity(server, calib, None).ppl
     tried = []
-    for q in grid:
-        res = perplexity(server, calib, make_codec(q), per_token)
+    best, met = len(grid) - 1, False
+    for i in range(len(grid) - 1, -1, -1):
+        res = perplexity(server, calib, make_codec(grid[i]), per_token)
         inc = increase_pct(res.ppl, base)
-        tried.append({"quality": q, "ppl_increase_pct": inc,
+        tried.append({"quality": grid[i], "ppl_increase_pct": inc,
                       "bits_per_element": res.stats.bits_per_element})
-        if inc <= target_pct:
-            return Calibration(q, True, tried)
-    return Calibration(grid[-1], False, tried)
+        if inc > target_pct:
+            break
+        best, met = i, True
+    return Calibration(grid[best], met, tried)

@@ -61,8 +61,12 @@ def test_eval_lm_target_search(texts, tmp_path) -> None:
     cal = r["calibration"]
     assert r["params"]["bits"] == cal["quality"] and r["hellaswag"] is None
     tried = [t["quality"] for t in cal["tried"]]
-    assert tried == sorted(tried)  # lowest rate first, stopping at the first that meets it
-    assert cal["met"] == (cal["tried"][-1]["ppl_increase_pct"] <= 1.0)
+    assert tried == sorted(tried, reverse=True)  # from the highest rate down
+    meets = [t["ppl_increase_pct"] <= 1.0 for t in cal["tried"]]
+    assert all(meets[:-1])  # it stops at the first miss
+    assert cal["met"] == meets[0]
+    passed = [q for q, m in zip(tried, meets, strict=True) if m]
+    assert cal["quality"] == (min(passed) if passed else tried[0])
 
 
 def test_compare_matches_perplexity(tiny_models) -> None:
