@@ -44,6 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch intra-op threads (1 makes per-request CPU accounting exact)")
     p.add_argument("--metrics-private", action="store_true",
                    help="require a valid token for /metrics")
+    p.add_argument("--backend", choices=("embedded", "ray"), default="embedded",
+                   help="embedded (one asyncio process) or ray (Ray Serve; pip install .[ray]; "
+                        "docs/scale-out.md)")
+    p.add_argument("--num-replicas", type=int, default=1, help="ray: replicas of the tails")
+    p.add_argument("--replica-cpus", type=float, default=1.0, help="ray: CPUs per replica")
+    p.add_argument("--ray-address", default=None,
+                   help="ray: cluster to join (e.g. auto, or HEAD_IP:6379; default: start one)")
+    p.add_argument("--route", default="/splitcomp", help="ray: HTTP route taking request frames")
 
 
 def _deploy_specs(args: argparse.Namespace) -> list[tuple[str, str, str, list[str] | None]]:
@@ -101,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
+    if getattr(args, "backend", "embedded") == "ray":
+        from .ray_backend import run_cli
+
+        return run_cli(args, _deploy_specs(args))
     asyncio.run(_serve(build_server(args)))
     return 0
 
