@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -199,9 +199,16 @@ def unpack(
     data: bytes | bytearray | memoryview,
     limits: DecodeLimits = DEFAULT_LIMITS,
     expect_codec: int | None = None,
+    check: Callable[[Header], object] | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Decode any container bitstream into tensors of the original shapes and dtypes."""
+    """Decode any container bitstream into tensors of the original shapes and dtypes.
+
+    ``check`` sees the validated header before any payload is decoded (a runtime's codec
+    allow-list, shape checks) and may raise; the header is read and its CRC checked once.
+    """
     header, codec, pos = read_header(data, limits)
+    if check is not None:
+        check(header)
     if expect_codec is not None:
         require(header.codec_id == expect_codec, f"bitstream was made by {header.codec_name!r}")
     view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")

@@ -173,14 +173,12 @@ class Deployment:
     def decode(self, data: bytes | memoryview) -> tuple[torch.Tensor, ...]:
         """Decode one bitstream and check it fits the tail; raises :class:`RequestError`.
 
-        With a codec allow-list the header is read first (:func:`~splitcomp.codecs.peek`) so
-        no other codec's decoder ever runs; without one, the decoded tensors are checked
-        instead, which saves reading the header (and its CRC) twice.
+        With a codec allow-list the header is checked before any payload is decoded, so no
+        other codec's decoder ever runs; without one, the decoded tensors are checked.
         """
         try:
             if self.codecs is not None:
-                self.check_header(_codecs.peek(data, self.limits))
-                return _codecs.decode(data, self.limits)
+                return _codecs.decode(data, self.limits, check=self.check_header)
             tensors = _codecs.decode(data, self.limits)
         except BitstreamError as e:
             raise RequestError(ErrorCode.BAD_BITSTREAM, str(e)) from None
