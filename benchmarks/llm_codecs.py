@@ -8,6 +8,9 @@ Perplexity is teacher-forced over the same windows for every setting. Also print
 hidden-state statistics that decide what a codec needs (outlier channels, the first token),
 and a *simulated* scheme (no bitstream, estimated bits) that shows where the rate could go:
 one uniform step per token, unbounded symbols, a static entropy model (global or per channel).
+The ``tokenwise`` codec is that scheme made real: it is calibrated first on ``--calib-windows``
+windows from the end of the text (its session context, sent once: its bytes are reported apart)
+and then run at each of ``--tokenwise-levels``.
 """
 
 from __future__ import annotations
@@ -143,6 +146,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="a few settings only")
     ap.add_argument("--no-simulate", action="store_true")
+    ap.add_argument("--calib-windows", type=int, default=4,
+                    help="tokenwise: calibration windows, from the end of the text (4)")
+    ap.add_argument("--tokenwise-levels", default="4,2,0,-2",
+                    help="tokenwise: comma-separated levels (step 2**(level/8)); '' skips")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -169,6 +176,25 @@ def main() -> None:
               f"ppl {r['ppl']:8.3f} ({r['ppl_increase_pct']:+7.2f} %) "
               f"enc {r['encode_us_per_token']:6.0f} us dec {r['decode_us_per_token']:6.0f} us",
               flush=True)
+    levels = [int(v) for v in args.tokenwise_levels.split(",") if v.strip()]
+    if "tokenwise" in codecs.available() and levels:
+        from splitcomp.codecs._tokenwise_calib import calibrate_edge, tail_windows
+        from splitcomp.codecs.tokenwise import TokenwiseCodec
+
+        ctx = calibrate_edge(edge, tail_windows(tok, default_wikitext(), args.window,
+                                                args.calib_windows))
+        ctx_bytes = len(ctx.to_bytes())
+        for level in levels[:2] if args.quick else levels:
+            codec = TokenwiseCodec.with_context(ctx, level=level)
+            r = {"codec": "tokenwise", "params": codec.params, "context_bytes": ctx_bytes,
+                 **run_codec(server, batches, codec)}
+            r["ppl_increase_pct"] = increase_pct(r["ppl"], base)
+            rows.append(r)
+            print(f"tokenwise  level={level:<3d} (context {ctx_bytes} B once)      "
+                  f"{r['bits_per_element']:6.2f} b/el {r['bytes_per_token']:7.1f} B/tok (hdr+crc "
+                  f"{r['overhead_bytes_per_token']:4.1f}) ppl {r['ppl']:8.3f} "
+                  f"({r['ppl_increase_pct']:+7.2f} %) enc {r['encode_us_per_token']:6.0f} us "
+                  f"dec {r['decode_us_per_token']:6.0f} us", flush=True)
     sims = []
     if not args.no_simulate:
         for c in (0.5, 0.7, 0.85, 1.0, 1.4):

@@ -11,11 +11,13 @@ COMMANDS: dict[str, str] = {
     "codecs": "splitcomp.codecs.cli",
     "candidates": "splitcomp.partition.cli",
     "eval": "splitcomp.bench.cli_eval",
+    "report": "splitcomp.bench.cli_report",
     "demo": "splitcomp.bench.demo",
     "serve": "splitcomp.runtime.cli_serve",
     "load": "splitcomp.runtime.cli_load",
     "generate": "splitcomp.llm.cli_generate",
     "eval-lm": "splitcomp.llm.cli_eval",
+    "plan": "splitcomp.plan.cli_plan",
 }
 
 

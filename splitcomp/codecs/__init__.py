@@ -22,7 +22,7 @@ from .registry import available, codec_class, get, register_codec
 
 decode = unpack
 
-_BUILTIN = ("floats", "int8", "blockwise8", "zstd", "rans", "slicer")
+_BUILTIN = ("floats", "int8", "blockwise8", "zstd", "rans", "slicer", "tokenwise")
 
 for _mod in _BUILTIN:
     try:

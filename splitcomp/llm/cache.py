@@ -46,6 +46,11 @@ class KVCache:
         self.layers = {i: (k[..., :n, :], v[..., :n, :]) for i, (k, v) in self.layers.items()
                        if n > 0}
 
+    def truncate(self, n: int) -> None:
+        """Forget every token after the first ``n`` (undo steps the other side refused)."""
+        self._length = min(self._length, n)
+        self.rollback()
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the cached tensors (for memory caps)."""

@@ -2,7 +2,9 @@
 
 Each deployment is a zoo model cut at a split point; clients run the head, send the codec
 bitstream, and get the tail's output back (protocol: docs/protocol.md). ``--deploy`` adds
-more deployments to the same server. Prometheus metrics: ``GET /metrics`` on the same port.
+more deployments to the same server. ``--llm smollm2 --llm-split 15`` serves the server half
+of a causal LM to ``splitcomp generate --server`` clients (LLM sessions: docs/protocol.md).
+Prometheus metrics: ``GET /metrics`` on the same port.
 """
 
 from __future__ import annotations
@@ -30,6 +32,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="'default' (offline default weights), 'random', or a weights file")
     p.add_argument("--deploy", action="append", default=[], metavar="NAME=MODEL:SPLIT[:CODECS]",
                    help="another deployment (repeatable), e.g. r20=resnet20:layer2:slicer")
+    g = p.add_argument_group("LLM sessions")
+    g.add_argument("--llm", default=None, metavar="MODEL",
+                   help="serve the server half of this causal LM (smollm2, llama_tiny, gpt2_tiny "
+                        "or a Hugging Face folder)")
+    g.add_argument("--llm-split", type=int, default=None, metavar="K",
+                   help="the server runs blocks [K, L), norm and LM head")
+    g.add_argument("--llm-deployment", default=None, help="its name (default: the model name)")
+    g.add_argument("--llm-weights", default="auto",
+                   help="'auto' (real weights where the model has them), 'random', or a path")
+    g.add_argument("--llm-codec", default=None,
+                   help="comma-separated codecs the LLM deployment accepts (default: any)")
+    g.add_argument("--max-kv-bytes", type=int, default=2 << 30,
+                   help="cap on the KV caches of all sessions together (0: no cap)")
+    g.add_argument("--session-idle-timeout", type=float, default=300.0,
+                   help="seconds before an unused session is freed")
+    g.add_argument("--max-sessions", type=int, default=4096)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8765, help="port (0: pick a free one)")
     p.add_argument("--tokens", default=None, help="tokens file: one 'client_id token' a line")
@@ -68,8 +86,8 @@ def _deploy_specs(args: argparse.Namespace) -> list[tuple[str, str, str, list[st
             raise SystemExit(f"--deploy {spec!r}: expected NAME=MODEL:SPLIT[:CODECS]")
         codecs = parts[2].split(",") if len(parts) == 3 and parts[2] else None
         specs.append((name, parts[0], parts[1], codecs))
-    if not specs:
-        raise SystemExit("nothing to serve: give --model and --split, or --deploy")
+    if not specs and not getattr(args, "llm", None):
+        raise SystemExit("nothing to serve: give --model and --split, --deploy, or --llm")
     return specs
 
 
@@ -83,7 +101,7 @@ def build_server(args: argparse.Namespace) -> Server:
                                     max_batch_size=args.max_batch_size,
                                     max_wait_ms=args.max_wait_ms)
         deployments.append(dep)
-    return Server(deployments, args.host, args.port, tokens=args.tokens,
+    return Server(deployments, args.host, args.port, tokens=args.tokens, llm=_llm(args),
                   tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
                   max_frame_bytes=args.max_frame_bytes,
                   max_inflight_per_client=args.max_inflight_per_client,
@@ -91,9 +109,34 @@ def build_server(args: argparse.Namespace) -> Server:
                   metrics_public=not args.metrics_private)
 
 
+def _llm(args: argparse.Namespace) -> list:
+    """The LLM deployment ``--llm`` describes (none without it)."""
+    if not getattr(args, "llm", None):
+        return []
+    if args.llm_split is None:
+        raise SystemExit("--llm needs --llm-split K")
+    from pathlib import Path
+
+    from ..llm.halves import ServerHalf
+    from ..llm.service import LLMDeployment
+    from ..llm.text import load_lm
+
+    model, _ = load_lm(args.llm, None if args.llm_weights == "random" else args.llm_weights)
+    try:
+        half = ServerHalf(model, args.llm_split)
+    except ValueError as e:
+        raise SystemExit(f"--llm-split: {e}") from None
+    return [LLMDeployment(args.llm_deployment or Path(args.llm).name, half,
+                          codecs=args.llm_codec.split(",") if args.llm_codec else None,
+                          max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                          max_kv_bytes=args.max_kv_bytes or None,
+                          idle_timeout_s=args.session_idle_timeout,
+                          max_sessions=args.max_sessions)]
+
+
 async def _serve(server: Server) -> None:
     await server.start()
-    for dep in server.deployments.values():
+    for dep in [*server.deployments.values(), *server.llm.values()]:
         print(f"deployment {dep!r}", flush=True)
     print(f"listening on {server.url} (metrics: GET /metrics)", flush=True)
     stop = asyncio.Event()
@@ -110,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     if getattr(args, "backend", "embedded") == "ray":
+        if getattr(args, "llm", None):
+            raise SystemExit("--llm is served by the embedded backend only")
         from .ray_backend import run_cli
 
         return run_cli(args, _deploy_specs(args))

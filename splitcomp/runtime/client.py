@@ -166,8 +166,24 @@ class AsyncSplitClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def next_request_id(self) -> int:
+        """A fresh request id of this client (for frames built by the caller)."""
+        return next(self._ids)
+
     # -- requests --------------------------------------------------------------------
     async def _send(self, rid: int, frame: bytes) -> InferResult:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        resp_frame, resp, attempts, _ = await self.exchange(rid, frame)
+        assert resp.timing is not None and resp.bitstream is not None
+        out = codecs.decode(resp.bitstream)
+        return InferResult(out, rid, len(frame), len(resp_frame), loop.time() - t0, attempts,
+                           resp.timing)
+
+    async def exchange(self, rid: int, frame: bytes) -> tuple[bytes, P.Response, int, float]:
+        """Send a ready ``frame`` with request id ``rid``; returns (answer frame, its parse,
+        attempts, latency s). Retries, reconnection and timeouts as for :meth:`infer`; an
+        error answer raises :class:`ServerError`."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         deadline = t0 + self.timeout_s
@@ -191,10 +207,7 @@ class AsyncSplitClient:
                         last = e
                     else:
                         if resp.ok:
-                            out = codecs.decode(resp.bitstream)
-                            assert resp.timing is not None
-                            return InferResult(out, rid, len(frame), len(resp_frame),
-                                               loop.time() - t0, attempts, resp.timing)
+                            return resp_frame, resp, attempts, loop.time() - t0
                         if resp.code not in P.RETRYABLE:
                             raise ServerError(resp.code, resp.message, rid)
                         last = ServerError(resp.code, resp.message, rid)

@@ -9,6 +9,9 @@ Layout (all integers little-endian; see ``docs/protocol.md``)::
     error    = "SP" | version u8 | type u8 (0x82) | request id u64 | code u8
                | message length u16 | message (UTF-8)
 
+LLM sessions add request type 0x02 and result type 0x83 (layouts further down); the frames
+above are unchanged by them.
+
 Nothing here does I/O or looks inside a codec bitstream; the server and client own the sockets.
 """
 
@@ -66,6 +69,9 @@ class ErrorCode(enum.IntEnum):
     CODEC_NOT_ALLOWED = 9  #: the deployment does not accept bitstreams of that codec
     BAD_INPUT = 10  #: decoded tensors do not match what the tail takes (count, dtype, shape)
     UNAVAILABLE = 11  #: the server is shutting down; retry (the client does so by itself)
+    SESSION_NOT_FOUND = 12  #: no such LLM session for this client (never opened, closed, expired)
+    KV_CACHE_FULL = 13  #: the server's KV-cache memory cap leaves no room for this session/step
+    SESSION_BUSY = 14  #: the LLM session already has a step in flight (steps are sequential)
 
 
 #: codes a client may retry with the same request id without changing the request
@@ -109,6 +115,7 @@ class Response:
     timing: Timing | None = None
     code: ErrorCode | None = None
     message: str = ""
+    llm: LLMResult | None = None  #: set for LLM results (frame type 0x83)
 
     @property
     def ok(self) -> bool:
@@ -217,4 +224,275 @@ def parse_response(frame: bytes | bytearray | memoryview) -> Response:
             raise FrameError(f"unknown error code {code}", request_id) from None
         message = bytes(view[end:]).decode("utf-8", "replace")
         return Response(request_id, code=code, message=message)
+    if ftype == TYPE_LLM_RESULT:
+        _, result = parse_llm_result(frame)
+        timing = result.timing if isinstance(result, LLMToken) else None
+        return Response(request_id, timing=timing, llm=result)
     raise FrameError(f"frame type 0x{ftype:02x} is not a response", request_id)
+
+
+# -- LLM sessions (frame types 0x02 / 0x83, LLM message version 1) --------------------------
+#
+#   llm request = "SP" | 1 | 0x02 | request id u64 | llm version u8 | op u8 | body
+#     OPEN  body = name length u8 | name | temperature f32 | top_k u32 | seed u64 | logprobs u8
+#     STEP  body = session id (16 bytes) | tokens u16 | n u16 | n x length u32 | n bitstreams
+#     CLOSE body = session id (16 bytes)
+#   llm result  = "SP" | 1 | 0x83 | request id u64 | llm version u8 | op u8 | body
+#     OPEN  body = session id | split u16 | hidden size u32 | vocabulary u32 | KV bytes/token u32
+#     STEP  body = batch size u16 | queue us u32 | decode us u32 | tail us u32 | position u32
+#                  | token u32 | logprob f32 | k u8 | k x (token u32, logprob f32)
+#     CLOSE body = tokens the session held u32
+#
+# Errors use the error frame (0x82) above. The vision frames are unchanged: a server without
+# LLM support answers these types BAD_FRAME.
+
+TYPE_LLM_REQUEST = 0x02
+TYPE_LLM_RESULT = 0x83
+LLM_VERSION = 1
+SESSION_ID_BYTES = 16
+MAX_TOP_K_LOGPROBS = 32
+
+
+class LLMOp(enum.IntEnum):
+    """What an LLM request asks for (the ``op`` byte)."""
+
+    OPEN = 1  #: open a session on a deployment (sampling parameters fixed for its life)
+    STEP = 2  #: hidden states of T new tokens (T > 1: a prefill) -> the next token
+    CLOSE = 3  #: free a session and its KV cache
+
+
+_LLM_HEAD = struct.Struct("<BB")  # llm version, op
+_SAMPLING = struct.Struct("<fIQB")  # temperature, top_k, seed, logprobs
+_STEP_HEAD = struct.Struct("<HH")  # tokens, bitstream count
+_OPENED = struct.Struct("<HIII")  # split, hidden size, vocabulary, KV bytes per token
+_TOKEN = struct.Struct("<HIIIIIfB")  # batch, queue, decode, tail, position, token, logprob, k
+_TOP = struct.Struct("<If")
+_CLOSED = struct.Struct("<I")
+_U32 = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the server picks each next token: greedy (``temperature`` 0) or sampled from the
+    softmax at ``temperature`` over the ``top_k`` most likely tokens (0: all), drawn from a
+    generator seeded with ``seed``; ``logprobs``: how many top log-probabilities to return."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    seed: int = 0
+    logprobs: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0.0 and self.temperature < float("inf")):
+            raise ValueError(f"temperature {self.temperature} must be finite and >= 0")
+        if not 0 <= self.top_k <= _U32_MAX:
+            raise ValueError(f"top_k {self.top_k} outside 0..2**32-1")
+        if not 0 <= self.seed < 1 << 64:
+            raise ValueError(f"seed {self.seed} outside 0..2**64-1")
+        if not 0 <= self.logprobs <= MAX_TOP_K_LOGPROBS:
+            raise ValueError(f"logprobs {self.logprobs} outside 0..{MAX_TOP_K_LOGPROBS}")
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    """One parsed LLM request. ``deployment`` and ``sampling`` are set for OPEN, ``session``
+    for STEP and CLOSE, ``tokens`` and ``bitstreams`` (views, no copy) for STEP."""
+
+    request_id: int
+    op: LLMOp
+    deployment: str = ""
+    sampling: Sampling | None = None
+    session: bytes = b""
+    tokens: int = 0
+    bitstreams: tuple[memoryview, ...] = ()
+
+
+@dataclass(frozen=True)
+class LLMOpened:
+    """Answer to OPEN: the session id and what the server half expects."""
+
+    session: bytes
+    split: int
+    hidden_size: int
+    vocab_size: int
+    kv_bytes_per_token: int
+
+
+@dataclass(frozen=True)
+class LLMToken:
+    """Answer to STEP: the next token, its log-probability, the top-k ones, the server's
+    figures and the session's length after the step."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+    position: int
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class LLMClosed:
+    """Answer to CLOSE: how many tokens the session held."""
+
+    tokens: int
+
+
+LLMResult = LLMOpened | LLMToken | LLMClosed
+
+
+def _llm_prefix(request_id: int, ftype: int, op: LLMOp) -> bytes:
+    if not 0 < request_id < 1 << 64:
+        raise ValueError(f"request id {request_id} outside 1..2**64-1")
+    return _PREFIX.pack(MAGIC, VERSION, ftype, request_id) + _LLM_HEAD.pack(LLM_VERSION, op)
+
+
+def _check_session(session: bytes) -> bytes:
+    if len(session) != SESSION_ID_BYTES:
+        raise ValueError(f"session id of {len(session)} bytes, not {SESSION_ID_BYTES}")
+    return bytes(session)
+
+
+def encode_llm_open(request_id: int, deployment: str | bytes,
+                    sampling: Sampling = Sampling()) -> bytes:
+    """An OPEN request for a session on ``deployment``."""
+    name = deployment if isinstance(deployment, bytes) else check_name(deployment)
+    s = sampling
+    return b"".join((_llm_prefix(request_id, TYPE_LLM_REQUEST, LLMOp.OPEN), bytes((len(name),)),
+                     name, _SAMPLING.pack(s.temperature, s.top_k, s.seed, s.logprobs)))
+
+
+def encode_llm_step(request_id: int, session: bytes, tokens: int,
+                    bitstreams: list[bytes] | tuple[bytes, ...]) -> bytes:
+    """A STEP request: the bitstreams of the hidden states of ``tokens`` new tokens."""
+    if not 0 < tokens <= _U16_MAX or not 0 < len(bitstreams) <= _U16_MAX:
+        raise ValueError(f"{tokens} tokens in {len(bitstreams)} bitstreams: 1..65535 each")
+    return b"".join((_llm_prefix(request_id, TYPE_LLM_REQUEST, LLMOp.STEP),
+                     _check_session(session), _STEP_HEAD.pack(tokens, len(bitstreams)),
+                     b"".join(_U32.pack(len(b)) for b in bitstreams), *bitstreams))
+
+
+def encode_llm_close(request_id: int, session: bytes) -> bytes:
+    """A CLOSE request."""
+    return _llm_prefix(request_id, TYPE_LLM_REQUEST, LLMOp.CLOSE) + _check_session(session)
+
+
+def frame_type(frame: bytes | bytearray | memoryview) -> int | None:
+    """The type byte of a frame (None when too short to have one); nothing is checked."""
+    return frame[3] if len(frame) >= 4 else None
+
+
+def _llm_head(view: memoryview, request_id: int) -> tuple[LLMOp, int]:
+    end = PREFIX_BYTES + _LLM_HEAD.size
+    if len(view) < end:
+        raise FrameError("truncated: no LLM version and op", request_id)
+    version, op = _LLM_HEAD.unpack_from(view, PREFIX_BYTES)
+    if version != LLM_VERSION:
+        raise FrameError(f"unsupported LLM message version {version} (this side speaks "
+                         f"{LLM_VERSION})", request_id)
+    try:
+        return LLMOp(op), end
+    except ValueError:
+        raise FrameError(f"unknown LLM op {op}", request_id) from None
+
+
+def parse_llm_request(frame: bytes | bytearray | memoryview) -> LLMRequest:
+    """Parse an LLM request frame; raises :class:`FrameError` (with the id when readable)."""
+    ftype, rid = _prefix(frame)
+    if rid == NO_REQUEST_ID:
+        raise FrameError("request id 0 is reserved")
+    if ftype != TYPE_LLM_REQUEST:
+        raise FrameError(f"frame type 0x{ftype:02x} is not an LLM request", rid)
+    view = memoryview(frame)
+    op, pos = _llm_head(view, rid)
+    if op is LLMOp.OPEN:
+        if len(view) <= pos:
+            raise FrameError("missing deployment name", rid)
+        n = view[pos]
+        if not 0 < n <= MAX_NAME_BYTES:
+            raise FrameError(f"deployment name length {n} outside 1..{MAX_NAME_BYTES}", rid)
+        if len(view) != pos + 1 + n + _SAMPLING.size:
+            raise FrameError("OPEN frame length does not match its name length", rid)
+        try:
+            name = bytes(view[pos + 1 : pos + 1 + n]).decode("ascii")
+        except UnicodeDecodeError:
+            raise FrameError("deployment name is not ASCII", rid) from None
+        try:
+            sampling = Sampling(*_SAMPLING.unpack_from(view, pos + 1 + n))
+        except ValueError as e:
+            raise FrameError(f"sampling parameters: {e}", rid) from None
+        return LLMRequest(rid, op, deployment=name, sampling=sampling)
+    end = pos + SESSION_ID_BYTES
+    if len(view) < end:
+        raise FrameError("truncated session id", rid)
+    session = bytes(view[pos:end])
+    if op is LLMOp.CLOSE:
+        if len(view) != end:
+            raise FrameError("CLOSE frame longer than a session id", rid)
+        return LLMRequest(rid, op, session=session)
+    if len(view) < end + _STEP_HEAD.size:
+        raise FrameError("truncated STEP header", rid)
+    tokens, n = _STEP_HEAD.unpack_from(view, end)
+    pos = end + _STEP_HEAD.size
+    if tokens == 0 or n == 0:
+        raise FrameError("a STEP carries at least one token and one bitstream", rid)
+    if len(view) < pos + 4 * n:
+        raise FrameError("truncated bitstream lengths", rid)
+    lengths = struct.unpack_from(f"<{n}I", view, pos)
+    pos += 4 * n
+    if len(view) != pos + sum(lengths) or 0 in lengths:
+        raise FrameError("bitstream lengths do not match the frame", rid)
+    blobs = []
+    for length in lengths:
+        blobs.append(view[pos : pos + length])
+        pos += length
+    return LLMRequest(rid, op, session=session, tokens=tokens, bitstreams=tuple(blobs))
+
+
+def encode_llm_opened(request_id: int, r: LLMOpened) -> bytes:
+    return b"".join((_llm_prefix(request_id, TYPE_LLM_RESULT, LLMOp.OPEN),
+                     _check_session(r.session),
+                     _OPENED.pack(r.split, r.hidden_size, r.vocab_size, r.kv_bytes_per_token)))
+
+
+def encode_llm_token(request_id: int, token: int, logprob: float, position: int,
+                     top: tuple[tuple[int, float], ...] | list[tuple[int, float]] = (),
+                     batch_size: int = 1, queue_s: float = 0.0, decode_s: float = 0.0,
+                     tail_s: float = 0.0) -> bytes:
+    """A STEP answer (times in seconds, saturating as in result frames)."""
+    return b"".join((
+        _llm_prefix(request_id, TYPE_LLM_RESULT, LLMOp.STEP),
+        _TOKEN.pack(min(batch_size, _U16_MAX), _us(queue_s), _us(decode_s), _us(tail_s),
+                    min(position, _U32_MAX), token, logprob, len(top)),
+        b"".join(_TOP.pack(t, lp) for t, lp in top),
+    ))
+
+
+def encode_llm_closed(request_id: int, tokens: int) -> bytes:
+    return (_llm_prefix(request_id, TYPE_LLM_RESULT, LLMOp.CLOSE)
+            + _CLOSED.pack(min(tokens, _U32_MAX)))
+
+
+def parse_llm_result(frame: bytes | bytearray | memoryview) -> tuple[int, LLMResult]:
+    """Parse an LLM result frame into (request id, result); raises :class:`FrameError`."""
+    ftype, rid = _prefix(frame)
+    if ftype != TYPE_LLM_RESULT:
+        raise FrameError(f"frame type 0x{ftype:02x} is not an LLM result", rid)
+    view = memoryview(frame)
+    op, pos = _llm_head(view, rid)
+    if op is LLMOp.OPEN:
+        if len(view) != pos + SESSION_ID_BYTES + _OPENED.size:
+            raise FrameError("OPEN answer of the wrong length", rid)
+        return rid, LLMOpened(bytes(view[pos : pos + SESSION_ID_BYTES]),
+                              *_OPENED.unpack_from(view, pos + SESSION_ID_BYTES))
+    if op is LLMOp.CLOSE:
+        if len(view) != pos + _CLOSED.size:
+            raise FrameError("CLOSE answer of the wrong length", rid)
+        return rid, LLMClosed(*_CLOSED.unpack_from(view, pos))
+    if len(view) < pos + _TOKEN.size:
+        raise FrameError("truncated STEP answer", rid)
+    batch, queue, decode, tail, position, token, logprob, k = _TOKEN.unpack_from(view, pos)
+    pos += _TOKEN.size
+    if len(view) != pos + k * _TOP.size:
+        raise FrameError("STEP answer length does not match its top-k count", rid)
+    top = tuple(_TOP.unpack_from(view, pos + i * _TOP.size) for i in range(k))
+    return rid, LLMToken(token, logprob, top, position, Timing(batch, queue, decode, tail))

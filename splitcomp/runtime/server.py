@@ -6,6 +6,11 @@ Data path: handshake (bearer token checked, nothing decoded before) -> frame par
 (:func:`.handler.answer_batch`) while the event loop keeps serving -> each waiter answered
 through its connection's writer task. ``GET /metrics`` on the same port serves Prometheus
 text; ``GET /healthz`` answers ``ok``.
+
+LLM deployments (:class:`splitcomp.llm.service.LLMDeployment`) take LLM frames (type 0x02):
+OPEN and CLOSE are answered on the event loop; STEPs are checked against their session (owner,
+KV-cache cap) there, queued per deployment, and each batch runs in the deployment's worker
+thread (:meth:`LLMDeployment.run_steps`: one tail forward for all single-token steps).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
@@ -36,10 +41,13 @@ from . import protocol as P
 from .auth import Tokens
 from .batching import Batcher
 from .dedup import DedupCache, InFlight
-from .deployment import BatchReport, Deployment
+from .deployment import BatchReport, Deployment, RequestError
 from .handler import answer_batch
-from .stats import CONTENT_TYPE, ServerMetrics
+from .stats import CONTENT_TYPE, Counter, Gauge, ServerMetrics
 from .tls import TlsLike, server_context
+
+if TYPE_CHECKING:
+    from ..llm.service import LLMDeployment
 
 log = logging.getLogger("splitcomp.runtime")
 
@@ -92,6 +100,14 @@ class _Item:
     arrival: float  #: time.perf_counter() when its frame was parsed
 
 
+@dataclass(eq=False, slots=True)
+class _StepItem(_Item):
+    """A queued LLM STEP (``data`` is the frame)."""
+
+    request: Any = None  #: the parsed :class:`~.protocol.LLMRequest`
+    session: Any = None  #: its :class:`~splitcomp.llm.sessions.ServerSession`
+
+
 class Server:
     """Serve one or more :class:`Deployment` s to many clients over WebSocket.
 
@@ -103,10 +119,12 @@ class Server:
     answered OVERLOADED. Requests queued longer than ``request_timeout_s`` are answered
     TIMEOUT without running. ``dedup_*`` size the memory of recent answers (see
     :mod:`.dedup`). ``metrics_public``: serve ``/metrics`` without a token.
+    ``llm``: LLM deployments (:class:`~splitcomp.llm.service.LLMDeployment`) served beside
+    the tails, under names of their own.
     """
 
-    def __init__(self, deployments: Deployment | Iterable[Deployment] | Mapping[str, Deployment],
-                 host: str = "127.0.0.1", port: int = 0, *,
+    def __init__(self, deployments: Deployment | Iterable[Deployment] | Mapping[str, Deployment]
+                 = (), host: str = "127.0.0.1", port: int = 0, *,
                  tokens: Tokens | str | Path | Mapping[str, str] | None = None,
                  tls: TlsLike = None,
                  max_frame_bytes: int = 16 << 20,
@@ -117,7 +135,8 @@ class Server:
                  dedup_entries: int = 65536, dedup_bytes: int = 64 << 20,
                  dedup_ttl_s: float = 60.0,
                  metrics_public: bool = True,
-                 ping_interval: float | None = 20.0) -> None:
+                 ping_interval: float | None = 20.0,
+                 llm: Iterable[LLMDeployment] = ()) -> None:
         if isinstance(deployments, Deployment):
             deployments = [deployments]
         elif isinstance(deployments, Mapping):
@@ -127,7 +146,12 @@ class Server:
             if d.name in self.deployments:
                 raise ValueError(f"two deployments named {d.name!r}")
             self.deployments[d.name] = d
-        if not self.deployments:
+        self.llm: dict[str, LLMDeployment] = {}
+        for d in llm:
+            if d.name in self.deployments or d.name in self.llm:
+                raise ValueError(f"two deployments named {d.name!r}")
+            self.llm[d.name] = d
+        if not self.deployments and not self.llm:
             raise ValueError("no deployment to serve")
         if tokens is not None and not isinstance(tokens, Tokens):
             tokens = Tokens.load(tokens) if isinstance(tokens, (str, Path)) else Tokens(tokens)
@@ -153,6 +177,8 @@ class Server:
         self.metrics = ServerMetrics(inflight=lambda: self._inflight_total,
                                      connections=lambda: len(self._conns),
                                      loop_cpu=self._loop_cpu)
+        self._llm_metrics()
+        self._expiry: asyncio.Task | None = None
         self._batchers: dict[str, Batcher[_Item]] = {}
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._ws_server: Any = None
@@ -181,6 +207,14 @@ class Server:
                         dep.max_wait_ms / 1000.0, name)
             b.start()
             self._batchers[name] = b
+        for name, llm in self.llm.items():
+            self._executors[name] = ThreadPoolExecutor(1, thread_name_prefix=f"llm-{name}")
+            b = Batcher(partial(self._process_steps, llm), llm.max_batch_size,
+                        llm.max_wait_ms / 1000.0, name)
+            b.start()
+            self._batchers[name] = b
+        if self.llm:
+            self._expiry = asyncio.create_task(self._expire_sessions())
         self._ws_server = await ws_serve(
             self._handler, self.host, self.port, ssl=self.ssl,
             process_request=self._process_request, process_response=self._process_response,
@@ -221,6 +255,11 @@ class Server:
             for item in await b.stop():
                 self._answer(name, item, P.encode_error(item.request_id, P.ErrorCode.UNAVAILABLE,
                                                         "server shutting down"), ok=False)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        for llm in self.llm.values():
+            llm.sessions.close_all()
         for ex in self._executors.values():
             ex.shutdown(wait=False, cancel_futures=True)
         self._batchers.clear()
@@ -335,6 +374,8 @@ class Server:
 
     def _on_frame(self, conn: _Conn, frame: bytes) -> str | None:
         """Route one frame; returns a message when the frame must close the connection."""
+        if P.frame_type(frame) == P.TYPE_LLM_REQUEST:
+            return self._on_llm_frame(conn, frame)
         m = self.metrics
         try:
             req = P.parse_request(frame)
@@ -464,6 +505,192 @@ class Server:
         else:
             self._inflight.pop(item.inflight_key, None)
         self._inflight_total -= 1
+
+    # -- LLM sessions ----------------------------------------------------------------
+    def _llm_metrics(self) -> None:
+        if not self.llm:
+            return
+        r, d = self.metrics.registry, ("deployment",)
+        self._m_sessions = r.add(Gauge("splitcomp_llm_sessions", "Open LLM sessions.", d))
+        self._m_kv = r.add(Gauge("splitcomp_llm_kv_bytes", "KV-cache bytes of the LLM sessions "
+                                 "(reserved: steps in flight included).", d))
+        self._m_opened = r.add(Gauge("splitcomp_llm_sessions_opened_total",
+                                     "LLM sessions opened.", d, kind="counter"))
+        self._m_expired = r.add(Gauge("splitcomp_llm_sessions_expired_total",
+                                      "LLM sessions freed by the idle timeout.", d,
+                                      kind="counter"))
+        self._m_tokens = r.add(Counter("splitcomp_llm_tokens_total",
+                                       "Tokens run through the tail (prefills and steps).", d))
+        self._m_sample_cpu = r.add(Counter(
+            "splitcomp_llm_sample_cpu_seconds_total",
+            "CPU of the worker thread picking next tokens and building answers.", d))
+
+    def _llm_gauges(self, dep: LLMDeployment) -> None:
+        sm, labels = dep.sessions, (dep.name,)
+        self._m_sessions.set(len(sm), labels)
+        self._m_kv.set(sm.reserved_bytes, labels)
+        self._m_opened.set(sm.opened, labels)
+        self._m_expired.set(sm.expired, labels)
+
+    async def _expire_sessions(self) -> None:
+        """Free idle sessions every quarter of the shortest idle timeout (at most 1 s)."""
+        timeout = min(d.sessions.idle_timeout_s for d in self.llm.values())
+        period = min(max(timeout / 4, 0.01), 1.0)
+        while True:
+            await asyncio.sleep(period)
+            for dep in self.llm.values():
+                dep.sessions.expire()
+                self._llm_gauges(dep)
+
+    def _on_llm_frame(self, conn: _Conn, frame: bytes) -> str | None:
+        """Route one LLM frame (see :meth:`_on_frame`)."""
+        m = self.metrics
+        try:
+            req = P.parse_llm_request(frame)
+        except P.FrameError as e:
+            m.requests.inc(("",))
+            m.bytes_in.inc(("",), len(frame))
+            m.error("", P.ErrorCode.BAD_FRAME.name)
+            if e.request_id is None:
+                return str(e)
+            self._reply_error(conn, "", e.request_id, P.ErrorCode.BAD_FRAME, str(e))
+            return None
+        rid, op = req.request_id, req.op
+        if op is P.LLMOp.OPEN:
+            dep = self.llm.get(req.deployment)
+        else:
+            dep = next((d for d in self.llm.values() if req.session in d.sessions), None)
+        label = dep.name if dep is not None else ""
+        m.requests.inc((label,))
+        m.bytes_in.inc((label,), len(frame))
+        key = (conn.identity, "llm", rid)
+        seen = self.dedup.lookup(key)
+        if seen is not None:  # a retry: the answer, or a wait for it
+            m.dedup_hits.inc((label,))
+            if isinstance(seen, InFlight):
+                if len(seen.waiters) >= self.max_inflight_per_client:
+                    self._reply_error(conn, label, rid, P.ErrorCode.OVERLOADED,
+                                      f"request {rid} re-sent too often while in flight")
+                    return None
+                seen.waiters.append(conn)
+            else:
+                conn.send(seen)
+                m.bytes_out.inc((label,), len(seen))
+            return None
+        if dep is None:
+            if op is P.LLMOp.OPEN:
+                self._reply_error(conn, label, rid, P.ErrorCode.UNKNOWN_DEPLOYMENT,
+                                  f"no LLM deployment {req.deployment!r} (serving "
+                                  f"{', '.join(self.llm) or 'none'})")
+            else:
+                self._reply_error(conn, label, rid, P.ErrorCode.SESSION_NOT_FOUND,
+                                  "no such session for this client (never opened, closed, "
+                                  "or expired)")
+            return None
+        if dep.allowed_clients is not None and conn.client_id not in dep.allowed_clients:
+            self._reply_error(conn, label, rid, P.ErrorCode.UNAUTHORIZED,
+                              f"client {conn.client_id!r} may not use {dep.name!r}")
+            return None
+        if self._draining:
+            self._reply_error(conn, label, rid, P.ErrorCode.UNAVAILABLE, "server shutting down")
+            return None
+        held = self._inflight.get(conn.inflight_key, 0)
+        if held >= self.max_inflight_per_client:
+            self._reply_error(conn, label, rid, P.ErrorCode.OVERLOADED,
+                              f"{held} requests in flight (limit {self.max_inflight_per_client})")
+            return None
+        sessions, batcher = dep.sessions, self._batchers[dep.name]
+        try:
+            if op is P.LLMOp.OPEN:
+                assert req.sampling is not None
+                answer = P.encode_llm_opened(rid, dep.opened(sessions.open(conn.client_id,
+                                                                           req.sampling)))
+            elif op is P.LLMOp.CLOSE:
+                answer = P.encode_llm_closed(rid, sessions.close(conn.client_id, req.session))
+            else:
+                session = sessions.get(conn.client_id, req.session)
+                if req.tokens > dep.max_step_tokens:
+                    raise RequestError(P.ErrorCode.TOO_LARGE, f"{req.tokens} tokens in one step "
+                                       f"(limit {dep.max_step_tokens})")
+                if len(batcher) >= self.max_queue:
+                    raise RequestError(P.ErrorCode.OVERLOADED,
+                                       f"{dep.name!r} has {len(batcher)} steps queued")
+                sessions.reserve(session, req.tokens)
+        except RequestError as e:
+            self._reply_error(conn, label, rid, e.code, e.message)
+            self._llm_gauges(dep)
+            return None
+        self._llm_gauges(dep)
+        if op is not P.LLMOp.STEP:  # answered at once, and remembered for retries
+            self.dedup.begin(key, conn)
+            self.dedup.finish(key, answer)
+            m.results.inc((label,))
+            m.bytes_out.inc((label,), len(answer))
+            conn.send(answer)
+            return None
+        self._inflight[conn.inflight_key] = held + 1
+        self._inflight_total += 1
+        self.dedup.begin(key, conn)
+        batcher.submit(_StepItem(rid, memoryview(frame), key, conn.inflight_key,
+                                 time.perf_counter(), req, session))
+        return None
+
+    async def _process_steps(self, dep: LLMDeployment, items: list[_StepItem]) -> None:
+        """Run one batch of STEPs in the deployment's worker thread, then answer each."""
+        from ..llm.service import StepItem
+
+        start = time.perf_counter()
+        sessions, name, labels = dep.sessions, dep.name, (dep.name,)
+        live = []
+        for it in items:
+            if start - it.arrival > self.request_timeout_s:
+                sessions.finish(it.session, it.request.tokens, ok=False)
+                self._answer(name, it, P.encode_error(
+                    it.request_id, P.ErrorCode.TIMEOUT,
+                    f"queued {start - it.arrival:.1f} s (limit {self.request_timeout_s} s)"),
+                    ok=False)
+            else:
+                live.append(it)
+        if not live:
+            return
+        steps = [StepItem(it.request_id, it.session, it.request.tokens, it.request.bitstreams,
+                          start - it.arrival) for it in live]
+        assert self._loop is not None
+        try:
+            report = await self._loop.run_in_executor(self._executors[name], dep.run_steps,
+                                                      steps)
+        except Exception as e:
+            log.exception("steps of %s failed", name)
+            for it in live:
+                sessions.finish(it.session, it.request.tokens, ok=False)
+                self._answer(name, it, P.encode_error(it.request_id, P.ErrorCode.INTERNAL,
+                                                      f"batch failed: {e!r}"[:300]), ok=False)
+            return
+        m = self.metrics
+        for n in report.tail_calls:
+            m.batch_size.observe(n, labels)
+        m.batch_requests.observe(len(live), labels)
+        m.decode_seconds.inc(labels, report.decode_s)
+        m.decode_cpu_seconds.inc(labels, report.decode_cpu_s)
+        m.worker_cpu_seconds.inc(labels, report.worker_cpu_s)
+        m.tail_seconds.inc(labels, report.tail_s)
+        m.tail_cpu_seconds.inc(labels, report.tail_cpu_s)
+        m.encode_seconds.inc(labels, report.sample_cpu_s)
+        m.queue_seconds.inc(labels, sum(start - it.arrival for it in live))
+        self._m_sample_cpu.inc(labels, report.sample_cpu_s)
+        now = time.perf_counter()
+        for it, frame, ok, code in zip(live, report.frames, report.ok, report.errors,
+                                       strict=True):
+            sessions.finish(it.session, it.request.tokens, ok)
+            if ok:
+                m.results.inc(labels)
+                m.latency.observe(now - it.arrival, labels)
+                self._m_tokens.inc(labels, it.request.tokens)
+            else:
+                m.error(name, code.name if code is not None else "INTERNAL")
+            self._answer(name, it, frame, ok)
+        self._llm_gauges(dep)
+
 
 
 class BackgroundServer:

@@ -1,0 +1,324 @@
+"""Session context of the ``tokenwise`` codec: static per-channel statistics, sent once.
+
+A :class:`TokenwiseContext` is what calibration learns from a few hundred hidden states of
+one model at one cut: per channel a centre ``mu`` (float16), a step weight ``w`` (log-coded
+byte), a reconstruction offset ``delta`` (byte / 256 of a step) and the distribution of the
+token-normalised value ``z = (x - mu) / (S * w * f_t)`` as ``M`` quantile knots (float16) at
+shared cumulative probabilities; globally the reference scale ``S``, the exponent ``alpha``
+with which a token's scale ``f_t`` moves its quantization step, and the dead-zone ``theta``.
+
+It is its own self-describing, CRC-protected bitstream (:meth:`TokenwiseContext.to_bytes`),
+sent once per session; per-token bitstreams name it by a 20-bit id (from a SHA-256).
+Both ends register it (:func:`register_context`) before coding; a stream naming a context
+this process does not know is refused with :class:`~splitcomp.codecs.errors.BitstreamError`.
+
+Context bytes (little-endian)::
+
+    4       magic "SCTX"
+    u8      version (1)
+    varint  C channels (1 .. 65536), varint M knots (3 .. 255)
+    f32     S (finite, > 0);  u8 alpha * 8 (0 .. 8);  u8 theta * 256 (0 .. 127)
+    u16 x M     cumulative probabilities of the knots * 65535 (0 first, 65535 last, increasing)
+    u16 x 128   calibration counts of the token scale codes (the model of the per-token code)
+    f16 x C     mu;  u8 x C  w codes (w = 2**((code - 128) / 16));  u8 x C  delta * 256 (0 .. 127)
+    f16 x C x M knots, channel by channel, each row non-decreasing, all finite
+    u32     CRC32 of every preceding byte
+
+Entropy tables (:meth:`TokenwiseContext.tables`) are derived, never sent: for a step ``c``
+(in units of ``S * w``) and a token scale code, the probability of each symbol is the mass of
+its cell under the channel's piecewise-linear CDF through the knots (plus a small floor);
+channels are grouped by the half-width ``K`` of their alphabet (a power of two, 2 .. 256), and
+symbol ``2K + 1`` of a group is the escape (the value follows as a varint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BitstreamError, require
+from .wire import Reader, put_varint
+
+MAGIC = b"SCTX"
+VERSION = 1
+#: cumulative probabilities of the default knots: fine in the tails and near the median
+P_GRID = np.array(
+    [0.0, 1e-4, 5e-4, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3,
+     0.35, 0.4, 0.45, 0.475, 0.5], np.float64)
+P_GRID = np.concatenate([P_GRID, 1.0 - P_GRID[-2::-1]])
+#: bounds of a token's scale code (7 bits); 64 is the reference scale
+CODE_MAX, CODE_MID = 127, 64
+#: largest alphabet half-width; symbols beyond are escapes
+K_MAX = 256
+#: probability floor of every symbol (relative), so no symbol is ever impossible
+FLOOR = 1e-6
+_MAX_CHANNELS = 1 << 16
+#: table sets kept per context (one per level and token scale code in use)
+TABLE_CACHE = 48
+
+
+def token_factor(code: np.ndarray | int) -> np.ndarray:
+    """The token scale ``f_t = 2**((code - 64) / 8)`` (float64) of a scale code."""
+    return np.exp2((np.asarray(code, np.float64) - CODE_MID) / 8.0)
+
+
+def _w_from_code(code: np.ndarray) -> np.ndarray:
+    return np.exp2((code.astype(np.float64) - 128.0) / 16.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One group of channels sharing an alphabet half-width ``k``: probabilities (n, 2k + 2)."""
+
+    channels: np.ndarray
+    k: int
+    probs: np.ndarray
+
+
+@dataclass(eq=False)
+class TokenwiseContext:
+    """Per-channel calibration statistics (see the module docstring). Build with
+    :func:`calibrate` or :meth:`from_bytes`; the fields are what the bytes say, already
+    rounded to their wire precision."""
+
+    scale: float
+    alpha: float
+    theta: float
+    p_grid: np.ndarray
+    mu: np.ndarray
+    w_code: np.ndarray
+    delta: np.ndarray
+    knots: np.ndarray
+    code_counts: np.ndarray
+    _tables: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def channels(self) -> int:
+        return int(self.mu.size)
+
+    @property
+    def w(self) -> np.ndarray:
+        return _w_from_code(self.w_code)
+
+    # -- bytes -------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        out = bytearray(MAGIC)
+        out.append(VERSION)
+        put_varint(out, self.channels)
+        put_varint(out, int(self.p_grid.size))
+        out += struct.pack("<f", self.scale)
+        out.append(round(self.alpha * 8))
+        out.append(round(self.theta * 256))
+        out += np.rint(self.p_grid * 65535).astype("<u2").tobytes()
+        out += self.code_counts.astype("<u2").tobytes()
+        out += self.mu.astype("<f2").tobytes()
+        out += self.w_code.astype(np.uint8).tobytes()
+        out += np.rint(self.delta * 256).astype(np.uint8).tobytes()
+        out += self.knots.astype("<f2").tobytes()
+        out += struct.pack("<I", zlib.crc32(out))
+        return bytes(out)
+
+    @property
+    def context_id(self) -> int:
+        """20-bit id (never 0) of this context: what a per-token bitstream carries."""
+        return context_id(self.to_bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> TokenwiseContext:
+        """Parse and validate context bytes; anything malformed raises BitstreamError."""
+        view = memoryview(data).cast("B")
+        require(len(view) >= len(MAGIC) + 1 + 4, "tokenwise context: truncated")
+        require(bytes(view[:4]) == MAGIC, "tokenwise context: bad magic")
+        (crc,) = struct.unpack("<I", view[-4:])
+        require(zlib.crc32(view[:-4]) == crc, "tokenwise context: CRC mismatch")
+        r = Reader(view, 4, len(view) - 4)
+        require(r.u8() == VERSION, "tokenwise context: unsupported version")
+        c, m = r.varint(), r.varint()
+        require(1 <= c <= _MAX_CHANNELS and 3 <= m <= 255, "tokenwise context: bad sizes")
+        size = 6 + 2 * m + 256 + 4 * c + 2 * c * m
+        require(r.remaining() == size, "tokenwise context: bad length")
+        (scale,) = r.unpack("<f")
+        alpha, theta = r.u8(), r.u8()
+        require(np.isfinite(scale) and scale > 0, "tokenwise context: bad scale")
+        require(alpha <= 8 and theta < 128, "tokenwise context: bad alpha or theta")
+        p16 = np.frombuffer(r.take(2 * m), "<u2").astype(np.int64)
+        require(p16[0] == 0 and p16[-1] == 65535 and bool(np.all(np.diff(p16) > 0)),
+                "tokenwise context: bad knot probabilities")
+        counts = np.frombuffer(r.take(256), "<u2").astype(np.int64)
+        mu = np.frombuffer(r.take(2 * c), "<f2").astype(np.float32)
+        w_code = np.frombuffer(r.take(c), np.uint8).copy()
+        d8 = np.frombuffer(r.take(c), np.uint8)
+        require(bool(np.all(d8 < 128)), "tokenwise context: bad offsets")
+        knots = np.frombuffer(r.take(2 * c * m), "<f2").astype(np.float64).reshape(c, m)
+        require(bool(np.all(np.isfinite(mu))) and bool(np.all(np.isfinite(knots))),
+                "tokenwise context: not finite")
+        require(bool(np.all(np.diff(knots, axis=1) >= 0)), "tokenwise context: knots unsorted")
+        return cls(float(scale), alpha / 8.0, theta / 256.0, p16 / 65535.0, mu, w_code,
+                   d8.astype(np.float32) / 256.0, knots, counts)
+
+    # -- quantizer -----------------------------------------------------------------------------
+    def token_codes(self, x: np.ndarray) -> np.ndarray:
+        """Scale code (0 .. 127) of each row of ``x`` (R, C): median |x - mu| against S."""
+        s = np.median(np.abs(x - self.mu), axis=1).astype(np.float64)
+        with np.errstate(divide="ignore"):
+            code = np.rint(8.0 * np.log2(np.maximum(s, 1e-30) / self.scale)) + CODE_MID
+        return np.clip(code, 0, CODE_MAX).astype(np.int64)
+
+    def steps(self, step: float, codes: np.ndarray) -> np.ndarray:
+        """Quantization steps (R, C) float32 of rows with scale ``codes`` at step ``step``."""
+        f = token_factor(codes) ** self.alpha
+        return (np.float32(step * self.scale) * f.astype(np.float32)[:, None]
+                * self.w[None, :]).astype(np.float32)
+
+    @property
+    def code_probs(self) -> np.ndarray:
+        """Model (1, 128) of a token's scale code: calibration counts plus a floor."""
+        p = self.code_counts.astype(np.float64) + 1e-3
+        return (p / p.sum())[None, :]
+
+    def tables(self, step: float, code: int) -> list[Table]:
+        """Entropy tables (cached) of a token with scale ``code`` at ``step``."""
+        key = (float(step), int(code))
+        hit = self._tables.get(key)
+        if hit is None:
+            if len(self._tables) >= TABLE_CACHE:  # a hostile sender may cycle through codes
+                self._tables.pop(next(iter(self._tables)))
+            hit = self._tables[key] = self._build_tables(step, int(code))
+        return hit
+
+    def _build_tables(self, step: float, code: int) -> list[Table]:
+        f = float(token_factor(code))
+        width = step * f ** (self.alpha - 1.0)  # one step in units of z
+        reach = np.maximum(np.abs(self.knots[:, 0]), np.abs(self.knots[:, -1])) / width
+        k_need = np.ceil(reach - 0.5 - self.theta).clip(0) + 1
+        k = np.minimum(np.exp2(np.ceil(np.log2(np.maximum(k_need, 2)))), K_MAX).astype(np.int64)
+        out = []
+        for kg in np.unique(k):
+            ch = np.flatnonzero(k == kg)
+            kg = int(kg)
+            edges = np.arange(-kg, kg + 2, dtype=np.float64) - 0.5  # -k-0.5 .. k+0.5
+            edges = np.where(edges < 0, edges - self.theta, edges + self.theta)
+            edges[kg] = -0.5 - self.theta  # the zero cell is [-0.5 - theta, 0.5 + theta)
+            z = edges * width
+            cdf = np.empty((ch.size, z.size))
+            for i, j in enumerate(ch):
+                cdf[i] = np.interp(z, self.knots[j], self.p_grid)
+            p = np.diff(cdf, axis=1)
+            esc = cdf[:, :1] + (1.0 - cdf[:, -1:])
+            probs = np.concatenate([p, esc], axis=1).clip(0) + FLOOR
+            probs /= probs.sum(axis=1, keepdims=True)
+            out.append(Table(ch, kg, probs))
+        return out
+
+
+def context_id(data: bytes) -> int:
+    """The 20-bit id of context bytes (never 0, which means "no context"): the first 20 bits
+    of their SHA-256 (their CRC32 would not do: a CRC over bytes ending in it is a constant)."""
+    return (int.from_bytes(hashlib.sha256(data).digest()[:3], "little") & 0xFFFFF) or 1
+
+
+_STORE: dict[int, TokenwiseContext] = {}
+#: directories (os.pathsep-separated) where :func:`get_context` looks for unregistered ids
+CONTEXT_PATH_ENV = "SPLITCOMP_TOKENWISE_CONTEXTS"
+
+
+def context_filename(cid: int) -> str:
+    return f"tokenwise-{cid:05x}.sctx"
+
+
+def save_context(ctx: TokenwiseContext, directory: str | Path) -> Path:
+    """Write ``ctx`` as ``tokenwise-<id>.sctx`` in ``directory`` (for :data:`CONTEXT_PATH_ENV`)."""
+    data = ctx.to_bytes()
+    path = Path(directory) / context_filename(context_id(data))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def register_context(ctx: TokenwiseContext | bytes | bytearray | memoryview) -> int:
+    """Make a context known to this process (both ends of a session do it); returns its id.
+
+    Raises BitstreamError for malformed bytes, ValueError if another context has the id."""
+    if not isinstance(ctx, TokenwiseContext):
+        ctx = TokenwiseContext.from_bytes(ctx)
+    data = ctx.to_bytes()
+    cid = context_id(data)
+    old = _STORE.get(cid)
+    if old is not None and old.to_bytes() != data:
+        raise ValueError(f"tokenwise context id {cid} already holds another context")
+    _STORE[cid] = old or ctx
+    return cid
+
+
+def get_context(cid: int) -> TokenwiseContext:
+    """The registered context ``cid``, else one saved under a :data:`CONTEXT_PATH_ENV`
+    directory (registered on the way); BitstreamError if neither has it."""
+    hit = _STORE.get(cid)
+    if hit is not None:
+        return hit
+    for folder in filter(None, os.environ.get(CONTEXT_PATH_ENV, "").split(os.pathsep)):
+        path = Path(folder) / context_filename(cid)
+        if path.is_file() and path.stat().st_size <= 1 << 26:
+            data = path.read_bytes()
+            if context_id(data) == cid:
+                register_context(data)
+                return _STORE[cid]
+    raise BitstreamError(f"tokenwise context {cid} is not registered here")
+
+
+def calibrate(hidden: np.ndarray, sensitivity: np.ndarray | None = None, alpha: float = 0.0,
+              theta: float = 0.0, p_grid: np.ndarray = P_GRID) -> TokenwiseContext:
+    """A context from calibration hidden states (N, C) (e.g. a few hundred tokens).
+
+    ``sensitivity`` (C,), optional, is the mean squared loss gradient of each channel (a
+    diagonal Fisher); steps then shrink where it is large (``w ~ F**-1/2``, within 16x).
+    ``alpha`` is how much a token's scale moves its step (0: one static step; 1: a step
+    proportional to the token's median |x - mu|); ``theta`` widens the zero cell (dead zone).
+    Rows that are not finite are ignored."""
+    x = np.asarray(hidden, np.float32)
+    if x.ndim != 2 or x.shape[0] < 2 or not 1 <= x.shape[1] <= _MAX_CHANNELS:
+        raise ValueError("calibrate takes hidden states (N >= 2, C)")
+    x = x[np.all(np.isfinite(x), axis=1)]
+    if x.shape[0] < 2:
+        raise ValueError("calibrate needs at least two finite rows")
+    c = x.shape[1]
+    mu = np.median(x, axis=0).astype(np.float16).astype(np.float32)
+    s = np.median(np.abs(x - mu), axis=1)
+    scale = float(np.float32(max(float(np.median(s)), 1e-30)))
+    w_code = np.full(c, 128, np.uint8)
+    if sensitivity is not None:
+        f = np.maximum(np.asarray(sensitivity, np.float64).reshape(c), 1e-30)
+        rel = f / np.exp(np.mean(np.log(f)))
+        w_code = np.clip(np.rint(128 - 8.0 * np.log2(rel)), 64, 192).astype(np.uint8)
+    ctx = TokenwiseContext(scale, round(alpha * 8) / 8, round(theta * 256) / 256,
+                           np.rint(np.asarray(p_grid) * 65535) / 65535, mu, w_code,
+                           np.zeros(c, np.float32), np.zeros((c, len(p_grid))),
+                           np.zeros(CODE_MAX + 1, np.int64))
+    codes = ctx.token_codes(x)
+    counts = np.bincount(codes, minlength=CODE_MAX + 1)
+    ctx.code_counts = np.minimum(np.ceil(counts * min(1.0, 65535 / counts.max())), 65535)
+    z = (x - mu) / (np.float32(scale) * token_factor(codes).astype(np.float32)[:, None]
+                    * ctx.w[None, :])
+    knots = np.quantile(z.astype(np.float64), ctx.p_grid, axis=0).T
+    knots = np.clip(knots, -60000, 60000).astype(np.float16).astype(np.float64)
+    ctx.knots = np.maximum.accumulate(knots, axis=1)
+    return ctx
+
+
+def fit_offsets(ctx: TokenwiseContext, hidden: np.ndarray, step: float) -> None:
+    """Set each channel's reconstruction offset to the mean distance, in steps, of the
+    calibration values from their non-zero levels toward zero (0 .. 127/256)."""
+    x = np.asarray(hidden, np.float32)
+    d = ctx.steps(step, ctx.token_codes(x))
+    u = (x - ctx.mu) / d
+    q = np.sign(u) * np.floor(np.abs(u) + 0.5 - ctx.theta)
+    nz = q != 0
+    gap = np.where(nz, np.abs(q) - np.abs(u), 0.0).sum(0) / np.maximum(nz.sum(0), 1)
+    ctx.delta = (np.clip(np.rint(gap * 256), 0, 127) / 256).astype(np.float32)
+    ctx._tables.clear()

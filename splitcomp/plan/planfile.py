@@ -1,0 +1,94 @@
+"""The plan file: what to deploy (model, cut, codec and setting), under which channel and
+device assumptions, what it is predicted to cost, and the other Pareto settings a rate
+controller may switch to. JSON, versioned.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import codecs
+from ..codecs import Codec
+from .channel import Channel
+from .planner import PlanRow
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class Plan:
+    """A chosen plan. ``kind``: ``split`` (serve ``split`` with ``codec``), ``offload`` (raw
+    pixels), ``input`` (compressed image) or ``device`` (nothing to serve).
+    ``predicted``: the latency breakdown in ms and the byte counts of the chosen row.
+    ``alternatives``: the other Pareto rows (same keys as ``predicted`` plus split, codec and
+    params), fastest first."""
+
+    model: str
+    kind: str
+    split: str | None
+    codec: str | None
+    params: dict[str, Any]
+    channel: dict[str, Any]
+    device: dict[str, Any]
+    objective: str
+    max_drop: float
+    predicted: dict[str, Any]
+    weights: str | None = None
+    deployment: str | None = None
+    alternatives: list[dict[str, Any]] = field(default_factory=list)
+    version: int = PLAN_VERSION
+
+    def make_codec(self) -> Codec:
+        """The edge's encoder for a ``split`` plan."""
+        if self.kind != "split" or self.codec is None:
+            raise ValueError(f"a {self.kind!r} plan has no feature codec")
+        return codecs.get(self.codec, **self.params)
+
+    def channel_model(self) -> Channel:
+        return Channel.from_json(self.channel)
+
+    @property
+    def predicted_ms(self) -> float:
+        return float(self.predicted["end_to_end_ms"])
+
+
+def row_summary(r: PlanRow) -> dict[str, Any]:
+    """The figures a plan file keeps for one row."""
+    d = r.to_json()
+    keep = ("kind", "split", "codec", "params", "bytes_per_sample", "drop_pp", "head_ms",
+            "encode_ms", "transfer_ms", "queue_ms", "decode_ms", "tail_ms", "end_to_end_ms",
+            "server_ms", "uplink_bytes", "downlink_bytes", "energy_j")
+    return {k: d[k] for k in keep}
+
+
+def plan_from_row(row: PlanRow, *, model: str, channel: Channel, device: dict[str, Any],
+                  objective: str, max_drop: float, weights: str | None = None,
+                  alternatives: list[PlanRow] = ()) -> Plan:
+    """A :class:`Plan` for ``row``; ``alternatives`` (other rows) go in fastest first."""
+    split = row.split if row.kind == "split" else None
+    codec = row.codec if row.kind != "device" else None
+    others = sorted((a for a in alternatives if a is not row), key=lambda a: a.end_to_end_ms)
+    return Plan(model=model, kind=row.kind, split=split, codec=codec, params=dict(row.params),
+                channel=channel.to_json(), device=device, objective=objective,
+                max_drop=max_drop, predicted=row_summary(row), weights=weights,
+                deployment=model if row.kind == "split" else f"{model}-full",
+                alternatives=[row_summary(a) for a in others])
+
+
+def save_plan(plan: Plan, path: str | Path) -> None:
+    """Write ``plan`` as JSON."""
+    from dataclasses import asdict
+
+    Path(path).write_text(json.dumps(asdict(plan), indent=1) + "\n")
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read a plan file written by :func:`save_plan`; refuses other versions."""
+    d = json.loads(Path(path).read_text())
+    if d.get("version") != PLAN_VERSION:
+        raise ValueError(f"{path}: plan file version {d.get('version')!r}, expected "
+                         f"{PLAN_VERSION}")
+    return Plan(**d)
