@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="name clients use for this deployment (default: the model name)")
     p.add_argument("--weights", default="default",
                    help="'default' (offline default weights), 'random', or a weights file")
+    p.add_argument("--plan", default=None, metavar="FILE",
+                   help="serve what a plan file from `splitcomp plan --plan-out` chose")
     p.add_argument("--deploy", action="append", default=[], metavar="NAME=MODEL:SPLIT[:CODECS]",
                    help="another deployment (repeatable), e.g. r20=resnet20:layer2:slicer")
     g = p.add_argument_group("LLM sessions")
@@ -79,6 +81,8 @@ def _deploy_specs(args: argparse.Namespace) -> list[tuple[str, str, str, list[st
             raise SystemExit("--model and --split go together")
         codecs = args.codec.split(",") if args.codec else None
         specs.append((args.deployment or args.model, args.model, args.split, codecs))
+    if getattr(args, "plan", None):
+        specs.append(_plan_spec(args))
     for spec in args.deploy:
         name, eq, rest = spec.partition("=")
         parts = rest.split(":")
@@ -89,6 +93,18 @@ def _deploy_specs(args: argparse.Namespace) -> list[tuple[str, str, str, list[st
     if not specs and not getattr(args, "llm", None):
         raise SystemExit("nothing to serve: give --model and --split, --deploy, or --llm")
     return specs
+
+
+def _plan_spec(args: argparse.Namespace) -> tuple[str, str, str, list[str] | None]:
+    """The deployment a plan file describes (its model and weights, its split, its codec)."""
+    from ..plan.planfile import load_plan
+
+    plan = load_plan(args.plan)
+    if plan.kind != "split" or not plan.split or not plan.codec:
+        raise SystemExit(f"--plan {args.plan}: a {plan.kind!r} plan has no split to serve")
+    if plan.weights:
+        args.weights = plan.weights
+    return (plan.deployment or plan.model, plan.model, plan.split, [plan.codec])
 
 
 def build_server(args: argparse.Namespace) -> Server:
