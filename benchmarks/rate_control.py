@@ -1,6 +1,6 @@
 """Rate control on a bandwidth drop, with real bitstreams: controller vs fixed settings.
 
-    python benchmarks/rate_control.py [--model resnet20 --split layer2] [--json PATH]
+    python benchmarks/rate_control.py [--model resnet20 --split layer1] [--json PATH]
 
 The head's features of real images are encoded at every setting of a ladder (fp16, int8,
 rans and slicer settings): each request's byte count is the length of its own bitstream and
@@ -48,8 +48,8 @@ from splitcomp.zoo import model_config  # noqa: E402
 LADDER: tuple[tuple[str, dict[str, Any]], ...] = (
     ("fp16", {}),
     ("int8", {}),
-    ("rans", {"bits": 8}),
     ("rans", {"bits": 4}),
+    ("rans", {"bits": 3}),
     ("rans", {"bits": 2}),
     ("slicer", {"quality": 0.8}),
     ("slicer", {"quality": 0.5}),
@@ -146,10 +146,10 @@ def run_policy(policy, channel: Channel, arrivals: list[float], per_request: dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="resnet20")
-    ap.add_argument("--split", default="layer2")
+    ap.add_argument("--split", default="layer1")
     ap.add_argument("--data", action="append", help="dataset, repeatable (default: the "
                     "model's)")
-    ap.add_argument("--images", type=int, default=1000,
+    ap.add_argument("--images", type=int, default=2000,
                     help="use N images: half calibration, half requests")
     ap.add_argument("--phases", default="10Mbit:20,0.5Mbit:20,10Mbit:20",
                     help="rate:seconds,... of a step trace")

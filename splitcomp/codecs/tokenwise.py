@@ -22,7 +22,11 @@ On SmolLM2-135M at block 15 a uniform static step beat every refinement measured
 per-token step, Fisher-weighted channel steps, a KLT, dead zones, centroid reconstruction):
 the hidden state's gradient is nearly isotropic across channels and tokens' scales do not
 predict their sensitivity, and the channels' peaked marginals code better than decorrelated
-ones.
+ones. Measured there (per-token streams, 16 x 512 WikiText-2 tokens, context from 2,048 other
+tokens, 47.6 kB once): level 0 3.17 bits an element (+1.05 % perplexity), level -1 3.29
+(+0.96 %, HellaSwag 47.0 -> 47.0 % on 200 items), level -2 3.41 (+0.66 %); of which 21 bytes a
+token (0.29 bit an element) are the container. One stream for a 512-token prefill: 2.86 bits
+at level 0. ``docs/results/llm_tokenwise.json`` has the details.
 
 Self-contained mode (``context=0``, the default; any tensor): rows along the last axis, each
 with a float32 step ``2**(level / 8) * median|row|`` (at least ``max|row| * 2**-20``), symbols

@@ -55,6 +55,11 @@ class Plan:
         return float(self.predicted["end_to_end_ms"])
 
 
+#: the runtime deployment serving each kind (``zoo_deployment`` / ``zoo_full_offload`` names);
+#: compressed input has no runtime deployment yet, and all-on-edge needs none
+_DEPLOYMENT = {"split": "{model}", "offload": "{model}-full"}
+
+
 def row_summary(r: PlanRow) -> dict[str, Any]:
     """The figures a plan file keeps for one row."""
     d = r.to_json()
@@ -74,7 +79,8 @@ def plan_from_row(row: PlanRow, *, model: str, channel: Channel, device: dict[st
     return Plan(model=model, kind=row.kind, split=split, codec=codec, params=dict(row.params),
                 channel=channel.to_json(), device=device, objective=objective,
                 max_drop=max_drop, predicted=row_summary(row), weights=weights,
-                deployment=model if row.kind == "split" else f"{model}-full",
+                deployment=_DEPLOYMENT[row.kind].format(model=model) if row.kind in _DEPLOYMENT
+                else None,
                 alternatives=[row_summary(a) for a in others])
 
 

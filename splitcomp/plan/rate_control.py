@@ -205,6 +205,15 @@ class Request:
     estimate_bps: float = field(default=math.nan)
 
 
+def _unsent(nbytes: int, start: float, finish: float, t: float) -> float:
+    """Bytes of a message still in the sender's buffer at ``t`` (linear while it drains)."""
+    if t >= finish:
+        return 0.0
+    if t <= start:
+        return float(nbytes)
+    return nbytes * (finish - t) / (finish - start)
+
+
 def simulate(
     policy: Policy,
     channel: Channel,
@@ -216,7 +225,8 @@ def simulate(
     ``payload(i, k)`` gives request ``i``'s real byte count and whether its answer is right at
     setting ``k``. A request computes for the setting's ``compute_ms`` (before sending), waits
     for the link, is serialised at the trace's bandwidth (packet headers included, see
-    :meth:`Channel.serialization_time`) and is answered after one RTT. The sender learns a
+    :meth:`Channel.serialization_time`) and is answered after one RTT. The controller is told
+    the bytes not yet serialised (what its socket buffer still holds). The sender learns a
     transfer's time when its acknowledgement arrives (last byte out + RTT); until then a
     late transfer caps the estimate (:meth:`BandwidthEstimator.cap`).
     """
@@ -236,7 +246,7 @@ def simulate(
         if unacked:
             start, n = unacked[0]
             policy.late(n, t - start)
-        queued = sum(n for start, ack, n in pending if ack - rtt > t)
+        queued = sum(_unsent(n, start, ack - rtt, t) for start, ack, n in pending)
         k = policy.choose(queued)
         s = policy.settings[k]
         nbytes, correct = payload(i, k)
