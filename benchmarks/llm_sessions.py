@@ -11,7 +11,10 @@ generating greedily. Decode-phase figures (after every prefill is done), from th
 - ``overhead_share``: server CPU outside the tail forward (event loop, WebSocket, framing,
   auth, dedup, session bookkeeping, bitstream decode, token pick) / tail-forward CPU;
 - ``bytes_per_token``: exact bytes above TCP per decode step, both directions: request frame
-  (bitstream + LLM frame header) and answer frame, each with its WebSocket header.
+  (bitstream + LLM frame header) and answer frame, each with its WebSocket header;
+- ``context_bytes_per_session``: codec context bytes sent at OPEN (tokenwise), averaged over
+  the sessions: the server starts without it (``$SPLITCOMP_TOKENWISE_CONTEXTS`` is not passed
+  to it unless ``--server-has-context``), the first session sends it, the others name it.
 
 ``server_tokens_per_cpu_s`` is what one server core sustains at the batch sizes seen;
 ``client_cpu_ms_per_token`` is the edge halves' cost (blocks [0, K) + encoding), which on a
@@ -90,7 +93,8 @@ async def _run(model, args, url: str, prompts: list[torch.Tensor]) -> dict:
     params = parse_params(args.codec, args.param)
     lms = [AsyncRemoteLM(model, args.split, url, args.deployment, args.codec,
                          codec_params=params, token=TOKEN, timeout_s=120) for _ in prompts]
-    await asyncio.gather(*(lm.open() for lm in lms))
+    await lms[0].open()  # a codec context (tokenwise) is sent by this one, named by the rest
+    await asyncio.gather(*(lm.open() for lm in lms[1:]))
     prefilled, go = asyncio.Event(), asyncio.Event()
     ready = [0]
     decode: list[list] = [[] for _ in lms]
@@ -157,6 +161,10 @@ async def _run(model, args, url: str, prompts: list[torch.Tensor]) -> dict:
             "websocket_headers": float(np.mean(ws)),
         },
         "uplink_bytes_per_token": float(np.mean([ws_frame_bytes(u, True) for u in up])),
+        "context_bytes_per_session": float(np.mean([lm.context_bytes_sent for lm in lms])),
+        "context_bytes_total": int(sum(lm.context_bytes_sent for lm in lms)),
+        "open_bytes_per_session": float(np.mean([lm.open_bytes_sent + lm.open_bytes_received
+                                                 for lm in lms])),
         "prefill_bytes_per_prompt_token": float(np.mean(
             [p.bytes_sent / p.tokens_sent for p in prefill])),
         "mean_batch_size": d["splitcomp_batch_size_sum"] / max(d["splitcomp_batch_size_count"], 1),
@@ -194,6 +202,8 @@ def measure(args: argparse.Namespace) -> dict:
                "--threads", "1", "--port", "0", "--tokens", str(tokens),
                "--max-batch-size", str(args.sessions), "--max-wait-ms", str(args.max_wait_ms)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if not args.server_has_context:
+            env.pop("SPLITCOMP_TOKENWISE_CONTEXTS", None)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
         try:
             model, tok = load_lm(args.model)
@@ -230,6 +240,9 @@ def main() -> None:
     p.add_argument("--also", action="append", default=[], metavar="MODEL:SPLIT[:CODEC[:K=V,..]]",
                    help="measure these too (e.g. llama_tiny:2, smollm2:15:rans:bits=6); "
                         "other settings as above")
+    p.add_argument("--server-has-context", action="store_true",
+                   help="let the server read $SPLITCOMP_TOKENWISE_CONTEXTS (default: it starts "
+                        "without the codec context and receives it at OPEN)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     if args.param is None:

@@ -6,12 +6,13 @@ The head's features of real images are encoded at every setting of a ladder (fp1
 rans and slicer settings): each request's byte count is the length of its own bitstream and
 its correctness that of the tail on the decoded features. The ladder's accuracies (what the
 controller believes) are measured on a disjoint calibration half of the images; requests
-cycle through the other half. Requests arrive every ``--period-ms`` and cross a simulated
-uplink (:class:`splitcomp.plan.channel.Channel`) whose bandwidth follows a trace with a drop
-(default 10 -> 0.5 -> 10 Mbit/s, 20 s each). Compute per request = head + encode + decode +
-tail, timed here at batch 1. Compared: the controller, the fixed highest-quality setting of
-the ladder and the fixed lowest one; per phase: settings used, latency p50/p95/max against
-the bound, requests over it, accuracy.
+use the other half, each phase replaying the same images (so accuracies compare across phases
+and policies). Only the ladder's Pareto front is used. Requests arrive every ``--period-ms``
+and cross a simulated uplink (:class:`splitcomp.plan.channel.Channel`) whose bandwidth
+follows a trace with a drop (default 10 -> 0.5 -> 10 Mbit/s, 20 s each). Compute per
+request = head + encode + decode + tail, timed here at batch 1. Compared: the controller,
+the fixed highest-quality setting of the ladder and the fixed lowest one; per phase: settings
+used, latency p50/p95/max against the bound, requests over it, accuracy.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from splitcomp import codecs  # noqa: E402
 from splitcomp.bench.evaluate import collect_features, top1  # noqa: E402
 from splitcomp.bench.report import load_images  # noqa: E402
 from splitcomp.bench.setup import load_model  # noqa: E402
+from splitcomp.data import spread_indices  # noqa: E402
 from splitcomp.partition import split  # noqa: E402
 from splitcomp.plan.channel import BandwidthTrace, Channel, parse_rate  # noqa: E402
 from splitcomp.plan.rate_control import (  # noqa: E402
@@ -39,7 +41,6 @@ from splitcomp.plan.rate_control import (  # noqa: E402
     RateController,
     Setting,
     pareto_front,
-    request_json,
     simulate,
     summarize,
 )
@@ -135,10 +136,14 @@ def measure_ladder(args: argparse.Namespace) -> tuple[list[Setting], dict[str, A
     return settings, info, per_request
 
 
-def run_policy(policy, channel: Channel, arrivals: list[float], per_request: dict) -> list:
+def run_policy(policy, channel: Channel, arrivals: list[float], per_request: dict,
+               cycle: int) -> list:
+    """Request ``i`` sends image ``i % cycle`` of ``cycle`` spread over the request half
+    (the images are class-sorted: a prefix would hold few classes)."""
+    some = spread_indices(len(next(iter(per_request.values()))), cycle)
+
     def payload(i: int, k: int) -> tuple[int, bool]:
-        rows = per_request[policy.settings[k].name]
-        return rows[i % len(rows)]
+        return per_request[policy.settings[k].name][some[i % cycle]]
 
     return simulate(policy, channel, arrivals, payload)
 
@@ -186,9 +191,13 @@ def main() -> None:
         f"fixed highest ({front[-1].name})": FixedPolicy(front, len(front) - 1),
         f"fixed lowest ({front[0].name})": FixedPolicy(front, 0),
     }
+    # every phase replays the same images when there are enough, so that accuracies of
+    # different phases (and policies) are comparable
+    n_req = len(next(iter(per_request.values())))
+    cycle = min(n_req, min(sum(lo <= t < hi for t in arrivals) for lo, hi in phases))
     results: dict[str, Any] = {}
     for pname, policy in policies.items():
-        reqs = run_policy(policy, channel, arrivals, per_request)
+        reqs = run_policy(policy, channel, arrivals, per_request, cycle)
         per_phase = []
         for lo, hi in phases:
             s = summarize([r for r in reqs if lo <= r.t < hi], bound)
@@ -197,7 +206,14 @@ def main() -> None:
         results[pname] = {"overall": summarize(reqs, bound), "phases": per_phase}
         if isinstance(policy, RateController):
             results[pname]["switches"] = policy.switches
-            results[pname]["requests"] = [request_json(r) for r in reqs]
+            results[pname]["series"] = {
+                "t_s": [round(r.t, 3) for r in reqs],
+                "setting": [r.setting for r in reqs],
+                "bytes": [r.nbytes for r in reqs],
+                "latency_ms": [round(1e3 * r.latency_s, 1) for r in reqs],
+                "correct": [int(r.correct) for r in reqs],
+                "estimate_kbps": [round(r.estimate_bps / 1e3) for r in reqs],
+            }
     # print
     print(f"{info['model']} @ {info['split']}: bound {args.bound_ms:g} ms, RTT "
           f"{args.rtt_ms:g} ms, one request every {args.period_ms:g} ms")
@@ -220,6 +236,7 @@ def main() -> None:
         "benchmark": "rate_control",
         "command": "python " + " ".join(sys.argv),
         **info,
+        "images_per_phase": cycle,
         "bound_ms": args.bound_ms, "rtt_ms": args.rtt_ms, "period_ms": args.period_ms,
         "trace": {"times": list(trace.times), "bps": list(trace.bps)},
         "ladder": [s.__dict__ for s in settings],

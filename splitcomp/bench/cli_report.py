@@ -27,8 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", action="append", required=True, metavar="S",
                    help="cut point (repeatable): module path or graph node name")
     p.add_argument("--codecs", nargs="+", default=list(DEFAULT_CODECS),
-                   choices=codecs.available(), help="feature codecs to sweep (default: "
-                   f"{' '.join(DEFAULT_CODECS)})")
+                   choices=codecs.available(), metavar="CODEC",
+                   help=f"feature codecs to sweep, of: {' '.join(codecs.available())} "
+                   f"(default: {' '.join(DEFAULT_CODECS)})")
     p.add_argument("--input-codecs", nargs="*", default=list(INPUT_CODECS),
                    choices=list(INPUT_CODECS), help="input-compression baselines")
     p.add_argument("--data", action="append", metavar="DIR",

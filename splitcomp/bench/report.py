@@ -85,6 +85,7 @@ class ModelReport:
     inputs: list[dict[str, Any]] = field(default_factory=list)
     splits: list[SplitReport] = field(default_factory=list)
     command: str = ""
+    threads: int = 0  #: torch intra-op threads the times were measured with
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -157,7 +158,7 @@ def build_report(
         model=model_name, data=[str(d) for d in data], n_images=len(ds),
         input_shape=list(images.shape[1:]), raw_input_bytes=raw_bytes_per_sample(images),
         baseline=baseline, total_params=sum(p.numel() for p in model.parameters()),
-        total_flops=cands[0].total_flops if cands else 0,
+        total_flops=cands[0].total_flops if cands else 0, threads=torch.get_num_threads(),
     )
     log(f"{model_name}: {len(ds)} images, top-1 {baseline:.2f} %")
     for fmt in input_codecs:
@@ -223,6 +224,10 @@ def matched(rep: ModelReport, drop: float) -> list[tuple[str, dict[str, Any] | N
 
 # -- figure ---------------------------------------------------------------------------------
 
+#: fixed colours so that a codec looks the same in every figure
+_CODEC_COLORS = {"fp32": "tab:cyan", "fp16": "tab:blue", "bf16": "tab:pink", "int8": "tab:orange",
+                 "blockwise8": "gold", "zstd": "tab:green", "rans": "tab:red",
+                 "slicer": "tab:purple"}
 _INPUT_STYLE = {"jpeg": ("JPEG input (full offload)", "tab:gray", "s"),
                 "webp": ("WebP input (full offload)", "tab:brown", "D"),
                 "png": ("PNG input, lossless (full offload)", "tab:olive", "P")}
@@ -256,7 +261,7 @@ def plot_split(rep: ModelReport, sr: SplitReport, path: Path) -> Path:
                           key=lambda r: r.wire_bytes_per_sample)
             xs = [r.wire_bytes_per_sample for r in rows]
             ys = [r.top1 for r in rows]
-            color = colors[i % len(colors)]
+            color = _CODEC_COLORS.get(name, colors[(i + 5) % len(colors)])
             if len(rows) == 1:
                 ax.plot(xs, ys, ls="none", marker="o", ms=7, color=color,
                         label=f"{name} features ({xs[0]:,.0f} B)")
@@ -330,10 +335,11 @@ def model_markdown(rep: ModelReport) -> list[str]:
     L.append(f"{rep.n_images} images ({', '.join(rep.data)}), input {shape} uint8 "
              f"({rep.raw_input_bytes:,} B raw). Uncompressed top-1: **{rep.baseline:.2f} %** "
              f"(one image = {100 / rep.n_images:.2f} pp). Whole model: "
-             f"{rep.total_params:,} parameters, {rep.total_flops / 1e6:,.1f} MFLOPs.")
+             f"{rep.total_params:,} parameters, {rep.total_flops / 1e6:,.1f} MFLOPs. "
+             f"Times: {rep.threads or '?'} torch thread(s).")
     if rep.command:
         L += ["", f"`{rep.command}`"]
-    L += ["", "### Encoder on the device (SC2: size, FLOPs, wire bytes)", ""]
+    L += ["", "### Encoder on the device (SC2: encoder size and FLOPs)", ""]
     rows = [("full offload (input codec only)", 0, 0, "0.00", "0 (0 %)")]
     for sr in rep.splits:
         e = sr.encoder
@@ -398,7 +404,7 @@ def write_report(reports: Sequence[ModelReport], out: Path, *, title: str = "",
         "image files after the model's resize/crop. Every row of a model uses the same "
         "images. Drops are in percentage points (pp) against the uncompressed model; a "
         "negative drop means the codec fixed more predictions than it broke. Times are "
-        "mean per sample on one CPU thread of a shared machine: indicative only.",
+        "means per sample on the machine that ran the report: indicative only.",
         "",
     ]
     if preamble:

@@ -33,10 +33,15 @@ symbol ``2K + 1`` of a group is the escape (the value follows as a varint).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
+import threading
 import zlib
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,7 +228,15 @@ def context_id(data: bytes) -> int:
     return (int.from_bytes(hashlib.sha256(data).digest()[:3], "little") & 0xFFFFF) or 1
 
 
-_STORE: dict[int, TokenwiseContext] = {}
+#: registered contexts, least recently used first (at most :data:`MAX_CONTEXTS`)
+_STORE: OrderedDict[int, TokenwiseContext] = OrderedDict()
+_LOCK = threading.Lock()
+#: contexts the process-wide registry keeps; registering one more forgets the least recently
+#: used (a server must not grow without limit; a forgotten one is loaded again from disk)
+MAX_CONTEXTS = 64
+#: per-task contexts (a server session's own) looked up before the registry
+_SCOPE: ContextVar[Mapping[int, TokenwiseContext] | None] = ContextVar("tokenwise_contexts",
+                                                                      default=None)
 #: directories (os.pathsep-separated) where :func:`get_context` looks for unregistered ids
 CONTEXT_PATH_ENV = "SPLITCOMP_TOKENWISE_CONTEXTS"
 
@@ -249,17 +262,46 @@ def register_context(ctx: TokenwiseContext | bytes | bytearray | memoryview) -> 
         ctx = TokenwiseContext.from_bytes(ctx)
     data = ctx.to_bytes()
     cid = context_id(data)
-    old = _STORE.get(cid)
-    if old is not None and old.to_bytes() != data:
-        raise ValueError(f"tokenwise context id {cid} already holds another context")
-    _STORE[cid] = old or ctx
+    with _LOCK:
+        old = _STORE.get(cid)
+        if old is not None and old.to_bytes() != data:
+            raise ValueError(f"tokenwise context id {cid} already holds another context")
+        _STORE[cid] = old or ctx
+        _STORE.move_to_end(cid)
+        while len(_STORE) > max(MAX_CONTEXTS, 1):
+            _STORE.popitem(last=False)
     return cid
 
 
+def find_context(cid: int) -> TokenwiseContext | None:
+    """The context ``cid`` in scope (:func:`context_scope`) or registered, else None; the
+    registry's LRU order is refreshed, nothing is read from disk."""
+    scope = _SCOPE.get()
+    if scope is not None and cid in scope:
+        return scope[cid]
+    with _LOCK:
+        hit = _STORE.get(cid)
+        if hit is not None:
+            _STORE.move_to_end(cid)
+        return hit
+
+
+@contextlib.contextmanager
+def context_scope(contexts: Mapping[int, TokenwiseContext]) -> Iterator[None]:
+    """Within the block (this thread / task), :func:`get_context` finds ``contexts`` (id ->
+    context) first: how a server decodes a session's streams with the context *that session*
+    sent, whatever the process-wide registry holds under the same 20-bit id."""
+    token = _SCOPE.set(contexts)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
 def get_context(cid: int) -> TokenwiseContext:
-    """The registered context ``cid``, else one saved under a :data:`CONTEXT_PATH_ENV`
-    directory (registered on the way); BitstreamError if neither has it."""
-    hit = _STORE.get(cid)
+    """The context ``cid`` in scope or registered, else one saved under a
+    :data:`CONTEXT_PATH_ENV` directory (registered on the way); BitstreamError if none has it."""
+    hit = find_context(cid)
     if hit is not None:
         return hit
     for folder in filter(None, os.environ.get(CONTEXT_PATH_ENV, "").split(os.pathsep)):
@@ -267,8 +309,9 @@ def get_context(cid: int) -> TokenwiseContext:
         if path.is_file() and path.stat().st_size <= 1 << 26:
             data = path.read_bytes()
             if context_id(data) == cid:
-                register_context(data)
-                return _STORE[cid]
+                ctx = TokenwiseContext.from_bytes(data)
+                register_context(ctx)
+                return ctx
     raise BitstreamError(f"tokenwise context {cid} is not registered here")
 
 

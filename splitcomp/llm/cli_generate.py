@@ -121,10 +121,13 @@ def _generate(args: argparse.Namespace, lm: Any, tok: Tokenizer, codec: Codec) -
     if args.server:
         report["server"] = args.server
         report["wire_bytes"] = wire_bytes  # both directions, frame and WebSocket headers too
+        report["context_bytes"] = lm.context_bytes_sent  # codec context sent at OPEN (once)
     print(f"[{report['new_tokens']} tokens, prefill {prefill_bytes} B for "
           f"{len(prompt_ids)} tokens, {report['bytes_per_token']:.1f} B/token while decoding, "
           f"{report['bits_per_element']:.2f} bits/element, "
-          f"{report['tokens_per_s']:.1f} tokens/s]", file=sys.stderr)
+          f"{report['tokens_per_s']:.1f} tokens/s"
+          + (f", codec context {report['context_bytes']} B at OPEN"
+             if report.get("context_bytes") else "") + "]", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -11,6 +11,8 @@ here, each step's hidden states cross as codec bitstreams in LLM frames
 shared :class:`~splitcomp.runtime.AsyncSplitClient`); :class:`RemoteLM` is the same for
 synchronous code (``splitcomp generate --server``). Reconnection and retries come from the
 runtime client; a retried step is answered once by the server (request ids are remembered).
+A codec with a session context (``tokenwise``) has it sent at OPEN when the server lacks it
+(:mod:`.contexts`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..codecs import Codec
 from ..runtime import protocol as P
 from ..runtime.client import AsyncSplitClient
 from ..runtime.errors import ServerError
+from .contexts import codec_context
 from .halves import EdgeHalf
 from .pipeline import as_codec
 from .wire import Wire
@@ -85,16 +88,25 @@ class AsyncRemoteLM:
             url, None, self.wire.codec, deployment, **client_options)  # type: ignore[arg-type]
         self.edge_in_thread = edge_in_thread
         self.session: P.LLMOpened | None = None
+        self.context_bytes_sent = 0  #: codec context bytes sent at OPEN (0: server had it)
+        self.open_bytes_sent = 0  #: OPEN request frames, the context's included
+        self.open_bytes_received = 0
 
     async def open(self) -> P.LLMOpened:
-        """Open the server session (done by the first step otherwise)."""
+        """Open the server session (done by the first step otherwise). A codec with a session
+        context (``tokenwise``) names it by its SHA-256 first and sends its bytes only if the
+        server answers ``CONTEXT_UNKNOWN`` (counted in :attr:`context_bytes_sent`)."""
         if self.session is None:
-            rid = self.client.next_request_id()
-            _, resp, _, _ = await self.client.exchange(
-                rid, P.encode_llm_open(rid, self._name, self.sampling))
-            opened = resp.llm
-            if not isinstance(opened, P.LLMOpened):
-                raise ServerError(P.ErrorCode.BAD_FRAME, "OPEN not answered by OPEN", rid)
+            ref = codec_context(self.wire.codec, send=False)
+            try:
+                opened = await self._open(ref)
+            except ServerError as e:
+                if ref is None or e.code is not P.ErrorCode.CONTEXT_UNKNOWN:
+                    raise
+                ref = codec_context(self.wire.codec, send=True)
+                assert ref is not None
+                opened = await self._open(ref)
+                self.context_bytes_sent += len(ref.data)
             self.session = opened
             if (opened.split, opened.hidden_size) != (self.edge.split, self.edge.hidden_size):
                 await self.close()
@@ -102,6 +114,17 @@ class AsyncRemoteLM:
                                  f"size {opened.hidden_size}; this edge half cuts at "
                                  f"{self.edge.split} with {self.edge.hidden_size}")
         return self.session
+
+    async def _open(self, context: P.CodecContext | None) -> P.LLMOpened:
+        rid = self.client.next_request_id()
+        frame = P.encode_llm_open(rid, self._name, self.sampling, context)
+        self.open_bytes_sent += len(frame)
+        resp_frame, resp, _, _ = await self.client.exchange(rid, frame)
+        self.open_bytes_received += len(resp_frame)
+        opened = resp.llm
+        if not isinstance(opened, P.LLMOpened):
+            raise ServerError(P.ErrorCode.BAD_FRAME, "OPEN not answered by OPEN", rid)
+        return opened
 
     def _encode(self, ids: torch.Tensor) -> list[bytes]:
         return self.wire.send(self.edge.step(ids))
@@ -181,6 +204,11 @@ class RemoteLM:
     @property
     def wire(self) -> Wire:
         return self.lm.wire
+
+    @property
+    def context_bytes_sent(self) -> int:
+        """Codec context bytes sent at OPEN (0: the server had the context)."""
+        return self.lm.context_bytes_sent
 
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()

@@ -18,9 +18,11 @@ import torch
 
 from .. import codecs as _codecs
 from ..codecs import BitstreamError, DecodeLimits, Header
+from ..codecs._tokenwise_context import context_scope
 from ..runtime import protocol as P
 from ..runtime.deployment import RequestError
 from ..runtime.protocol import ErrorCode
+from .contexts import ContextStore
 from .halves import ServerHalf
 from .sampling import pick
 from .sessions import ServerSession, SessionManager
@@ -59,6 +61,9 @@ class LLMDeployment:
     ``codecs``: accepted codec names (None: any). ``max_kv_bytes``, ``idle_timeout_s``,
     ``max_sessions``: see :class:`SessionManager`. ``max_step_tokens``: the longest prefill
     one STEP may carry. ``allowed_clients``: client ids allowed (None: all).
+    ``max_context_bytes``, ``max_contexts``, ``local_contexts``: the codec contexts clients
+    may send at OPEN, and whether this process's own are used too
+    (:class:`~splitcomp.llm.contexts.ContextStore`).
     """
 
     def __init__(self, name: str, server: ServerHalf, *, codecs: Iterable[str] | None = None,
@@ -66,7 +71,9 @@ class LLMDeployment:
                  max_wait_ms: float = 2.0, max_kv_bytes: int | None = None,
                  idle_timeout_s: float = 300.0, max_sessions: int = 4096,
                  max_step_tokens: int = 4096,
-                 allowed_clients: Iterable[str] | None = None) -> None:
+                 allowed_clients: Iterable[str] | None = None,
+                 max_context_bytes: int = 1 << 20, max_contexts: int = 64,
+                 local_contexts: bool = True) -> None:
         P.check_name(name)
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -81,6 +88,7 @@ class LLMDeployment:
         self.max_step_tokens = max_step_tokens
         self.allowed_clients = frozenset(allowed_clients) if allowed_clients is not None else None
         self.sessions = SessionManager(server, max_kv_bytes, idle_timeout_s, max_sessions)
+        self.contexts = ContextStore(max_context_bytes, max_contexts, local_contexts)
         self.vocab_size = int(server.part.lm_head.out_features) if hasattr(
             server.part, "lm_head") else 0
 
@@ -91,6 +99,17 @@ class LLMDeployment:
                 f"max_wait_ms={self.max_wait_ms}, max_kv_bytes={cap if cap else 'none'}, "
                 f"idle_timeout_s={self.sessions.idle_timeout_s}, "
                 f"codecs={sorted(self.codecs or []) or 'any'})")
+
+    def open(self, owner: str, request: P.LLMRequest) -> ServerSession:
+        """A session for an OPEN request, with the codec context it names (checked, and kept
+        by :attr:`contexts`); raises :class:`RequestError`."""
+        contexts = {}
+        if request.context is not None:
+            if self.codecs is not None and "tokenwise" not in self.codecs:
+                raise RequestError(ErrorCode.CODEC_NOT_ALLOWED, f"{self.name!r} does not "
+                                   "accept codec contexts (no tokenwise codec)")
+            contexts = self.contexts.resolve(request.context)
+        return self.sessions.open(owner, request.sampling, contexts)
 
     def opened(self, session: ServerSession) -> P.LLMOpened:
         """The OPEN answer for ``session``."""
@@ -116,9 +135,10 @@ class LLMDeployment:
         """The hidden states (1, T, H) of one STEP; raises :class:`RequestError`."""
         parts = []
         try:
-            for blob in item.bitstreams:
-                (t,) = _codecs.decode(blob, self.limits, check=self._check_header)
-                parts.append(t.float())
+            with context_scope(item.session.contexts):
+                for blob in item.bitstreams:
+                    (t,) = _codecs.decode(blob, self.limits, check=self._check_header)
+                    parts.append(t.float())
         except BitstreamError as e:
             raise RequestError(ErrorCode.BAD_BITSTREAM, str(e)) from None
         hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

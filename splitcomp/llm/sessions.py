@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -40,6 +40,7 @@ class ServerSession:
     busy: bool = False  #: a step is in flight
     closed: bool = False
     steps: int = 0  #: steps answered
+    contexts: dict = field(default_factory=dict)  #: codec contexts (id -> context) it opened with
 
     @property
     def position(self) -> int:
@@ -85,8 +86,10 @@ class SessionManager:
         """KV bytes the sessions' caches hold now (read from the caches)."""
         return sum(s.tail.kv_bytes for s in self._sessions.values())
 
-    def open(self, owner: str, sampling: Sampling | None = None) -> ServerSession:
-        """A new session for client ``owner`` with a 128-bit random id."""
+    def open(self, owner: str, sampling: Sampling | None = None,
+             contexts: dict | None = None) -> ServerSession:
+        """A new session for client ``owner`` with a 128-bit random id; its steps decode with
+        the codec ``contexts`` (id -> context) first."""
         sampling = sampling or Sampling()
         if len(self._sessions) >= self.max_sessions:
             raise SessionError(ErrorCode.KV_CACHE_FULL,
@@ -97,7 +100,7 @@ class SessionManager:
         while sid in self._sessions:  # pragma: no cover - 2**-128
             sid = secrets.token_bytes(SESSION_ID_BYTES)
         s = ServerSession(sid, owner, self.server.new_session(), sampling,
-                          generator_for(sampling), self.clock())
+                          generator_for(sampling), self.clock(), contexts=dict(contexts or {}))
         self._sessions[sid] = s
         self.opened += 1
         return s

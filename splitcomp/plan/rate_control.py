@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .channel import Channel
@@ -94,7 +94,11 @@ class Policy(Protocol):
 
 
 class RateController:
-    """Most accurate setting under the latency bound, with an EWMA bandwidth and hysteresis."""
+    """Most accurate setting under the latency bound, with an EWMA bandwidth and hysteresis.
+
+    ``settings`` may come in any order; :attr:`settings` is their Pareto front, cheapest first,
+    and every index (``start``, :meth:`choose`) refers to it. ``start`` defaults to the cheapest.
+    """
 
     def __init__(
         self,
@@ -120,6 +124,8 @@ class RateController:
         self.dwell = min_dwell
         self.failed: tuple[int, float] | None = None  # (setting, estimate) of a failed probe
         self.current = 0 if start is None else start
+        if not 0 <= self.current < len(self.settings):
+            raise ValueError(f"start {start} outside the {len(self.settings)} settings kept")
         self.since_switch = 0
         self.last_up = False
         self.switches = 0
@@ -284,7 +290,3 @@ def summarize(requests: Sequence[Request], bound_s: float) -> dict[str, Any]:
         "mean_bytes": sum(r.nbytes for r in requests) / len(requests),
         "settings": counts,
     }
-
-
-def request_json(r: Request) -> dict[str, Any]:
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(r).items()}

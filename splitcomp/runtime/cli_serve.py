@@ -50,6 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--session-idle-timeout", type=float, default=300.0,
                    help="seconds before an unused session is freed")
     g.add_argument("--max-sessions", type=int, default=4096)
+    g.add_argument("--max-context-bytes", type=int, default=1 << 20,
+                   help="largest codec context (tokenwise) a client may send at OPEN")
+    g.add_argument("--max-contexts", type=int, default=64,
+                   help="distinct codec contexts held at most (kept or in use)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8765, help="port (0: pick a free one)")
     p.add_argument("--tokens", default=None, help="tokens file: one 'client_id token' a line")
@@ -147,7 +151,9 @@ def _llm(args: argparse.Namespace) -> list:
                           max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                           max_kv_bytes=args.max_kv_bytes or None,
                           idle_timeout_s=args.session_idle_timeout,
-                          max_sessions=args.max_sessions)]
+                          max_sessions=args.max_sessions,
+                          max_context_bytes=args.max_context_bytes,
+                          max_contexts=args.max_contexts)]
 
 
 async def _serve(server: Server) -> None:

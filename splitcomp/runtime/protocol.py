@@ -18,6 +18,7 @@ Nothing here does I/O or looks inside a codec bitstream; the server and client o
 from __future__ import annotations
 
 import enum
+import hashlib
 import struct
 from dataclasses import dataclass
 
@@ -72,6 +73,7 @@ class ErrorCode(enum.IntEnum):
     SESSION_NOT_FOUND = 12  #: no such LLM session for this client (never opened, closed, expired)
     KV_CACHE_FULL = 13  #: the server's KV-cache memory cap leaves no room for this session/step
     SESSION_BUSY = 14  #: the LLM session already has a step in flight (steps are sequential)
+    CONTEXT_UNKNOWN = 15  #: OPEN named a codec context the server lacks: open again with it
 
 
 #: codes a client may retry with the same request id without changing the request
@@ -231,10 +233,13 @@ def parse_response(frame: bytes | bytearray | memoryview) -> Response:
     raise FrameError(f"frame type 0x{ftype:02x} is not a response", request_id)
 
 
-# -- LLM sessions (frame types 0x02 / 0x83, LLM message version 1) --------------------------
+# -- LLM sessions (frame types 0x02 / 0x83, LLM message versions 1 and 2) -------------------
 #
 #   llm request = "SP" | 1 | 0x02 | request id u64 | llm version u8 | op u8 | body
 #     OPEN  body = name length u8 | name | temperature f32 | top_k u32 | seed u64 | logprobs u8
+#                  [| codec id u8 | SHA-256 of the context (32 bytes) | length u32 | context]
+#                  (the bracketed codec context only in LLM version 2, an OPEN's only change;
+#                  length 0: "use yours", answered CONTEXT_UNKNOWN if the server lacks it)
 #     STEP  body = session id (16 bytes) | tokens u16 | n u16 | n x length u32 | n bitstreams
 #     CLOSE body = session id (16 bytes)
 #   llm result  = "SP" | 1 | 0x83 | request id u64 | llm version u8 | op u8 | body
@@ -249,6 +254,9 @@ def parse_response(frame: bytes | bytearray | memoryview) -> Response:
 TYPE_LLM_REQUEST = 0x02
 TYPE_LLM_RESULT = 0x83
 LLM_VERSION = 1
+#: LLM message version of an OPEN that carries a codec context (every other frame: 1)
+LLM_VERSION_CONTEXT = 2
+CONTEXT_DIGEST_BYTES = 32
 SESSION_ID_BYTES = 16
 MAX_TOP_K_LOGPROBS = 32
 
@@ -269,6 +277,7 @@ _TOKEN = struct.Struct("<HIIIIIfB")  # batch, queue, decode, tail, position, tok
 _TOP = struct.Struct("<If")
 _CLOSED = struct.Struct("<I")
 _U32 = struct.Struct("<I")
+_CONTEXT_HEAD = struct.Struct("<B32sI")  # codec id, SHA-256 of the context bytes, length
 
 
 @dataclass(frozen=True)
@@ -294,9 +303,37 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class CodecContext:
+    """A codec's session context named by an OPEN (LLM version 2): the codec's id, the
+    SHA-256 of the context bytes and the bytes themselves, or none (``data`` empty: the client
+    asks the server to use its own copy, refused with ``CONTEXT_UNKNOWN`` when it has none)."""
+
+    codec_id: int
+    digest: bytes
+    data: bytes | memoryview = b""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.codec_id < 256 or len(self.digest) != CONTEXT_DIGEST_BYTES:
+            raise ValueError("a codec context needs a codec id 1..255 and a 32-byte SHA-256")
+        if len(self.data) > _U32_MAX:
+            raise ValueError("codec context over 4 GiB")
+
+    @classmethod
+    def of(cls, codec_id: int, data: bytes, send: bool = True) -> CodecContext:
+        """The context ``data`` of codec ``codec_id``, its bytes included or (``send``
+        False) named by digest only."""
+        return cls(codec_id, hashlib.sha256(data).digest(), data if send else b"")
+
+    @property
+    def id_only(self) -> bool:
+        return len(self.data) == 0
+
+
+@dataclass(frozen=True)
 class LLMRequest:
-    """One parsed LLM request. ``deployment`` and ``sampling`` are set for OPEN, ``session``
-    for STEP and CLOSE, ``tokens`` and ``bitstreams`` (views, no copy) for STEP."""
+    """One parsed LLM request. ``deployment``, ``sampling`` and (optional) ``context`` are
+    set for OPEN, ``session`` for STEP and CLOSE, ``tokens`` and ``bitstreams`` (views, no
+    copy) for STEP."""
 
     request_id: int
     op: LLMOp
@@ -305,6 +342,7 @@ class LLMRequest:
     session: bytes = b""
     tokens: int = 0
     bitstreams: tuple[memoryview, ...] = ()
+    context: CodecContext | None = None
 
 
 @dataclass(frozen=True)
@@ -340,10 +378,10 @@ class LLMClosed:
 LLMResult = LLMOpened | LLMToken | LLMClosed
 
 
-def _llm_prefix(request_id: int, ftype: int, op: LLMOp) -> bytes:
+def _llm_prefix(request_id: int, ftype: int, op: LLMOp, version: int = LLM_VERSION) -> bytes:
     if not 0 < request_id < 1 << 64:
         raise ValueError(f"request id {request_id} outside 1..2**64-1")
-    return _PREFIX.pack(MAGIC, VERSION, ftype, request_id) + _LLM_HEAD.pack(LLM_VERSION, op)
+    return _PREFIX.pack(MAGIC, VERSION, ftype, request_id) + _LLM_HEAD.pack(version, op)
 
 
 def _check_session(session: bytes) -> bytes:
@@ -352,13 +390,20 @@ def _check_session(session: bytes) -> bytes:
     return bytes(session)
 
 
-def encode_llm_open(request_id: int, deployment: str | bytes,
-                    sampling: Sampling = Sampling()) -> bytes:
-    """An OPEN request for a session on ``deployment``."""
+def encode_llm_open(request_id: int, deployment: str | bytes, sampling: Sampling = Sampling(),
+                    context: CodecContext | None = None) -> bytes:
+    """An OPEN request for a session on ``deployment``; with a codec ``context`` it is an
+    LLM version 2 message (without, byte for byte the version 1 one)."""
     name = deployment if isinstance(deployment, bytes) else check_name(deployment)
     s = sampling
-    return b"".join((_llm_prefix(request_id, TYPE_LLM_REQUEST, LLMOp.OPEN), bytes((len(name),)),
-                     name, _SAMPLING.pack(s.temperature, s.top_k, s.seed, s.logprobs)))
+    version = LLM_VERSION if context is None else LLM_VERSION_CONTEXT
+    parts = [_llm_prefix(request_id, TYPE_LLM_REQUEST, LLMOp.OPEN, version),
+             bytes((len(name),)), name,
+             _SAMPLING.pack(s.temperature, s.top_k, s.seed, s.logprobs)]
+    if context is not None:
+        parts += [_CONTEXT_HEAD.pack(context.codec_id, context.digest, len(context.data)),
+                  context.data]
+    return b"".join(parts)
 
 
 def encode_llm_step(request_id: int, session: bytes, tokens: int,
@@ -381,18 +426,22 @@ def frame_type(frame: bytes | bytearray | memoryview) -> int | None:
     return frame[3] if len(frame) >= 4 else None
 
 
-def _llm_head(view: memoryview, request_id: int) -> tuple[LLMOp, int]:
+def _llm_head(view: memoryview, request_id: int,
+              versions: tuple[int, ...] = (LLM_VERSION,)) -> tuple[LLMOp, int, int]:
     end = PREFIX_BYTES + _LLM_HEAD.size
     if len(view) < end:
         raise FrameError("truncated: no LLM version and op", request_id)
     version, op = _LLM_HEAD.unpack_from(view, PREFIX_BYTES)
-    if version != LLM_VERSION:
+    if version not in versions:
         raise FrameError(f"unsupported LLM message version {version} (this side speaks "
-                         f"{LLM_VERSION})", request_id)
+                         f"{', '.join(map(str, versions))})", request_id)
     try:
-        return LLMOp(op), end
+        op = LLMOp(op)
     except ValueError:
         raise FrameError(f"unknown LLM op {op}", request_id) from None
+    if version == LLM_VERSION_CONTEXT and op is not LLMOp.OPEN:
+        raise FrameError(f"LLM message version {version} is only for OPEN", request_id)
+    return op, end, version
 
 
 def parse_llm_request(frame: bytes | bytearray | memoryview) -> LLMRequest:
@@ -403,14 +452,23 @@ def parse_llm_request(frame: bytes | bytearray | memoryview) -> LLMRequest:
     if ftype != TYPE_LLM_REQUEST:
         raise FrameError(f"frame type 0x{ftype:02x} is not an LLM request", rid)
     view = memoryview(frame)
-    op, pos = _llm_head(view, rid)
+    op, pos, version = _llm_head(view, rid, (LLM_VERSION, LLM_VERSION_CONTEXT))
     if op is LLMOp.OPEN:
         if len(view) <= pos:
             raise FrameError("missing deployment name", rid)
         n = view[pos]
         if not 0 < n <= MAX_NAME_BYTES:
             raise FrameError(f"deployment name length {n} outside 1..{MAX_NAME_BYTES}", rid)
-        if len(view) != pos + 1 + n + _SAMPLING.size:
+        end = pos + 1 + n + _SAMPLING.size
+        context = None
+        if version == LLM_VERSION_CONTEXT:
+            if len(view) < end + _CONTEXT_HEAD.size:
+                raise FrameError("truncated codec context header", rid)
+            codec_id, digest, size = _CONTEXT_HEAD.unpack_from(view, end)
+            if codec_id == 0 or len(view) != end + _CONTEXT_HEAD.size + size:
+                raise FrameError("codec context length does not match the frame", rid)
+            context = CodecContext(codec_id, digest, view[end + _CONTEXT_HEAD.size :])
+        elif len(view) != end:
             raise FrameError("OPEN frame length does not match its name length", rid)
         try:
             name = bytes(view[pos + 1 : pos + 1 + n]).decode("ascii")
@@ -420,7 +478,7 @@ def parse_llm_request(frame: bytes | bytearray | memoryview) -> LLMRequest:
             sampling = Sampling(*_SAMPLING.unpack_from(view, pos + 1 + n))
         except ValueError as e:
             raise FrameError(f"sampling parameters: {e}", rid) from None
-        return LLMRequest(rid, op, deployment=name, sampling=sampling)
+        return LLMRequest(rid, op, deployment=name, sampling=sampling, context=context)
     end = pos + SESSION_ID_BYTES
     if len(view) < end:
         raise FrameError("truncated session id", rid)
@@ -478,7 +536,7 @@ def parse_llm_result(frame: bytes | bytearray | memoryview) -> tuple[int, LLMRes
     if ftype != TYPE_LLM_RESULT:
         raise FrameError(f"frame type 0x{ftype:02x} is not an LLM result", rid)
     view = memoryview(frame)
-    op, pos = _llm_head(view, rid)
+    op, pos, _ = _llm_head(view, rid)
     if op is LLMOp.OPEN:
         if len(view) != pos + SESSION_ID_BYTES + _OPENED.size:
             raise FrameError("OPEN answer of the wrong length", rid)

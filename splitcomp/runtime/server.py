@@ -524,6 +524,11 @@ class Server:
         self._m_sample_cpu = r.add(Counter(
             "splitcomp_llm_sample_cpu_seconds_total",
             "CPU of the worker thread picking next tokens and building answers.", d))
+        self._m_contexts = r.add(Gauge("splitcomp_llm_codec_contexts", "Codec contexts held "
+                                       "(in use by sessions or kept for reuse).", d))
+        self._m_context_bytes = r.add(Gauge("splitcomp_llm_codec_context_bytes_total",
+                                            "Codec context bytes accepted from clients at OPEN.",
+                                            d, kind="counter"))
 
     def _llm_gauges(self, dep: LLMDeployment) -> None:
         sm, labels = dep.sessions, (dep.name,)
@@ -531,6 +536,8 @@ class Server:
         self._m_kv.set(sm.reserved_bytes, labels)
         self._m_opened.set(sm.opened, labels)
         self._m_expired.set(sm.expired, labels)
+        self._m_contexts.set(len(dep.contexts), labels)
+        self._m_context_bytes.set(dep.contexts.upload_bytes, labels)
 
     async def _expire_sessions(self) -> None:
         """Free idle sessions every quarter of the shortest idle timeout (at most 1 s)."""
@@ -602,9 +609,7 @@ class Server:
         sessions, batcher = dep.sessions, self._batchers[dep.name]
         try:
             if op is P.LLMOp.OPEN:
-                assert req.sampling is not None
-                answer = P.encode_llm_opened(rid, dep.opened(sessions.open(conn.client_id,
-                                                                           req.sampling)))
+                answer = P.encode_llm_opened(rid, dep.opened(dep.open(conn.client_id, req)))
             elif op is P.LLMOp.CLOSE:
                 answer = P.encode_llm_closed(rid, sessions.close(conn.client_id, req.session))
             else:

@@ -30,6 +30,39 @@ def test_llm_request_bytes_are_pinned() -> None:
     assert P.parse_llm_request(frame).op is P.LLMOp.CLOSE
 
 
+def test_open_with_a_codec_context_is_pinned() -> None:
+    """An OPEN carrying a codec context is LLM version 2; without one it stays version 1."""
+    digest = bytes(range(32))
+    frame = P.encode_llm_open(5, "lm", context=P.CodecContext(9, digest, b"\x01\x02\x03"))
+    assert frame.hex() == ("5350" "01" "02" "0500000000000000" "02" "01" "02" "6c6d"
+                           "00000000" "00000000" "0000000000000000" "00"
+                           "09" + digest.hex() + "03000000" "010203")
+    req = P.parse_llm_request(frame)
+    assert (req.deployment, req.sampling, req.context.codec_id, req.context.digest,
+            bytes(req.context.data)) == ("lm", P.Sampling(), 9, digest, b"\x01\x02\x03")
+    named = P.encode_llm_open(6, "lm", context=P.CodecContext.of(9, b"ctx", send=False))
+    assert named[12] == 2 and named.endswith(P.CodecContext.of(9, b"ctx").digest + bytes(4))
+    req = P.parse_llm_request(named)
+    assert req.context.id_only and req.context.digest == P.CodecContext.of(9, b"ctx").digest
+    assert P.parse_llm_request(P.encode_llm_open(7, "lm")).context is None
+    assert P.encode_llm_open(7, "lm")[12] == 1
+    bad = {
+        "short header": frame[:40],
+        "short data": frame[:-1],
+        "long data": frame + b"z",
+        "codec 0": frame[:34] + b"\x00" + frame[35:],
+        "v1 with context": frame[:12] + b"\x01" + frame[13:],
+        "v2 step": STEP[:12] + b"\x02" + STEP[13:],
+    }
+    for label, raw in bad.items():
+        with pytest.raises(P.FrameError) as info:
+            P.parse_llm_request(raw)
+        assert info.value.request_id in (5, 9), label
+    with pytest.raises(ValueError):
+        P.CodecContext(9, b"short")
+    assert P.ErrorCode.CONTEXT_UNKNOWN == 15
+
+
 def test_llm_result_bytes_are_pinned() -> None:
     opened = P.LLMOpened(SID, 15, 576, 49152, 23040)
     frame = P.encode_llm_opened(5, opened)
