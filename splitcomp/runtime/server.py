@@ -380,13 +380,7 @@ class Server:
         try:
             req = P.parse_request(frame)
         except P.FrameError as e:
-            m.requests.inc(("",))
-            m.bytes_in.inc(("",), len(frame))
-            m.error("", P.ErrorCode.BAD_FRAME.name)
-            if e.request_id is None:
-                return str(e)
-            self._reply_error(conn, "", e.request_id, P.ErrorCode.BAD_FRAME, str(e))
-            return None
+            return self._bad_frame(conn, frame, e)
         dep = self.deployments.get(req.deployment)
         label = dep.name if dep is not None else ""
         labels = (label,)
@@ -403,18 +397,7 @@ class Server:
                               f"client {conn.client_id!r} may not use {dep.name!r}")
             return None
         key = (conn.identity, dep.name, rid)
-        seen = self.dedup.lookup(key)
-        if seen is not None:
-            m.dedup_hits.inc(labels)
-            if isinstance(seen, InFlight):  # every frame gets its answer, within reason
-                if len(seen.waiters) >= self.max_inflight_per_client:
-                    self._reply_error(conn, label, rid, P.ErrorCode.OVERLOADED,
-                                      f"request {rid} re-sent too often while in flight")
-                    return None
-                seen.waiters.append(conn)
-            else:
-                conn.send(seen)
-                m.bytes_out.inc(labels, len(seen))
+        if self._replay(conn, key, label, rid):
             return None
         if self._draining:
             self._reply_error(conn, label, rid, P.ErrorCode.UNAVAILABLE, "server shutting down")
@@ -434,6 +417,36 @@ class Server:
         self.dedup.begin(key, conn)
         batcher.submit(_Item(rid, req.bitstream, key, conn.inflight_key, time.perf_counter()))
         return None
+
+    def _bad_frame(self, conn: _Conn, frame: bytes, e: P.FrameError) -> str | None:
+        """Count and answer an unparsable frame; a message when it must close the connection
+        (not even a request id to answer)."""
+        m = self.metrics
+        m.requests.inc(("",))
+        m.bytes_in.inc(("",), len(frame))
+        m.error("", P.ErrorCode.BAD_FRAME.name)
+        if e.request_id is None:
+            return str(e)
+        self._reply_error(conn, "", e.request_id, P.ErrorCode.BAD_FRAME, str(e))
+        return None
+
+    def _replay(self, conn: _Conn, key: Hashable, label: str, rid: int) -> bool:
+        """A retried request id: send the remembered answer, or wait for the one in flight
+        (every frame gets its answer, within reason). False when the id is new."""
+        seen = self.dedup.lookup(key)
+        if seen is None:
+            return False
+        self.metrics.dedup_hits.inc((label,))
+        if isinstance(seen, InFlight):
+            if len(seen.waiters) >= self.max_inflight_per_client:
+                self._reply_error(conn, label, rid, P.ErrorCode.OVERLOADED,
+                                  f"request {rid} re-sent too often while in flight")
+            else:
+                seen.waiters.append(conn)
+        else:
+            conn.send(seen)
+            self.metrics.bytes_out.inc((label,), len(seen))
+        return True
 
     def _reply_error(self, conn: _Conn, label: str, request_id: int, code: P.ErrorCode,
                      message: str) -> None:
@@ -555,13 +568,7 @@ class Server:
         try:
             req = P.parse_llm_request(frame)
         except P.FrameError as e:
-            m.requests.inc(("",))
-            m.bytes_in.inc(("",), len(frame))
-            m.error("", P.ErrorCode.BAD_FRAME.name)
-            if e.request_id is None:
-                return str(e)
-            self._reply_error(conn, "", e.request_id, P.ErrorCode.BAD_FRAME, str(e))
-            return None
+            return self._bad_frame(conn, frame, e)
         rid, op = req.request_id, req.op
         if op is P.LLMOp.OPEN:
             dep = self.llm.get(req.deployment)
@@ -571,18 +578,7 @@ class Server:
         m.requests.inc((label,))
         m.bytes_in.inc((label,), len(frame))
         key = (conn.identity, "llm", rid)
-        seen = self.dedup.lookup(key)
-        if seen is not None:  # a retry: the answer, or a wait for it
-            m.dedup_hits.inc((label,))
-            if isinstance(seen, InFlight):
-                if len(seen.waiters) >= self.max_inflight_per_client:
-                    self._reply_error(conn, label, rid, P.ErrorCode.OVERLOADED,
-                                      f"request {rid} re-sent too often while in flight")
-                    return None
-                seen.waiters.append(conn)
-            else:
-                conn.send(seen)
-                m.bytes_out.inc((label,), len(seen))
+        if self._replay(conn, key, label, rid):
             return None
         if dep is None:
             if op is P.LLMOp.OPEN:
