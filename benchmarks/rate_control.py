@@ -13,11 +13,22 @@ follows a trace with a drop (default 10 -> 0.5 -> 10 Mbit/s, 20 s each). Compute
 request = head + encode + decode + tail, timed here at batch 1. Compared: the controller,
 the fixed highest-quality setting of the ladder and the fixed lowest one; per phase: settings
 used, latency p50/p95/max against the bound, requests over it, accuracy.
+
+    python benchmarks/rate_control.py --runtime [--json docs/results/rate_control.json]
+
+runs the same three policies on the real runtime instead, one after another in one process:
+a :class:`splitcomp.runtime.Server` on 127.0.0.1 serves the tail (accepting every ladder
+codec), a :class:`splitcomp.plan.adaptive.AdaptiveClient` runs the head, encodes with the
+chosen setting, queues the request on a paced FIFO uplink that follows the trace (default
+10 -> 0.5 -> 10 Mbit/s, 8 s each, one request every 100 ms) and sends it over the WebSocket;
+latency is measured end to end. One JSON line per policy and phase; ``--json`` stores the
+result under the file's ``"runtime"`` key, keeping the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
@@ -35,7 +46,8 @@ from splitcomp.bench.report import load_images  # noqa: E402
 from splitcomp.bench.setup import load_model  # noqa: E402
 from splitcomp.data import spread_indices  # noqa: E402
 from splitcomp.partition import split  # noqa: E402
-from splitcomp.plan.channel import BandwidthTrace, Channel, parse_rate  # noqa: E402
+from splitcomp.plan.adaptive import AdaptiveClient, PacedLink, Sent  # noqa: E402
+from splitcomp.plan.channel import BandwidthTrace, Channel, Pacer, parse_rate  # noqa: E402
 from splitcomp.plan.rate_control import (  # noqa: E402
     FixedPolicy,
     RateController,
@@ -44,6 +56,7 @@ from splitcomp.plan.rate_control import (  # noqa: E402
     simulate,
     summarize,
 )
+from splitcomp.runtime import AsyncSplitClient, Deployment, Server  # noqa: E402
 from splitcomp.zoo import model_config  # noqa: E402
 
 LADDER: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -95,11 +108,20 @@ def median_ms(fn, repeats: int = 7) -> float:
 
 
 @torch.inference_mode()
-def measure_ladder(args: argparse.Namespace) -> tuple[list[Setting], dict[str, Any], dict]:
+def measure_ladder(args: argparse.Namespace
+                   ) -> tuple[list[Setting], dict[str, Any], dict, dict[str, Any]]:
     """Per setting: real bytes and correctness of every request image, and the calibration
-    accuracy / mean bytes / compute the controller is given."""
+    accuracy / mean bytes / compute the controller is given; then the head, tail, images and
+    request image indices (for ``--runtime``)."""
     data = args.data or [model_config(args.model).dataset]
-    model = load_model(args.model, None)
+    try:
+        model = load_model(args.model, None)
+    except (FileNotFoundError, OSError, RuntimeError) as e:
+        print(f"  no default weights ({e}); random initialisation", file=sys.stderr)
+        model = load_model(args.model, "random")
+        weights = "random"
+    else:
+        weights = "default"
     ds = load_images(args.model, model, data, args.images)
     x1 = ds[0][0].unsqueeze(0)
     head, tail = split(model, args.split, (x1,))
@@ -132,8 +154,9 @@ def measure_ladder(args: argparse.Namespace) -> tuple[list[Setting], dict[str, A
         print(f"  {key:18s} {mean_b:8.0f} B  {acc:6.2f} %  {compute:6.2f} ms", file=sys.stderr)
     info = {"model": args.model, "split": args.split, "data": [str(d) for d in data], "images": n,
             "calibration_images": len(cal), "request_images": len(req),
-            "head_ms": head_ms, "tail_ms": tail_ms}
-    return settings, info, per_request
+            "head_ms": head_ms, "tail_ms": tail_ms, "weights": weights}
+    parts = {"head": head, "tail": tail, "images": ds, "request_indices": req.tolist()}
+    return settings, info, per_request, parts
 
 
 def run_policy(policy, channel: Channel, arrivals: list[float], per_request: dict,
@@ -148,26 +171,131 @@ def run_policy(policy, channel: Channel, arrivals: list[float], per_request: dic
     return simulate(policy, channel, arrivals, payload)
 
 
+async def _runtime_pass(policy, parts: dict[str, Any], channel: Channel, arrivals: list[float],
+                        images: list[int], codec_of: dict[str, codecs.Codec],
+                        max_wait_ms: float) -> list[Sent]:
+    """One policy over the trace: a fresh server, connection and link clock."""
+    ds = parts["images"]
+    names = sorted({c.name for c in codec_of.values()})
+    dep = Deployment("rate", parts["tail"], codecs=names, max_wait_ms=max_wait_ms)
+    server = Server(dep, "127.0.0.1", 0, ping_interval=None)
+    await server.start()
+    try:
+        async with AsyncSplitClient(server.url, None, "fp32", dep.name,
+                                    head_in_thread=False) as client:
+            await client.connect()
+            x0 = ds[images[0]][0].unsqueeze(0)
+            for c in codec_of.values():  # warm up every codec path, server side included
+                feats = parts["head"](x0)
+                feats = [feats] if isinstance(feats, torch.Tensor) else list(feats)
+                await client.infer_encoded(c.encode(feats))
+            adaptive = AdaptiveClient(client, parts["head"], policy, codec_of,
+                                      PacedLink(Pacer(channel)))
+            inputs = [ds[images[i % len(images)]][0].unsqueeze(0) for i in range(len(arrivals))]
+            return await adaptive.run(inputs, arrivals)
+    finally:
+        await server.stop()
+
+
+def run_runtime(args: argparse.Namespace, policies: dict[str, Any], parts: dict[str, Any],
+                channel: Channel, arrivals: list[float], phases: list[tuple[float, float]],
+                cycle: int, info: dict[str, Any], settings: list[Setting]) -> None:
+    """The policies one after another on the real runtime, each over the whole trace; per
+    phase: settings used, end-to-end latency against the bound, misses, accuracy."""
+    bound = args.bound_ms / 1e3
+    ds = parts["images"]
+    req = parts["request_indices"]
+    images = [req[j] for j in spread_indices(len(req), cycle)]
+    codec_of = {label(n, p): codecs.get(n, **p) for n, p in LADDER}
+    results: dict[str, Any] = {}
+    for pname, policy in policies.items():
+        print(f"  running {pname} ({arrivals[-1]:.0f} s) ...", file=sys.stderr)
+        sent = asyncio.run(_runtime_pass(policy, parts, channel, arrivals, images, codec_of,
+                                         args.max_wait_ms))
+        reqs, failed = [], 0
+        for i, s in enumerate(sent):
+            if s.outputs is None:
+                failed += 1
+                continue
+            pred = int(s.outputs[0].argmax(-1)[0])
+            reqs.append(s.as_request(pred == int(ds[images[i % len(images)]][1])))
+        per_phase = []
+        for lo, hi in phases:
+            ph = summarize([r for r in reqs if lo <= r.t < hi], bound)
+            ph.update(start_s=lo, end_s=hi, bandwidth_bps=channel.rate_at(0.5 * (lo + hi)),
+                      failed=sum(1 for s in sent if s.outputs is None and lo <= s.t < hi))
+            per_phase.append(ph)
+        res: dict[str, Any] = {"overall": {**summarize(reqs, bound), "failed": failed},
+                               "phases": per_phase}
+        if isinstance(policy, RateController):
+            res["switches"] = policy.switches
+            res["series"] = {
+                "t_s": [round(s.t, 3) for s in sent],
+                "setting": [s.setting for s in sent],
+                "bytes": [s.nbytes for s in sent],
+                "latency_ms": [round(1e3 * s.latency_s, 1) for s in sent],
+                "queued_ms": [round(1e3 * s.queued_s, 1) for s in sent],
+                "server_ms": [round(1e3 * s.server_s, 1) for s in sent],
+                "estimate_kbps": [round(s.estimate_bps / 1e3) for s in sent],
+            }
+        results[pname] = res
+        for ph in per_phase:
+            print(json.dumps({"policy": pname, **{k: ph[k] for k in (
+                "start_s", "end_s", "bandwidth_bps", "n", "p50_ms", "p95_ms", "max_ms",
+                "missed", "failed", "accuracy", "mean_bytes", "settings")}}), flush=True)
+    report = {
+        "command": "python " + " ".join(sys.argv),
+        "what": "real runtime: server on 127.0.0.1, WebSocket, real bitstreams; the uplink is "
+                "a FIFO paced to the trace (splitcomp.plan.adaptive.PacedLink); latency is "
+                "measured end to end (head, encode, link, server, downlink)",
+        **info,
+        "images_per_phase": cycle,
+        "bound_ms": args.bound_ms, "rtt_ms": args.rtt_ms, "period_ms": args.period_ms,
+        "max_wait_ms": args.max_wait_ms,
+        "trace": {"times": list(channel.trace.times), "bps": list(channel.trace.bps)}
+        if channel.trace is not None else None,
+        "ladder": [s.__dict__ for s in settings],
+        "pareto_front": [s.name for s in next(iter(policies.values())).settings],
+        "results": results,
+    }
+    if args.json:
+        doc = json.loads(args.json.read_text()) if args.json.exists() else {}
+        doc["runtime"] = report
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--split", default="layer1")
     ap.add_argument("--data", action="append", help="dataset, repeatable (default: the "
                     "model's)")
-    ap.add_argument("--images", type=int, default=2000,
-                    help="use N images: half calibration, half requests")
-    ap.add_argument("--phases", default="10Mbit:20,0.5Mbit:20,10Mbit:20",
-                    help="rate:seconds,... of a step trace")
+    ap.add_argument("--images", type=int, help="use N images: half calibration, half "
+                    "requests (default 2000; 1000 with --runtime)")
+    ap.add_argument("--phases", help="rate:seconds,... of a step trace (default "
+                    "10Mbit:20,0.5Mbit:20,10Mbit:20; 10Mbit:8,0.5Mbit:8,10Mbit:8 with --runtime)")
     ap.add_argument("--trace", type=Path, help="a 'time_s bandwidth_bps' file instead")
     ap.add_argument("--bound-ms", type=float, default=100.0)
     ap.add_argument("--rtt-ms", type=float, default=20.0)
-    ap.add_argument("--period-ms", type=float, default=50.0, help="time between requests")
+    ap.add_argument("--period-ms", type=float, help="time between requests (default 50; 100 "
+                    "with --runtime)")
+    ap.add_argument("--runtime", action="store_true",
+                    help="run the policies on the real runtime (server on 127.0.0.1, paced "
+                    "link) instead of simulating; --json then updates the file's 'runtime' key")
+    ap.add_argument("--max-wait-ms", type=float, default=1.0,
+                    help="--runtime: the server's batching wait")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    rt = args.runtime
+    args.images = args.images or (1000 if rt else 2000)
+    args.phases = args.phases or ("10Mbit:8,0.5Mbit:8,10Mbit:8" if rt else
+                                  "10Mbit:20,0.5Mbit:20,10Mbit:20")
+    args.period_ms = args.period_ms or (100.0 if rt else 50.0)
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)
 
-    settings, info, per_request = measure_ladder(args)
+    settings, info, per_request, parts = measure_ladder(args)
     front = pareto_front(settings)
     if args.trace:
         trace = BandwidthTrace.load(args.trace)
@@ -195,6 +323,9 @@ def main() -> None:
     # different phases (and policies) are comparable
     n_req = len(next(iter(per_request.values())))
     cycle = min(n_req, min(sum(lo <= t < hi for t in arrivals) for lo, hi in phases))
+    if rt:
+        run_runtime(args, policies, parts, channel, arrivals, phases, cycle, info, settings)
+        return
     results: dict[str, Any] = {}
     for pname, policy in policies.items():
         reqs = run_policy(policy, channel, arrivals, per_request, cycle)
