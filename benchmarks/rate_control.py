@@ -131,7 +131,7 @@ def measure_ladder(args: argparse.Namespace
     req = torch.arange(1, n, 2)
     head_ms = median_ms(lambda: head(x1))
     tail_ms = median_ms(lambda: tail(*feats.sample(0)))
-    settings, per_request = [], {}
+    settings, per_request, cal_bytes = [], {}, {}
     for name, params in LADDER:
         codec = codecs.get(name, **params)
         nbytes, decoded, t_enc, t_dec = [], [], 0.0, 0.0
@@ -151,11 +151,13 @@ def measure_ladder(args: argparse.Namespace
         compute = head_ms + tail_ms + 1e3 * (t_enc + t_dec) / n
         settings.append(Setting(key, mean_b, acc, compute))
         per_request[key] = [(nbytes[i], correct[i]) for i in req.tolist()]
+        cal_bytes[key] = [nbytes[i] for i in cal.tolist()]
         print(f"  {key:18s} {mean_b:8.0f} B  {acc:6.2f} %  {compute:6.2f} ms", file=sys.stderr)
     info = {"model": args.model, "split": args.split, "data": [str(d) for d in data], "images": n,
             "calibration_images": len(cal), "request_images": len(req),
             "head_ms": head_ms, "tail_ms": tail_ms, "weights": weights}
-    parts = {"head": head, "tail": tail, "images": ds, "request_indices": req.tolist()}
+    parts = {"head": head, "tail": tail, "images": ds, "request_indices": req.tolist(),
+             "calibration_bytes": cal_bytes}
     return settings, info, per_request, parts
 
 
@@ -169,6 +171,53 @@ def run_policy(policy, channel: Channel, arrivals: list[float], per_request: dic
         return per_request[policy.settings[k].name][some[i % cycle]]
 
     return simulate(policy, channel, arrivals, payload)
+
+
+async def _time_settings(parts: dict[str, Any], settings: list[Setting],
+                         codec_of: dict[str, codecs.Codec], repeats: int,
+                         max_wait_ms: float) -> dict[str, float]:
+    """Median ms per setting of head, encode, server and answer on an unpaced loopback."""
+    head, ds, req = parts["head"], parts["images"], parts["request_indices"]
+    names = sorted({codec_of[s.name].name for s in settings})
+    dep = Deployment("rate", parts["tail"], codecs=names, max_wait_ms=max_wait_ms)
+    server = Server(dep, "127.0.0.1", 0, ping_interval=None)
+    await server.start()
+    out = {}
+    try:
+        async with AsyncSplitClient(server.url, head, "fp32", dep.name,
+                                    head_in_thread=False) as client:
+            await client.connect()
+            for s in settings:
+                client.codec = codec_of[s.name]
+                times = []
+                for j in range(repeats + 1):
+                    x = ds[req[j % len(req)]][0].unsqueeze(0)
+                    t0 = time.perf_counter()
+                    await client.infer_encoded(client.encode(x))
+                    times.append(time.perf_counter() - t0)
+                out[s.name] = 1e3 * statistics.median(times[1:])
+    finally:
+        await server.stop()
+    return out
+
+
+def runtime_settings(settings: list[Setting], parts: dict[str, Any], args: argparse.Namespace
+                     ) -> list[Setting]:
+    """The ladder as the controller sees it on the runtime: ``compute_ms`` measured there
+    (unpaced loopback: head, encode, WebSocket, server batching, decode, tail, answer) and
+    bytes at the ``--bytes-quantile`` of the calibration images (variable-rate codecs: a
+    setting whose mean just fits the bound would miss it for every larger image)."""
+    codec_of = {label(n, p): codecs.get(n, **p) for n, p in LADDER}
+    ms = asyncio.run(_time_settings(parts, settings, codec_of, 20, args.max_wait_ms))
+    out = []
+    for s in settings:
+        sizes = sorted(parts["calibration_bytes"][s.name])
+        q = sizes[min(len(sizes) - 1, int(args.bytes_quantile * len(sizes)))]
+        print(f"  runtime {s.name:18s} {ms[s.name]:6.2f} ms (offline {s.compute_ms:.2f}), "
+              f"{q} B at q{args.bytes_quantile:g} (mean {s.bytes_per_sample:.0f})",
+              file=sys.stderr)
+        out.append(Setting(s.name, float(q), s.accuracy, ms[s.name]))
+    return out
 
 
 async def _runtime_pass(policy, parts: dict[str, Any], channel: Channel, arrivals: list[float],
@@ -251,7 +300,7 @@ def run_runtime(args: argparse.Namespace, policies: dict[str, Any], parts: dict[
         **info,
         "images_per_phase": cycle,
         "bound_ms": args.bound_ms, "rtt_ms": args.rtt_ms, "period_ms": args.period_ms,
-        "max_wait_ms": args.max_wait_ms,
+        "max_wait_ms": args.max_wait_ms, "bytes_quantile": args.bytes_quantile,
         "trace": {"times": list(channel.trace.times), "bps": list(channel.trace.bps)}
         if channel.trace is not None else None,
         "ladder": [s.__dict__ for s in settings],
@@ -285,6 +334,9 @@ def main() -> None:
                     "link) instead of simulating; --json then updates the file's 'runtime' key")
     ap.add_argument("--max-wait-ms", type=float, default=1.0,
                     help="--runtime: the server's batching wait")
+    ap.add_argument("--bytes-quantile", type=float, default=0.95,
+                    help="--runtime: a setting's bytes for the controller, as a quantile of "
+                    "its calibration bitstreams")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     rt = args.runtime
@@ -296,6 +348,9 @@ def main() -> None:
     torch.set_num_threads(1)
 
     settings, info, per_request, parts = measure_ladder(args)
+    if rt:
+        info["offline_compute_ms"] = {s.name: s.compute_ms for s in settings}
+        settings = runtime_settings(settings, parts, args)
     front = pareto_front(settings)
     if args.trace:
         trace = BandwidthTrace.load(args.trace)

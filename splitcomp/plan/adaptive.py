@@ -113,8 +113,9 @@ class AdaptiveClient:
     codecs: Mapping[str, Codec]
     link: PacedLink
     keep_bitstreams: bool = False
-    _unanswered: dict[int, tuple[float, int]] = field(default_factory=dict, repr=False)
-    _ids: int = 0
+    _unanswered: dict[int, tuple[float, int]] = field(default_factory=dict, init=False,
+                                                      repr=False)
+    _ids: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         missing = [s.name for s in self.policy.settings if s.name not in self.codecs]

@@ -18,6 +18,7 @@ doubles with each failure (up to ``max_dwell``), unless the bandwidth estimate h
 
 :func:`simulate` plays requests through a :class:`~splitcomp.plan.channel.Channel` (one FIFO
 uplink, trace bandwidth) for the controller or a fixed setting; nothing here touches a socket.
+:class:`splitcomp.plan.adaptive.AdaptiveClient` drives the same policies on the real runtime.
 """
 
 from __future__ import annotations
