@@ -61,7 +61,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=1024, help="split-arm requests")
     p.add_argument("--full-requests", type=int, default=192, help="full-offload requests")
     p.add_argument("--target-drop", type=float, default=0.5)
-    p.add_argument("--overhead-seconds", type=float, default=4.0)
+    p.add_argument("--overhead-seconds", type=float, default=8.0)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
