@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -459,15 +459,7 @@ class Server:
     async def _process(self, dep: Deployment, items: list[_Item]) -> None:
         """Run one batch in the deployment's worker thread, then answer every request."""
         start = time.perf_counter()
-        live = []
-        for it in items:
-            if start - it.arrival > self.request_timeout_s:
-                self._answer(dep.name, it, P.encode_error(
-                    it.request_id, P.ErrorCode.TIMEOUT,
-                    f"queued {start - it.arrival:.1f} s (limit {self.request_timeout_s} s)"),
-                    ok=False)
-            else:
-                live.append(it)
+        live = self._drop_timed_out(dep.name, items, start)
         if not live:
             return
         assert self._loop is not None
@@ -483,9 +475,27 @@ class Server:
             return
         self._record(dep.name, live, report, frames, start)
 
-    def _record(self, name: str, items: list[_Item], report: BatchReport, frames: list[bytes],
-                start: float) -> None:
-        m, labels = self.metrics, (name,)
+    def _drop_timed_out(self, name: str, items: list, start: float,
+                        on_drop: Callable[[Any], object] | None = None) -> list:
+        """Answer TIMEOUT to the items queued longer than ``request_timeout_s`` (calling
+        ``on_drop`` for each first); returns the others, in order."""
+        live = []
+        for it in items:
+            waited = start - it.arrival
+            if waited > self.request_timeout_s:
+                if on_drop is not None:
+                    on_drop(it)
+                self._answer(name, it, P.encode_error(
+                    it.request_id, P.ErrorCode.TIMEOUT,
+                    f"queued {waited:.1f} s (limit {self.request_timeout_s} s)"), ok=False)
+            else:
+                live.append(it)
+        return live
+
+    def _record_times(self, labels: tuple[str], items: list, report: Any, encode_s: float,
+                      start: float) -> None:
+        """Batch sizes and time counters of one batch (vision or LLM steps)."""
+        m = self.metrics
         for n in report.tail_calls:
             m.batch_size.observe(n, labels)
         m.batch_requests.observe(len(items), labels)
@@ -494,8 +504,13 @@ class Server:
         m.worker_cpu_seconds.inc(labels, report.worker_cpu_s)
         m.tail_seconds.inc(labels, report.tail_s)
         m.tail_cpu_seconds.inc(labels, report.tail_cpu_s)
-        m.encode_seconds.inc(labels, report.encode_s)
+        m.encode_seconds.inc(labels, encode_s)
         m.queue_seconds.inc(labels, sum(start - it.arrival for it in items))
+
+    def _record(self, name: str, items: list[_Item], report: BatchReport, frames: list[bytes],
+                start: float) -> None:
+        m, labels = self.metrics, (name,)
+        self._record_times(labels, items, report, report.encode_s, start)
         now = time.perf_counter()
         for it, reply, frame in zip(items, report.replies, frames, strict=True):
             ok = reply.error is None
@@ -642,16 +657,9 @@ class Server:
 
         start = time.perf_counter()
         sessions, name, labels = dep.sessions, dep.name, (dep.name,)
-        live = []
-        for it in items:
-            if start - it.arrival > self.request_timeout_s:
-                sessions.finish(it.session, it.request.tokens, ok=False)
-                self._answer(name, it, P.encode_error(
-                    it.request_id, P.ErrorCode.TIMEOUT,
-                    f"queued {start - it.arrival:.1f} s (limit {self.request_timeout_s} s)"),
-                    ok=False)
-            else:
-                live.append(it)
+        live = self._drop_timed_out(
+            name, items, start, lambda it: sessions.finish(it.session, it.request.tokens,
+                                                           ok=False))
         if not live:
             return
         steps = [StepItem(it.request_id, it.session, it.request.tokens, it.request.bitstreams,
@@ -668,16 +676,7 @@ class Server:
                                                       f"batch failed: {e!r}"[:300]), ok=False)
             return
         m = self.metrics
-        for n in report.tail_calls:
-            m.batch_size.observe(n, labels)
-        m.batch_requests.observe(len(live), labels)
-        m.decode_seconds.inc(labels, report.decode_s)
-        m.decode_cpu_seconds.inc(labels, report.decode_cpu_s)
-        m.worker_cpu_seconds.inc(labels, report.worker_cpu_s)
-        m.tail_seconds.inc(labels, report.tail_s)
-        m.tail_cpu_seconds.inc(labels, report.tail_cpu_s)
-        m.encode_seconds.inc(labels, report.sample_cpu_s)
-        m.queue_seconds.inc(labels, sum(start - it.arrival for it in live))
+        self._record_times(labels, live, report, report.sample_cpu_s, start)
         self._m_sample_cpu.inc(labels, report.sample_cpu_s)
         now = time.perf_counter()
         for it, frame, ok, code in zip(live, report.frames, report.ok, report.errors,
