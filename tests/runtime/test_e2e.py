@@ -330,6 +330,20 @@ def test_inflight_limit_answers_overloaded(start_server) -> None:
     asyncio.run(main())
 
 
+def test_requests_queued_past_the_timeout_are_answered_timeout(start_server) -> None:
+    srv = start_server(Deployment("slow", SlowTail(0.3), max_batch_size=1, max_wait_ms=0),
+                       request_timeout_s=0.1)
+    data = FP32.encode(torch.ones(1, 4))
+    with raw_connect(srv.url) as ws:
+        for rid in (1, 2):  # 2 waits 0.3 s behind 1: past the 0.1 s limit, never run
+            ws.send(P.encode_request(rid, "slow", data))
+        codes = {}
+        for _ in range(2):
+            resp = P.parse_response(ws.recv(timeout=10))
+            codes[resp.request_id] = resp.code
+    assert codes == {1: None, 2: ErrorCode.TIMEOUT}
+
+
 def test_frame_too_large_closes_that_connection_only(start_server) -> None:
     srv = start_server(Deployment("slow", SlowTail(0.0), max_wait_ms=0), max_frame_bytes=4096)
     small, big = torch.ones(1, 16), torch.ones(1, 2048)
