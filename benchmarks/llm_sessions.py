@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -192,6 +191,7 @@ def _agreement(model, prompts: list[torch.Tensor], generated: list[list[int]]) -
 
 def measure(args: argparse.Namespace) -> dict:
     from splitcomp.llm.text import load_lm
+    from splitcomp.runtime.cli_serve import read_listening_url
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,12 +208,7 @@ def measure(args: argparse.Namespace) -> dict:
         try:
             model, tok = load_lm(args.model)
             prompts = _prompts(tok, args.sessions, model.config.vocab_size)
-            url = None
-            for _ in range(50):
-                m = re.match(r"listening on (\S+)", proc.stdout.readline())
-                if m:
-                    url = m.group(1)
-                    break
+            url = read_listening_url(proc.stdout)
             if url is None:
                 raise RuntimeError("server did not start")
             r = asyncio.run(_run(model, args, url, prompts))

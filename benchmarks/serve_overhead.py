@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -95,16 +94,13 @@ async def _load(url: str, bitstreams: list[bytes], clients: int, seconds: float,
 
 def measure(bitstreams: list[bytes], clients: int, seconds: float, max_batch_size: int,
             max_wait_ms: float) -> dict:
+    from splitcomp.runtime.cli_serve import read_listening_url
+
     proc = subprocess.Popen([sys.executable, __file__, "--serve", "--max-batch-size",
                              str(max_batch_size), "--max-wait-ms", str(max_wait_ms)],
                             stdout=subprocess.PIPE, text=True)
     try:
-        url = None
-        for _ in range(50):
-            m = re.match(r"listening on (\S+)", proc.stdout.readline())
-            if m:
-                url = m.group(1)
-                break
+        url = read_listening_url(proc.stdout)
         if url is None:
             raise RuntimeError("server did not start")
         lat, b, a, wall = asyncio.run(_load(url, bitstreams, clients, seconds, warmup_s=1.0))

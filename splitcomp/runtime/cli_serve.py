@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import signal
 import sys
+from typing import IO
 
 import torch
 
@@ -154,6 +156,16 @@ def _llm(args: argparse.Namespace) -> list:
                           max_sessions=args.max_sessions,
                           max_context_bytes=args.max_context_bytes,
                           max_contexts=args.max_contexts)]
+
+
+def read_listening_url(stream: IO[str], max_lines: int = 50) -> str | None:
+    """The URL a ``splitcomp serve`` process announces (``listening on URL ...``), read from
+    its stdout; None when it did not say so within ``max_lines`` lines (it failed to start)."""
+    for _ in range(max_lines):
+        m = re.match(r"listening on (\S+)", stream.readline())
+        if m:
+            return m.group(1)
+    return None
 
 
 async def _serve(server: Server) -> None:

@@ -157,13 +157,19 @@ def _prefix(frame: bytes | bytearray | memoryview) -> tuple[int, int]:
     return ftype, request_id
 
 
-def parse_request(frame: bytes | bytearray | memoryview) -> Request:
-    """Parse a request frame; raises :class:`FrameError` (with the id when it was readable)."""
+def _request_prefix(frame: bytes | bytearray | memoryview, want: int, kind: str) -> int:
+    """The request id of a request frame of type ``want`` (``kind`` names it in errors)."""
     ftype, request_id = _prefix(frame)
     if request_id == NO_REQUEST_ID:
         raise FrameError("request id 0 is reserved")
-    if ftype != TYPE_REQUEST:
-        raise FrameError(f"frame type 0x{ftype:02x} is not a request", request_id)
+    if ftype != want:
+        raise FrameError(f"frame type 0x{ftype:02x} is not {kind}", request_id)
+    return request_id
+
+
+def parse_request(frame: bytes | bytearray | memoryview) -> Request:
+    """Parse a request frame; raises :class:`FrameError` (with the id when it was readable)."""
+    request_id = _request_prefix(frame, TYPE_REQUEST, "a request")
     view = memoryview(frame)
     if len(view) <= PREFIX_BYTES:
         raise FrameError("missing deployment name", request_id)
@@ -446,11 +452,7 @@ def _llm_head(view: memoryview, request_id: int,
 
 def parse_llm_request(frame: bytes | bytearray | memoryview) -> LLMRequest:
     """Parse an LLM request frame; raises :class:`FrameError` (with the id when readable)."""
-    ftype, rid = _prefix(frame)
-    if rid == NO_REQUEST_ID:
-        raise FrameError("request id 0 is reserved")
-    if ftype != TYPE_LLM_REQUEST:
-        raise FrameError(f"frame type 0x{ftype:02x} is not an LLM request", rid)
+    rid = _request_prefix(frame, TYPE_LLM_REQUEST, "an LLM request")
     view = memoryview(frame)
     op, pos, version = _llm_head(view, rid, (LLM_VERSION, LLM_VERSION_CONTEXT))
     if op is LLMOp.OPEN:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from splitcomp.runtime import SplitClient, fetch_metrics, parse_prometheus
-from splitcomp.runtime.cli_serve import add_arguments, build_server
+from splitcomp.runtime.cli_serve import add_arguments, build_server, read_listening_url
 from splitcomp.runtime.stats import total
 
 pytestmark = pytest.mark.timeout(60)
@@ -45,13 +44,7 @@ def test_serve_process_answers_and_stops_on_sigterm() -> None:
          "--deployment", "r20"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        url = None
-        for _ in range(20):
-            line = proc.stdout.readline()
-            m = re.match(r"listening on (\S+)", line)
-            if m:
-                url = m.group(1)
-                break
+        url = read_listening_url(proc.stdout, max_lines=20)
         assert url, proc.stderr.read() if proc.poll() is not None else "no 'listening' line"
         with SplitClient(url, None, "fp32", "r20", timeout_s=20) as client:
             assert client.infer(torch.randn(2, 32, 16, 16)).shape == (2, 10)
