@@ -51,7 +51,7 @@ import constriction
 import numpy as np
 import pcodec
 
-from .errors import BitstreamError, require
+from .errors import native_error, require
 from .wire import Reader, put_varint
 
 __all__ = [
@@ -520,9 +520,7 @@ class AnsReader:
         try:
             self._coder = _ANS(words)
         except BaseException as e:  # constriction raises ValueError or a pyo3 panic
-            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
-                raise
-            raise BitstreamError(f"rANS data: {e}") from None
+            raise native_error(e, f"rANS data: {e}") from None
 
     def read(self, n: int, freqs: np.ndarray) -> np.ndarray:
         """Decode ``n`` indices into ``freqs`` (int32, each with a non-zero frequency)."""
@@ -535,9 +533,7 @@ class AnsReader:
         try:
             out = self._coder.decode(_CATEGORICAL(freqs, perfect=False), n)
         except BaseException as e:
-            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
-                raise
-            raise BitstreamError(f"rANS decode: {e}") from None
+            raise native_error(e, f"rANS decode: {e}") from None
         # a corrupt stream may decode a symbol whose frequency is 0 (constriction gives it
         # the smallest probability): still a valid index, so the caller's output stays sane
         return np.asarray(out, np.int32)
@@ -573,9 +569,7 @@ def pco_decode(data: bytes | memoryview, n: int, max_symbol: int = (1 << 32) - 1
     try:
         progress = pcodec.standalone.simple_decompress_into(bytes(data), out)
     except BaseException as e:  # pcodec raises RuntimeError, or a pyo3 panic
-        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
-            raise
-        raise BitstreamError(f"pco: {e}") from None
+        raise native_error(e, f"pco: {e}") from None
     require(progress.n_processed == n and progress.finished, "pco: wrong number of values")
     require(int(out.max()) <= max_symbol, "pco: value out of range")
     return out

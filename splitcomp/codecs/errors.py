@@ -34,3 +34,12 @@ def require(cond: bool, msg: str) -> None:
     """Raise :class:`BitstreamError` with ``msg`` unless ``cond`` holds."""
     if not cond:
         raise BitstreamError(msg)
+
+
+def native_error(e: BaseException, message: str) -> BitstreamError:
+    """A :class:`BitstreamError` for what a native decoder (constriction, pcodec) raised on
+    corrupt data: an exception, or a pyo3 ``PanicException`` (a ``BaseException``). Anything
+    else (``KeyboardInterrupt``, ``SystemExit``) is re-raised as it is."""
+    if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+        raise e
+    return BitstreamError(message)

@@ -106,19 +106,13 @@ from ._slicer_quant import (
     threshold,
 )
 from .base import Codec, Param
-from .errors import BitstreamError, DecodeLimits, require
+from .errors import BitstreamError, DecodeLimits, native_error, require
 from .registry import register_codec
 from .wire import Reader, put_varint
 
 _ANS = constriction.stream.stack.AnsCoder
 _CATEGORICAL = constriction.stream.model.Categorical
 _FLAG_POS, _FLAG_NEG, _FLAG_CLASSES, _FLAG_VALUE_CONTEXT = 1, 2, 4, 8
-
-
-def _coder_error(e: BaseException) -> BitstreamError:
-    if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
-        raise e
-    return BitstreamError(f"slicer: corrupt rANS data ({e})")
 
 
 def quality_settings(quality: float) -> tuple[float, float]:
@@ -390,7 +384,7 @@ class SlicerCodec(Codec):
         except BitstreamError:
             raise
         except BaseException as e:  # constriction raises ValueError or a pyo3 panic
-            raise _coder_error(e) from None
+            raise native_error(e, f"slicer: corrupt rANS data ({e})") from None
         require(done, "slicer: trailing rANS data")
         sym = np.empty((geo.planes, geo.plane_size), np.int32)
         sym[:, geo.phase_a] = sym_a

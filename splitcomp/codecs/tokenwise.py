@@ -62,7 +62,7 @@ from ._tokenwise_context import (
 )
 from .base import Codec, Param
 from .entropy import decode_symbols, encode_symbols, put_varints, read_varints
-from .errors import BitstreamError, DecodeLimits, require
+from .errors import BitstreamError, DecodeLimits, native_error, require
 from .registry import register_codec
 from .wire import Reader
 
@@ -84,12 +84,6 @@ Q_MAX = 1 << 28
 #: rows (tokens) a context-mode payload may hold per byte: a decoder's work stays bounded by
 #: the bytes it was sent, whatever the claimed shape (real tokens cost ~100x that)
 ROWS_PER_BYTE = 4
-
-
-def _coder_error(e: BaseException) -> BitstreamError:
-    if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
-        raise e
-    return BitstreamError(f"tokenwise: corrupt rANS data ({e})")
 
 
 def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -239,7 +233,7 @@ class TokenwiseCodec(Codec):
         except BitstreamError:
             raise
         except BaseException as e:  # constriction raises ValueError or a pyo3 panic
-            raise _coder_error(e) from None
+            raise native_error(e, f"tokenwise: corrupt rANS data ({e})") from None
         require(empty, "tokenwise: trailing rANS data")
         n_esc = sum(ch.size for _, ch, _ in esc_at)
         require((tail is None) == (n_esc == 0), "tokenwise: escape tail mismatch")
