@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from splitcomp import codecs
 from splitcomp.codecs import BitstreamError, DecodeLimits
 from splitcomp.codecs import tokenwise as tw
-from splitcomp.codecs._tokenwise_context import _STORE, CONTEXT_PATH_ENV
+from splitcomp.codecs._tokenwise_context import _STORE, CONTEXT_PATH_ENV, context_scope
 from splitcomp.codecs.container import encode_params
 
 C = 64
@@ -191,3 +191,26 @@ def test_context_mode_bytes_are_pinned() -> None:
         torch.from_numpy(hidden(3, seed=12, sink=True)))
     assert len(stream) == 143
     assert hashlib.sha256(stream).hexdigest().startswith("191c5d3254531941")
+
+
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_context_bytes(ctx: tw.TokenwiseContext, data: st.DataObject) -> None:
+    """Context bytes come from clients (LLM OPEN): corrupt ones, with a valid CRC, parse to a
+    context that codes and decodes, or raise BitstreamError."""
+    body = bytearray(ctx.to_bytes()[:-4])
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(4, len(body) - 1))
+        body[pos] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        body = body[: data.draw(st.integers(0, len(body)))]
+    try:
+        parsed = tw.TokenwiseContext.from_bytes(_refresh_crc(bytes(body)))
+    except BitstreamError:
+        return
+    x = np.zeros((1, parsed.channels), np.float32)
+    cid = parsed.context_id
+    with context_scope({cid: parsed}):  # not registered: the process registry stays as it is
+        stream = tw.TokenwiseCodec(context=cid).encode(torch.from_numpy(x))
+        assert codecs.decode(stream)[0].shape == (1, parsed.channels)
