@@ -87,7 +87,7 @@ def _prompts(tok, n: int, vocab: int) -> list[torch.Tensor]:
 
 async def _run(model, args, url: str, prompts: list[torch.Tensor]) -> dict:
     from splitcomp.llm._cli import parse_params
-    from splitcomp.llm.remote import AsyncRemoteLM, ws_frame_bytes
+    from splitcomp.runtime.llm.client import AsyncRemoteLM, ws_frame_bytes
 
     params = parse_params(args.codec, args.param)
     lms = [AsyncRemoteLM(model, args.split, url, args.deployment, args.codec,

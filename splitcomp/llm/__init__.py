@@ -10,26 +10,21 @@ Data path: ids -> :class:`EdgeHalf` (embeddings, blocks [0, k), its KV cache) ->
 (blocks [k, L), final norm, LM head, one KV cache per session) -> logits.
 Families (Llama, GPT-2) are plugins in :mod:`splitcomp.llm.families`.
 
-Over the network (``docs/protocol.md``, "Split LLM sessions"): :class:`LLMDeployment` serves a
-server half from :class:`splitcomp.runtime.Server` (``splitcomp serve --llm``), with sessions
-(:class:`SessionManager`: unguessable ids bound to the client's token, idle timeout, KV-cache
-cap) and continuous batching of decode steps; :class:`RemoteLM` / :class:`AsyncRemoteLM` keep
-the edge half and its cache on the client (``splitcomp generate --server``).
+This package is the model side only (it knows nothing of sockets). Serving a server half over
+the network (sessions, codec contexts, continuous batching, the network client ``RemoteLM``)
+is :mod:`splitcomp.runtime.llm`.
 """
 
 from .cache import BatchedKV, KVCache, causal_mask, positions_for
 from .families import Family, family_for, register_family, supported_model_types
 from .halves import EdgeHalf, ServerHalf, TailSession
 from .pipeline import SplitLM, Step, as_codec, greedy_unsplit, split_model
-from .remote import AsyncRemoteLM, RemoteLM, RemoteStep
-from .service import LLMDeployment
-from .sessions import SessionError, SessionManager
+from .sampling import Sampling, pick
 from .wire import Wire, WireStats, decode_hidden, encode_hidden
 
 __all__ = [
-    "AsyncRemoteLM", "BatchedKV", "EdgeHalf", "Family", "KVCache", "LLMDeployment",
-    "RemoteLM", "RemoteStep", "ServerHalf", "SessionError", "SessionManager", "SplitLM", "Step",
+    "BatchedKV", "EdgeHalf", "Family", "KVCache", "Sampling", "ServerHalf", "SplitLM", "Step",
     "TailSession", "Wire", "WireStats", "as_codec", "causal_mask", "decode_hidden",
-    "encode_hidden", "family_for", "greedy_unsplit", "positions_for", "register_family",
+    "encode_hidden", "family_for", "greedy_unsplit", "pick", "positions_for", "register_family",
     "split_model", "supported_model_types",
 ]

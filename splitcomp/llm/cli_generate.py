@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if args.server:
         from pathlib import Path
 
+        from ..runtime.llm.client import RemoteLM
         from ..runtime.protocol import Sampling
-        from .remote import RemoteLM
 
         try:
             sampling = Sampling(args.temperature, args.top_k, args.seed)

@@ -7,9 +7,35 @@ with.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ..runtime.protocol import Sampling
+#: most top log-probabilities a step may ask for (the LLM frames carry at most this many)
+MAX_TOP_K_LOGPROBS = 32
+_U32_MAX = (1 << 32) - 1
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the server picks each next token: greedy (``temperature`` 0) or sampled from the
+    softmax at ``temperature`` over the ``top_k`` most likely tokens (0: all), drawn from a
+    generator seeded with ``seed``; ``logprobs``: how many top log-probabilities to return."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    seed: int = 0
+    logprobs: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0.0 and self.temperature < float("inf")):
+            raise ValueError(f"temperature {self.temperature} must be finite and >= 0")
+        if not 0 <= self.top_k <= _U32_MAX:
+            raise ValueError(f"top_k {self.top_k} outside 0..2**32-1")
+        if not 0 <= self.seed < 1 << 64:
+            raise ValueError(f"seed {self.seed} outside 0..2**64-1")
+        if not 0 <= self.logprobs <= MAX_TOP_K_LOGPROBS:
+            raise ValueError(f"logprobs {self.logprobs} outside 0..{MAX_TOP_K_LOGPROBS}")
 
 
 def generator_for(sampling: Sampling) -> torch.Generator | None:

@@ -140,8 +140,8 @@ def _llm(args: argparse.Namespace) -> list:
     from pathlib import Path
 
     from ..llm.halves import ServerHalf
-    from ..llm.service import LLMDeployment
     from ..llm.text import load_lm
+    from .llm.service import LLMDeployment
 
     model, _ = load_lm(args.llm, None if args.llm_weights == "random" else args.llm_weights)
     try:

@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import codecs as _codecs
 from ..codecs import BitstreamError, DecodeLimits, Header
+from .errors import RequestError
 from .protocol import ErrorCode, check_name
 
 
@@ -30,15 +31,6 @@ class InputSpec:
     dtype: torch.dtype
     sample_shape: tuple[int, ...] | None
     ndim: int
-
-
-class RequestError(Exception):
-    """Why one request failed (an error code and a message for the client)."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass

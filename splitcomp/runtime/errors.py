@@ -1,8 +1,19 @@
-"""Typed exceptions a runtime client raises, one per way a request can fail."""
+"""Typed errors of the runtime: why the server refuses one request (:class:`RequestError`, turned
+into an error frame), and what a client raises to its caller, one class per way a request fails."""
 
 from __future__ import annotations
 
 from .protocol import ErrorCode
+
+
+class RequestError(Exception):
+    """Why the server refuses one request: an error code and a message for the client (the
+server answers it as an error frame; nothing is raised to the client's caller)."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
 
 
 class SplitRuntimeError(Exception):

@@ -22,6 +22,9 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
+from ..llm.sampling import MAX_TOP_K_LOGPROBS as MAX_TOP_K_LOGPROBS  # the wire limit
+from ..llm.sampling import Sampling
+
 MAGIC = b"SP"
 VERSION = 1
 
@@ -264,7 +267,7 @@ LLM_VERSION = 1
 LLM_VERSION_CONTEXT = 2
 CONTEXT_DIGEST_BYTES = 32
 SESSION_ID_BYTES = 16
-MAX_TOP_K_LOGPROBS = 32
+_GREEDY = Sampling()
 
 
 class LLMOp(enum.IntEnum):
@@ -284,28 +287,6 @@ _TOP = struct.Struct("<If")
 _CLOSED = struct.Struct("<I")
 _U32 = struct.Struct("<I")
 _CONTEXT_HEAD = struct.Struct("<B32sI")  # codec id, SHA-256 of the context bytes, length
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How the server picks each next token: greedy (``temperature`` 0) or sampled from the
-    softmax at ``temperature`` over the ``top_k`` most likely tokens (0: all), drawn from a
-    generator seeded with ``seed``; ``logprobs``: how many top log-probabilities to return."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    seed: int = 0
-    logprobs: int = 0
-
-    def __post_init__(self) -> None:
-        if not (self.temperature >= 0.0 and self.temperature < float("inf")):
-            raise ValueError(f"temperature {self.temperature} must be finite and >= 0")
-        if not 0 <= self.top_k <= _U32_MAX:
-            raise ValueError(f"top_k {self.top_k} outside 0..2**32-1")
-        if not 0 <= self.seed < 1 << 64:
-            raise ValueError(f"seed {self.seed} outside 0..2**64-1")
-        if not 0 <= self.logprobs <= MAX_TOP_K_LOGPROBS:
-            raise ValueError(f"logprobs {self.logprobs} outside 0..{MAX_TOP_K_LOGPROBS}")
 
 
 @dataclass(frozen=True)
@@ -396,7 +377,7 @@ def _check_session(session: bytes) -> bytes:
     return bytes(session)
 
 
-def encode_llm_open(request_id: int, deployment: str | bytes, sampling: Sampling = Sampling(),
+def encode_llm_open(request_id: int, deployment: str | bytes, sampling: Sampling = _GREEDY,
                     context: CodecContext | None = None) -> bytes:
     """An OPEN request for a session on ``deployment``; with a codec ``context`` it is an
     LLM version 2 message (without, byte for byte the version 1 one)."""

@@ -7,7 +7,7 @@ Data path: handshake (bearer token checked, nothing decoded before) -> frame par
 through its connection's writer task. ``GET /metrics`` on the same port serves Prometheus
 text; ``GET /healthz`` answers ``ok``.
 
-LLM deployments (:class:`splitcomp.llm.service.LLMDeployment`) take LLM frames (type 0x02):
+LLM deployments (:class:`splitcomp.runtime.llm.service.LLMDeployment`) take LLM frames (type 0x02):
 OPEN and CLOSE are answered on the event loop; STEPs are checked against their session (owner,
 KV-cache cap) there, queued per deployment, and each batch runs in the deployment's worker
 thread (:meth:`LLMDeployment.run_steps`: one tail forward for all single-token steps).
@@ -41,13 +41,14 @@ from . import protocol as P
 from .auth import Tokens
 from .batching import Batcher
 from .dedup import DedupCache, InFlight
-from .deployment import BatchReport, Deployment, RequestError
+from .deployment import BatchReport, Deployment
+from .errors import RequestError
 from .handler import answer_batch
 from .stats import CONTENT_TYPE, Counter, Gauge, ServerMetrics
 from .tls import TlsLike, server_context
 
 if TYPE_CHECKING:
-    from ..llm.service import LLMDeployment
+    from .llm.service import LLMDeployment
 
 log = logging.getLogger("splitcomp.runtime")
 
@@ -105,7 +106,7 @@ class _StepItem(_Item):
     """A queued LLM STEP (``data`` is the frame)."""
 
     request: Any = None  #: the parsed :class:`~.protocol.LLMRequest`
-    session: Any = None  #: its :class:`~splitcomp.llm.sessions.ServerSession`
+    session: Any = None  #: its :class:`~splitcomp.runtime.llm.sessions.ServerSession`
 
 
 class Server:
@@ -119,7 +120,7 @@ class Server:
     answered OVERLOADED. Requests queued longer than ``request_timeout_s`` are answered
     TIMEOUT without running. ``dedup_*`` size the memory of recent answers (see
     :mod:`.dedup`). ``metrics_public``: serve ``/metrics`` without a token.
-    ``llm``: LLM deployments (:class:`~splitcomp.llm.service.LLMDeployment`) served beside
+    ``llm``: LLM deployments (:class:`~splitcomp.runtime.llm.service.LLMDeployment`) served beside
     the tails, under names of their own.
     """
 
@@ -653,7 +654,7 @@ class Server:
 
     async def _process_steps(self, dep: LLMDeployment, items: list[_StepItem]) -> None:
         """Run one batch of STEPs in the deployment's worker thread, then answer each."""
-        from ..llm.service import StepItem
+        from .llm.service import StepItem
 
         start = time.perf_counter()
         sessions, name, labels = dep.sessions, dep.name, (dep.name,)

@@ -17,11 +17,11 @@ import hashlib
 import weakref
 from collections import OrderedDict
 
-from ..codecs import BitstreamError, Codec
-from ..codecs import _tokenwise_context as twc
-from ..codecs.tokenwise import TokenwiseCodec
-from ..runtime.deployment import RequestError
-from ..runtime.protocol import CodecContext, ErrorCode
+from ...codecs import BitstreamError, Codec
+from ...codecs import _tokenwise_context as twc
+from ...codecs.tokenwise import TokenwiseCodec
+from ..errors import RequestError
+from ..protocol import CodecContext, ErrorCode
 
 #: codec id of the one codec with a session context
 TOKENWISE_ID = TokenwiseCodec.codec_id

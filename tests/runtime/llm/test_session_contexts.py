@@ -19,12 +19,12 @@ from splitcomp.codecs import _tokenwise_context as twc
 from splitcomp.codecs import tokenwise as tw
 from splitcomp.codecs._tokenwise_calib import calibrate_edge
 from splitcomp.llm import EdgeHalf, ServerHalf, SplitLM
-from splitcomp.llm.contexts import ContextStore, codec_context
-from splitcomp.llm.remote import RemoteLM
-from splitcomp.llm.service import LLMDeployment
 from splitcomp.runtime import BackgroundServer, ErrorCode, Server, ServerError, parse_prometheus
 from splitcomp.runtime import protocol as P
 from splitcomp.runtime.deployment import RequestError
+from splitcomp.runtime.llm.client import RemoteLM
+from splitcomp.runtime.llm.contexts import ContextStore, codec_context
+from splitcomp.runtime.llm.service import LLMDeployment
 from splitcomp.runtime.stats import total
 
 pytestmark = pytest.mark.timeout(60)

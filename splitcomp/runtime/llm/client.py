@@ -26,14 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..codecs import Codec
-from ..runtime import protocol as P
-from ..runtime.client import AsyncSplitClient
-from ..runtime.errors import ServerError
+from ...codecs import Codec
+from ...llm.halves import EdgeHalf
+from ...llm.pipeline import as_codec
+from ...llm.wire import Wire
+from .. import protocol as P
+from ..client import AsyncSplitClient
+from ..errors import ServerError
 from .contexts import codec_context
-from .halves import EdgeHalf
-from .pipeline import as_codec
-from .wire import Wire
 
 
 def ws_frame_bytes(payload: int, masked: bool = True) -> int:

@@ -14,15 +14,14 @@ from websockets.sync.client import connect
 
 from splitcomp import codecs
 from splitcomp.llm import EdgeHalf, ServerHalf, greedy_unsplit
-from splitcomp.llm.remote import AsyncRemoteLM, RemoteLM
-from splitcomp.llm.service import LLMDeployment
-from splitcomp.llm.sessions import SessionError, SessionManager
 from splitcomp.runtime import BackgroundServer, ErrorCode, Server, ServerError, parse_prometheus
 from splitcomp.runtime import protocol as P
 from splitcomp.runtime.client import AsyncSplitClient
+from splitcomp.runtime.llm.client import AsyncRemoteLM, RemoteLM
+from splitcomp.runtime.llm.service import LLMDeployment
+from splitcomp.runtime.llm.sessions import SessionError, SessionManager
 from splitcomp.runtime.stats import total
-
-from .conftest import TINY
+from tests.llm.conftest import TINY
 
 pytestmark = pytest.mark.timeout(60)
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789ab"}

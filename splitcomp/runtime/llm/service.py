@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import codecs as _codecs
-from ..codecs import BitstreamError, DecodeLimits, Header
-from ..codecs._tokenwise_context import context_scope
-from ..runtime import protocol as P
-from ..runtime.deployment import RequestError
-from ..runtime.protocol import ErrorCode
+from ... import codecs as _codecs
+from ...codecs import BitstreamError, DecodeLimits, Header
+from ...codecs._tokenwise_context import context_scope
+from ...llm.halves import ServerHalf
+from ...llm.sampling import pick
+from .. import protocol as P
+from ..errors import RequestError
+from ..protocol import ErrorCode
 from .contexts import ContextStore
-from .halves import ServerHalf
-from .sampling import pick
 from .sessions import ServerSession, SessionManager
 
 
@@ -63,7 +63,7 @@ class LLMDeployment:
     one STEP may carry. ``allowed_clients``: client ids allowed (None: all).
     ``max_context_bytes``, ``max_contexts``, ``local_contexts``: the codec contexts clients
     may send at OPEN, and whether this process's own are used too
-    (:class:`~splitcomp.llm.contexts.ContextStore`).
+    (:class:`~splitcomp.runtime.llm.contexts.ContextStore`).
     """
 
     def __init__(self, name: str, server: ServerHalf, *, codecs: Iterable[str] | None = None,

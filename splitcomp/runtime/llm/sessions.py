@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..runtime.deployment import RequestError
-from ..runtime.protocol import SESSION_ID_BYTES, ErrorCode, Sampling
-from .halves import ServerHalf, TailSession
-from .sampling import generator_for
+from ...llm.halves import ServerHalf, TailSession
+from ...llm.sampling import Sampling, generator_for
+from ..errors import RequestError
+from ..protocol import SESSION_ID_BYTES, ErrorCode
 
 
 class SessionError(RequestError):

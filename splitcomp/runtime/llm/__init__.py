@@ -1,0 +1,20 @@
+"""Split LLMs over the network: the server's side of LLM sessions and the edge's network client.
+
+The model side (halves, caches, hidden-state wire, sampling) is :mod:`splitcomp.llm`; this
+package adds what needs the runtime. :class:`LLMDeployment` serves a :class:`ServerHalf` from
+:class:`splitcomp.runtime.Server` (``splitcomp serve --llm``) with sessions
+(:class:`SessionManager`: unguessable ids bound to the client's token, idle timeout, KV-cache
+cap), codec contexts (:class:`ContextStore`) and continuous batching of decode steps;
+:class:`RemoteLM` / :class:`AsyncRemoteLM` keep the edge half and its cache on the client
+(``splitcomp generate --server``). Frames: ``docs/protocol.md``, "Split LLM sessions".
+"""
+
+from .client import AsyncRemoteLM, RemoteLM, RemoteStep
+from .contexts import ContextStore, codec_context
+from .service import LLMDeployment, StepItem, StepReport
+from .sessions import ServerSession, SessionError, SessionManager
+
+__all__ = [
+    "AsyncRemoteLM", "ContextStore", "LLMDeployment", "RemoteLM", "RemoteStep", "ServerSession",
+    "SessionError", "SessionManager", "StepItem", "StepReport", "codec_context",
+]
