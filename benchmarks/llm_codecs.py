@@ -28,16 +28,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from splitcomp import codecs  # noqa: E402
-from splitcomp.llm.evaluate import (  # noqa: E402
+from splitcomp.llm.halves import EdgeHalf, ServerHalf  # noqa: E402
+from splitcomp.llm.hidden_wire import decode_hidden, encode_hidden, overhead_bytes  # noqa: E402
+from splitcomp.llm.lm_eval import (  # noqa: E402
     EdgeBatch,
     edge_pass,
     increase_pct,
     perplexity,
     token_logprobs,
 )
-from splitcomp.llm.halves import EdgeHalf, ServerHalf  # noqa: E402
 from splitcomp.llm.text import default_wikitext, load_lm, token_windows  # noqa: E402
-from splitcomp.llm.wire import decode_hidden, encode_hidden, overhead_bytes  # noqa: E402
 
 CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("fp32", {}), ("fp16", {}), ("bf16", {}), ("zstd", {}),
@@ -178,8 +178,8 @@ def main() -> None:
               flush=True)
     levels = [int(v) for v in args.tokenwise_levels.split(",") if v.strip()]
     if "tokenwise" in codecs.available() and levels:
-        from splitcomp.codecs._tokenwise_calib import calibrate_edge, tail_windows
         from splitcomp.codecs.tokenwise import TokenwiseCodec
+        from splitcomp.llm.tokenwise_calibration import calibrate_edge, tail_windows
 
         ctx = calibrate_edge(edge, tail_windows(tok, default_wikitext(), args.window,
                                                 args.calib_windows))

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from splitcomp import codecs  # noqa: E402
 from splitcomp.llm.halves import EdgeHalf, ServerHalf  # noqa: E402
+from splitcomp.llm.hidden_wire import Wire  # noqa: E402
 from splitcomp.llm.text import default_wikitext, load_lm, token_windows  # noqa: E402
-from splitcomp.llm.wire import Wire  # noqa: E402
 
 
 def parse_config(spec: str) -> codecs.Codec:

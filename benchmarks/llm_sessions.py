@@ -13,8 +13,8 @@ generating greedily. Decode-phase figures (after every prefill is done), from th
 - ``bytes_per_token``: exact bytes above TCP per decode step, both directions: request frame
   (bitstream + LLM frame header) and answer frame, each with its WebSocket header;
 - ``context_bytes_per_session``: codec context bytes sent at OPEN (tokenwise), averaged over
-  the sessions: the server starts without it (``$SPLITCOMP_TOKENWISE_CONTEXTS`` is not passed
-  to it unless ``--server-has-context``), the first session sends it, the others name it.
+  the sessions: the server starts without it (``--codec-context FILE`` is passed to it only
+  with ``--server-has-context``), the first session sends it, the others name it.
 
 ``server_tokens_per_cpu_s`` is what one server core sustains at the batch sizes seen;
 ``client_cpu_ms_per_token`` is the edge halves' cost (blocks [0, K) + encoding), which on a
@@ -86,10 +86,11 @@ def _prompts(tok, n: int, vocab: int) -> list[torch.Tensor]:
 
 
 async def _run(model, args, url: str, prompts: list[torch.Tensor]) -> dict:
-    from splitcomp.llm._cli import parse_params
-    from splitcomp.runtime.llm.client import AsyncRemoteLM, ws_frame_bytes
+    from splitcomp.cli._llm_args import codec_params
+    from splitcomp.runtime.llm.client import AsyncRemoteLM
+    from splitcomp.runtime.protocol import ws_frame_bytes
 
-    params = parse_params(args.codec, args.param)
+    params = codec_params(args)
     lms = [AsyncRemoteLM(model, args.split, url, args.deployment, args.codec,
                          codec_params=params, token=TOKEN, timeout_s=120) for _ in prompts]
     await lms[0].open()  # a codec context (tokenwise) is sent by this one, named by the rest
@@ -190,8 +191,8 @@ def _agreement(model, prompts: list[torch.Tensor], generated: list[list[int]]) -
 
 
 def measure(args: argparse.Namespace) -> dict:
+    from splitcomp.cli.serve import read_listening_url
     from splitcomp.llm.text import load_lm
-    from splitcomp.runtime.cli_serve import read_listening_url
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,9 +202,9 @@ def measure(args: argparse.Namespace) -> dict:
                "--llm-split", str(args.split), "--llm-deployment", args.deployment,
                "--threads", "1", "--port", "0", "--tokens", str(tokens),
                "--max-batch-size", str(args.sessions), "--max-wait-ms", str(args.max_wait_ms)]
+        if args.server_has_context:
+            cmd += [a for f in args.codec_context for a in ("--codec-context", f)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        if not args.server_has_context:
-            env.pop("SPLITCOMP_TOKENWISE_CONTEXTS", None)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
         try:
             model, tok = load_lm(args.model)
@@ -235,8 +236,11 @@ def main() -> None:
     p.add_argument("--also", action="append", default=[], metavar="MODEL:SPLIT[:CODEC[:K=V,..]]",
                    help="measure these too (e.g. llama_tiny:2, smollm2:15:rans:bits=6); "
                         "other settings as above")
+    p.add_argument("--codec-context", action="append", default=[], metavar="FILE",
+                   help="codec context file (from `splitcomp lm-context`); with one file the "
+                        "tokenwise codec uses it")
     p.add_argument("--server-has-context", action="store_true",
-                   help="let the server read $SPLITCOMP_TOKENWISE_CONTEXTS (default: it starts "
+                   help="give the server the --codec-context files too (default: it starts "
                         "without the codec context and receives it at OPEN)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from splitcomp.bench.evaluate import summarize  # noqa: E402
+from splitcomp.bench.codec_eval import summarize  # noqa: E402
 from splitcomp.bench.rate_accuracy import rate_accuracy  # noqa: E402
 
 JOBS = [

@@ -41,9 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from splitcomp import codecs  # noqa: E402
-from splitcomp.bench.evaluate import collect_features, top1  # noqa: E402
-from splitcomp.bench.report import load_images  # noqa: E402
-from splitcomp.bench.setup import load_model  # noqa: E402
+from splitcomp.bench.codec_eval import collect_features, top1  # noqa: E402
+from splitcomp.bench.sc2_report import load_images  # noqa: E402
 from splitcomp.data import spread_indices  # noqa: E402
 from splitcomp.partition import split  # noqa: E402
 from splitcomp.plan.adaptive import AdaptiveClient, PacedLink, Sent  # noqa: E402
@@ -52,12 +51,12 @@ from splitcomp.plan.rate_control import (  # noqa: E402
     FixedPolicy,
     RateController,
     Setting,
-    pareto_front,
+    setting_front,
     simulate,
     summarize,
 )
 from splitcomp.runtime import AsyncSplitClient, Deployment, Server  # noqa: E402
-from splitcomp.zoo import model_config  # noqa: E402
+from splitcomp.zoo import load_model, model_config  # noqa: E402
 
 LADDER: tuple[tuple[str, dict[str, Any]], ...] = (
     ("fp16", {}),
@@ -351,7 +350,7 @@ def main() -> None:
     if rt:
         info["offline_compute_ms"] = {s.name: s.compute_ms for s in settings}
         settings = runtime_settings(settings, parts, args)
-    front = pareto_front(settings)
+    front = setting_front(settings)
     if args.trace:
         trace = BandwidthTrace.load(args.trace)
         bounds = list(zip(trace.times[:-1], trace.times[1:], strict=True))

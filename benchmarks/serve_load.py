@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 def calibrate(split: str, data: list[str], target: float, limit: int | None) -> dict:
     """Choose slicer's quality on half the images; the drop on the other half."""
     from splitcomp.bench import FeatureSet, collect_features, evaluate_codec, search_quality
-    from splitcomp.bench.evaluate import calibration_split, top1
+    from splitcomp.bench.codec_eval import calibration_split, top1
     from splitcomp.bench.setup import load_eval_setup
     from splitcomp.codecs import get
 

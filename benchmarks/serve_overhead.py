@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -33,16 +32,7 @@ def serve(max_batch_size: int, max_wait_ms: float) -> None:
     dep, _ = zoo_deployment("resnet20", "layer2", weights="random", name="r20",
                             max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
     server = Server(dep, "127.0.0.1", 0, max_inflight_per_client=1024)
-
-    async def main() -> None:
-        await server.start()
-        print(f"listening on {server.url}", flush=True)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await server.stop()
-
-    asyncio.run(main())
+    asyncio.run(server.serve_forever(announce=True))
 
 
 def _metrics(url: str) -> dict[str, float]:
@@ -94,7 +84,7 @@ async def _load(url: str, bitstreams: list[bytes], clients: int, seconds: float,
 
 def measure(bitstreams: list[bytes], clients: int, seconds: float, max_batch_size: int,
             max_wait_ms: float) -> dict:
-    from splitcomp.runtime.cli_serve import read_listening_url
+    from splitcomp.cli.serve import read_listening_url
 
     proc = subprocess.Popen([sys.executable, __file__, "--serve", "--max-batch-size",
                              str(max_batch_size), "--max-wait-ms", str(max_wait_ms)],

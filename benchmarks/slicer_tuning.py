@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from splitcomp import codecs  # noqa: E402
-from splitcomp.bench.evaluate import collect_features  # noqa: E402
+from splitcomp.bench.codec_eval import collect_features  # noqa: E402
 from splitcomp.bench.setup import load_eval_setup  # noqa: E402
 
 GRID = [

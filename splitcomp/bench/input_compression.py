@@ -169,7 +169,7 @@ def match_accuracy(
     """The lowest-rate row whose accuracy is within ``max_drop_pp`` of the baseline, or None.
 
     ``monotone=True`` walks down from the highest rate and stops at the first row that misses
-    (as :func:`~.evaluate.search_quality` does), so a lucky low-rate row below a failing one is
+    (as :func:`~.codec_eval.search_quality` does), so a lucky low-rate row below a failing one is
     not picked: accuracy on a few hundred images is noisy.
     """
     ordered = sorted(rows, key=lambda r: r["bytes_per_sample"])

@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import codecs
-from .evaluate import (
+from .codec_eval import (
     EvalResult,
     calibration_split,
     collect_features,

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..data import ImageFolderDataset, load_dataset
 from ..partition import split
-from ..zoo import create_model, model_config
+from ..zoo import load_model
 
 
 @dataclass
@@ -23,18 +23,6 @@ class EvalSetup:
 
     def batches(self, batch_size: int) -> Iterator[tuple]:
         return self.dataset.batches(batch_size)
-
-
-def load_model(name: str, weights: str | Path | None) -> nn.Module:
-    """A zoo model with its weights (default ones when None, random init for ``"random"``).
-
-    A CIFAR ResNet of any depth loads from its weight file (the depth is read from it).
-    """
-    if weights == "random":
-        return create_model(name, weights=None)
-    if weights is not None and model_config(name).family == "resnet_cifar":
-        name = "resnet_cifar"  # any depth: read from the state dict
-    return create_model(name, weights=weights if weights is not None else "default")
 
 
 def load_eval_setup(

@@ -8,6 +8,10 @@
 
 A new codec is one module with a ``@register_codec`` class, plus one line in ``_BUILTIN``.
 Third-party codecs register through the ``splitcomp.codecs`` entry-point group.
+
+A codec that codes against a per-session context (``Codec.has_session_context``) takes it
+from ``decode(data, contexts={key: context})`` (or an enclosing :func:`context_scope`) before
+any registered in this process; see the hooks on :class:`Codec`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from importlib.metadata import entry_points
 
 from .base import Codec, Param
 from .container import FORMAT_VERSION, Header, pack, peek, unpack
+from .contexts import context_scope
 from .errors import DEFAULT_LIMITS, BitstreamError, DecodeLimits
 from .registry import available, codec_class, get, register_codec
 
@@ -44,6 +49,7 @@ __all__ = [
     "Param",
     "available",
     "codec_class",
+    "context_scope",
     "decode",
     "get",
     "pack",

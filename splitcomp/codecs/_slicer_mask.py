@@ -27,8 +27,9 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-import constriction
 import numpy as np
+
+from .entropy.coder import AnsReader, Model, categorical
 
 N_CLASSES = 4
 N_NEIGHBOUR = 5  # neighbour-count contexts 0..4
@@ -174,7 +175,7 @@ def nibble_bits(symbols: np.ndarray, n: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def quad_model(code: int) -> constriction.stream.model.Categorical:
+def quad_model(code: int) -> Model:
     """rANS model of four independent bits, each 1 with probability ``code / 256``.
 
     Frequencies are exact integer products (``<= 2**32``, exact in float64), so every
@@ -183,7 +184,7 @@ def quad_model(code: int) -> constriction.stream.model.Categorical:
     s = np.arange(16)
     ones = ((s[:, None] >> np.arange(4)) & 1).sum(axis=1)
     freqs = (np.int64(code) ** ones * np.int64(_ONE - code) ** (4 - ones)).astype(np.float64)
-    return constriction.stream.model.Categorical(freqs, perfect=False)
+    return categorical(freqs)
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ class Groups:
         )
         return padded, np.arange(int(self.counts.sum())) + shift
 
-    def encode(self, bits: np.ndarray) -> list[tuple[np.ndarray, object]]:
+    def encode(self, bits: np.ndarray) -> list[tuple[np.ndarray, Model]]:
         """(nibbles, model) parts in decoding order. Padding bits take each context's more
         likely value, so a run's padding costs under 3 bits."""
         b = bits.reshape(-1)
@@ -222,11 +223,11 @@ class Groups:
             if p
         ]
 
-    def decode(self, coder: constriction.stream.stack.AnsCoder) -> np.ndarray:
-        """The bits (in original order) from ``coder``, consuming what :meth:`encode` made."""
+    def decode(self, reader: AnsReader) -> np.ndarray:
+        """The bits (in original order) from ``reader``, consuming what :meth:`encode` made."""
         padded, dest = self._padding()
         parts = [
-            coder.decode(quad_model(int(c)), int(p) // 4)
+            reader.read_model(int(p) // 4, quad_model(int(c)))
             for c, p in zip(self.codes, padded, strict=True)
             if p
         ]

@@ -99,7 +99,7 @@ def kth_largest(x: np.ndarray, k: int, sign: int) -> float:
     A strided sample of ~1,024 values brackets the answer; one pass counts what lies above the
     bracket and one extracts the few percent inside it, where a small ``np.partition`` finds
     it. Cheaper than a full selection (``torch.kthvalue`` or ``np.partition`` on everything,
-    which slows ~10x on the many exact zeros of ReLU maps) and exact, unlike a histogram.
+    which slows down on the many exact zeros of ReLU maps) and exact, unlike a histogram.
     """
     v = x if sign > 0 else -x
     n = v.size

@@ -4,12 +4,15 @@ Level symbols of both signs share one alphabet of ``L = L_pos + L_neg`` symbols 
 level ``l`` is ``l``, negative level ``l`` is ``L_pos + l``). A histogram travels as a bitmap
 of the symbols used and a few bits per used symbol, ``round(2 log2 count) + 1``; the decoder
 turns codes into integer frequencies with integer arithmetic only, so both sides hand the rANS
-coder the same model on any platform.
+coder the same model on any platform. Half-octave counts cost a little coding efficiency and
+save a few bits a code over a byte (figures: ``docs/results/codecs.md``, section "slicer").
 
 Phase-B values (see :mod:`._slicer_mask`) are coded knowing their four phase-A neighbours:
 the context is the sum of the neighbours' signed levels (``+-(l + 1)``, 0 when dropped),
-shifted right by ``k`` and clipped to 9 buckets. Features are spatially correlated (neighbour
-correlation ~0.4-0.6 in CNN maps), so the neighbours predict both magnitude and sign.
+shifted right by ``k`` and clipped to 9 buckets. Features are spatially correlated, so the
+neighbours predict both magnitude and sign.
+
+Layout of the histograms: ``docs/bitstream.md``, section "slicer".
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import math
 
 import numpy as np
 
+from .bytes_io import Reader
 from .errors import require
-from .wire import Reader
 
 N_CONTEXTS = 9
 _CENTER = 4
@@ -40,13 +43,7 @@ FREQS = _freq_table()
 
 
 def histogram_bytes(counts: np.ndarray) -> tuple[bytes, np.ndarray]:
-    """Wire form of the rows of a (rows, symbols) count matrix, and the model frequencies.
-
-    ``u8 w`` (code width, 1..6), every row's bitmap of used symbols (LSB first), then the
-    code ``round(2 log2 count) + 1`` of every used symbol, row by row, in ``w`` bits each
-    (MSB first, zero-padded to a byte). Half-octave counts cost ~0.4 % of coding efficiency
-    on a row of a few thousand values and save 3-4 bits a code over a byte.
-    """
+    """Wire form of the rows of a (rows, symbols) count matrix, and the model frequencies."""
     present = counts > 0
     codes = np.rint(2 * np.log2(np.maximum(counts, 1))).astype(np.uint8) + present
     used = codes[present]

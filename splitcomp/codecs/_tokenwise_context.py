@@ -7,22 +7,13 @@ token-normalised value ``z = (x - mu) / (S * w * f_t)`` as ``M`` quantile knots 
 shared cumulative probabilities; globally the reference scale ``S``, the exponent ``alpha``
 with which a token's scale ``f_t`` moves its quantization step, and the dead-zone ``theta``.
 
-It is its own self-describing, CRC-protected bitstream (:meth:`TokenwiseContext.to_bytes`),
-sent once per session; per-token bitstreams name it by a 20-bit id (from a SHA-256).
-Both ends register it (:func:`register_context`) before coding; a stream naming a context
-this process does not know is refused with :class:`~splitcomp.codecs.errors.BitstreamError`.
-
-Context bytes (little-endian)::
-
-    4       magic "SCTX"
-    u8      version (1)
-    varint  C channels (1 .. 65536), varint M knots (3 .. 255)
-    f32     S (finite, > 0);  u8 alpha * 8 (0 .. 8);  u8 theta * 256 (0 .. 127)
-    u16 x M     cumulative probabilities of the knots * 65535 (0 first, 65535 last, increasing)
-    u16 x 128   calibration counts of the token scale codes (the model of the per-token code)
-    f16 x C     mu;  u8 x C  w codes (w = 2**((code - 128) / 16));  u8 x C  delta * 256 (0 .. 127)
-    f16 x C x M knots, channel by channel, each row non-decreasing, all finite
-    u32     CRC32 of every preceding byte
+It is its own self-describing, CRC-protected bitstream (:meth:`TokenwiseContext.to_bytes`;
+layout: ``docs/bitstream.md``, section "tokenwise", "Session context"), sent once per session;
+per-token bitstreams name it by a 20-bit id (from a SHA-256). A stream decodes with the context
+in scope under its id (:func:`splitcomp.codecs.contexts.context_scope`: a server's per-session
+contexts), else the one registered in this process (:func:`register_context`,
+:func:`load_context_file`); a stream naming neither is refused with
+:class:`~splitcomp.codecs.errors.BitstreamError`.
 
 Entropy tables (:meth:`TokenwiseContext.tables`) are derived, never sent: for a step ``c``
 (in units of ``S * w``) and a token scale code, the probability of each symbol is the mass of
@@ -33,22 +24,20 @@ symbol ``2K + 1`` of a group is the escape (the value follows as a varint).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import struct
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .bytes_io import Reader, put_varint
+from .contexts import context_scope as context_scope  # its old home; splitcomp.codecs has it
+from .contexts import scoped_context
 from .errors import BitstreamError, require
-from .wire import Reader, put_varint
 
 MAGIC = b"SCTX"
 VERSION = 1
@@ -232,13 +221,10 @@ def context_id(data: bytes) -> int:
 _STORE: OrderedDict[int, TokenwiseContext] = OrderedDict()
 _LOCK = threading.Lock()
 #: contexts the process-wide registry keeps; registering one more forgets the least recently
-#: used (a server must not grow without limit; a forgotten one is loaded again from disk)
+#: used (a server must not grow without limit)
 MAX_CONTEXTS = 64
-#: per-task contexts (a server session's own) looked up before the registry
-_SCOPE: ContextVar[Mapping[int, TokenwiseContext] | None] = ContextVar("tokenwise_contexts",
-                                                                      default=None)
-#: directories (os.pathsep-separated) where :func:`get_context` looks for unregistered ids
-CONTEXT_PATH_ENV = "SPLITCOMP_TOKENWISE_CONTEXTS"
+#: largest context file :func:`load_context_file` reads (the largest valid context is ~34 MB)
+MAX_CONTEXT_FILE = 1 << 26
 
 
 def context_filename(cid: int) -> str:
@@ -246,7 +232,7 @@ def context_filename(cid: int) -> str:
 
 
 def save_context(ctx: TokenwiseContext, directory: str | Path) -> Path:
-    """Write ``ctx`` as ``tokenwise-<id>.sctx`` in ``directory`` (for :data:`CONTEXT_PATH_ENV`)."""
+    """Write ``ctx`` as ``tokenwise-<id>.sctx`` in ``directory`` (for :func:`load_context_file`)."""
     data = ctx.to_bytes()
     path = Path(directory) / context_filename(context_id(data))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,12 +259,19 @@ def register_context(ctx: TokenwiseContext | bytes | bytearray | memoryview) -> 
     return cid
 
 
-def find_context(cid: int) -> TokenwiseContext | None:
-    """The context ``cid`` in scope (:func:`context_scope`) or registered, else None; the
-    registry's LRU order is refreshed, nothing is read from disk."""
-    scope = _SCOPE.get()
-    if scope is not None and cid in scope:
-        return scope[cid]
+def load_context_file(path: str | Path) -> int:
+    """Read a context file (as :func:`save_context` writes it; any name), register it and
+    return its id. Raises OSError if the file cannot be read, BitstreamError if it is not a
+    valid context (or over :data:`MAX_CONTEXT_FILE` bytes), ValueError if another context is
+    registered under its id."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_CONTEXT_FILE + 1)
+    require(len(data) <= MAX_CONTEXT_FILE, f"tokenwise context file {path}: too large")
+    return register_context(data)
+
+
+def registered_context(cid: int) -> TokenwiseContext | None:
+    """The context registered here under ``cid`` (its LRU place refreshed), else None."""
     with _LOCK:
         hit = _STORE.get(cid)
         if hit is not None:
@@ -286,33 +279,21 @@ def find_context(cid: int) -> TokenwiseContext | None:
         return hit
 
 
-@contextlib.contextmanager
-def context_scope(contexts: Mapping[int, TokenwiseContext]) -> Iterator[None]:
-    """Within the block (this thread / task), :func:`get_context` finds ``contexts`` (id ->
-    context) first: how a server decodes a session's streams with the context *that session*
-    sent, whatever the process-wide registry holds under the same 20-bit id."""
-    token = _SCOPE.set(contexts)
-    try:
-        yield
-    finally:
-        _SCOPE.reset(token)
+def find_context(cid: int) -> TokenwiseContext | None:
+    """The context ``cid`` in scope (:func:`~splitcomp.codecs.contexts.context_scope`), else
+    the one registered here, else None."""
+    hit = scoped_context(cid)
+    if isinstance(hit, TokenwiseContext):
+        return hit
+    return registered_context(cid)
 
 
 def get_context(cid: int) -> TokenwiseContext:
-    """The context ``cid`` in scope or registered, else one saved under a
-    :data:`CONTEXT_PATH_ENV` directory (registered on the way); BitstreamError if none has it."""
+    """The context ``cid`` in scope or registered; BitstreamError if there is none."""
     hit = find_context(cid)
-    if hit is not None:
-        return hit
-    for folder in filter(None, os.environ.get(CONTEXT_PATH_ENV, "").split(os.pathsep)):
-        path = Path(folder) / context_filename(cid)
-        if path.is_file() and path.stat().st_size <= 1 << 26:
-            data = path.read_bytes()
-            if context_id(data) == cid:
-                ctx = TokenwiseContext.from_bytes(data)
-                register_context(ctx)
-                return ctx
-    raise BitstreamError(f"tokenwise context {cid} is not registered here")
+    if hit is None:
+        raise BitstreamError(f"tokenwise context {cid} is not registered here")
+    return hit
 
 
 def calibrate(hidden: np.ndarray, sensitivity: np.ndarray | None = None, alpha: float = 0.0,

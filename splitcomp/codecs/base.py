@@ -8,14 +8,14 @@ parameters, shapes, dtypes and a CRC, so a bitstream is self-describing.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from .errors import DEFAULT_LIMITS, DecodeLimits
+from .errors import DEFAULT_LIMITS, BitstreamError, DecodeLimits
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,8 @@ class Codec(abc.ABC):
     quality_param: ClassVar[str | None] = None
     #: values of ``quality_param`` from the lowest rate to the highest, for target searches
     quality_grid: ClassVar[tuple[float, ...]] = ()
+    #: whether the codec codes against a context sent once per session (see the hooks below)
+    has_session_context: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         known = {p.name: p for p in self.params_spec}
@@ -98,12 +100,45 @@ class Codec(abc.ABC):
         return pack(self, tensors)
 
     def decode(
-        self, data: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_LIMITS
+        self,
+        data: bytes | bytearray | memoryview,
+        limits: DecodeLimits = DEFAULT_LIMITS,
+        contexts: Mapping[int, object] | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        """Decode a bitstream made by this codec; returns the tensors in their original dtypes."""
+        """Decode a bitstream made by this codec; returns the tensors in their original dtypes.
+
+        ``contexts`` (key -> context from :meth:`load_context`): session contexts the stream
+        may name, found before those registered in this process.
+        """
         from .container import unpack
 
-        return unpack(data, limits=limits, expect_codec=self.codec_id)
+        return unpack(data, limits=limits, expect_codec=self.codec_id, contexts=contexts)
+
+    # -- session contexts --------------------------------------------------------------
+    # A codec with ``has_session_context`` codes against static side information sent once
+    # per session (the ``tokenwise`` codec's calibration); its streams name the context by a
+    # key. A runtime sends :meth:`session_context` when a session opens, the peer parses it
+    # with :meth:`load_context` and decodes that session's streams with
+    # ``decode(..., contexts={context_key(ctx): ctx})``.
+    def session_context(self) -> bytes | None:
+        """The bytes of the context this instance codes against (None: none)."""
+        return None
+
+    @classmethod
+    def load_context(cls, data: bytes | bytearray | memoryview) -> object:
+        """Parse and validate context bytes (a peer's: untrusted); raises BitstreamError."""
+        raise BitstreamError(f"codec {cls.name!r} has no session context")
+
+    @classmethod
+    def context_key(cls, context: object) -> int:
+        """The key this codec's streams name ``context`` (from :meth:`load_context`) by."""
+        raise BitstreamError(f"codec {cls.name!r} has no session context")
+
+    @classmethod
+    def local_context(cls, digest: bytes) -> object | None:
+        """A context this process holds (registered) whose bytes have the SHA-256 ``digest``
+        (how sessions name contexts), else None."""
+        return None
 
     # -- what a codec implements -----------------------------------------------------
     @abc.abstractmethod

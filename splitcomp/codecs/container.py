@@ -1,11 +1,8 @@
-"""The one bitstream container every codec writes (format version 1, see docs/bitstream.md).
+"""The one bitstream container every codec writes (format version 1).
 
-    magic "SC" | version u8 | codec id u8 | params | n_tensors varint
-    | per tensor: dtype u8, ndim u8, dims varint... , payload length varint
-    | payloads, concatenated | CRC32 (u32 little-endian) of every preceding byte
-
-The CRC is checked before anything is parsed; every count is checked against
-:class:`DecodeLimits` before anything is allocated.
+Layout: ``docs/bitstream.md`` (the container table at the top, "Decoding rules"). The CRC is
+checked before anything is parsed; every count is checked against :class:`DecodeLimits`
+before anything is allocated.
 """
 
 from __future__ import annotations
@@ -13,16 +10,17 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from .bytes_io import Reader, put_varint, unzigzag, zigzag
+from .contexts import context_scope
 from .errors import DEFAULT_LIMITS, BitstreamError, DecodeLimits, require
 from .registry import codec_class_by_id
-from .wire import Reader, put_varint, unzigzag, zigzag
 
 if TYPE_CHECKING:
     from .base import Codec, Param
@@ -190,9 +188,17 @@ def read_header(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEF
     return header, codec, r.pos
 
 
-def peek(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_LIMITS) -> Header:
-    """Read and check a bitstream's header without decoding payloads (for runtimes, tools)."""
-    return read_header(data, limits)[0]
+def peek(
+    data: bytes | bytearray | memoryview,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    contexts: Mapping[int, object] | None = None,
+) -> Header:
+    """Read and check a bitstream's header without decoding payloads (for runtimes, tools);
+    ``contexts`` as in :func:`unpack` (a codec checks the context its parameters name)."""
+    if contexts is None:
+        return read_header(data, limits)[0]
+    with context_scope(contexts):
+        return read_header(data, limits)[0]
 
 
 def unpack(
@@ -200,12 +206,23 @@ def unpack(
     limits: DecodeLimits = DEFAULT_LIMITS,
     expect_codec: int | None = None,
     check: Callable[[Header], object] | None = None,
+    contexts: Mapping[int, object] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Decode any container bitstream into tensors of the original shapes and dtypes.
 
     ``check`` sees the validated header before any payload is decoded (a runtime's codec
     allow-list, shape checks) and may raise; the header is read and its CRC checked once.
+    ``contexts`` (key -> context from :meth:`Codec.load_context`) are the session contexts
+    in scope while this stream decodes (:func:`~splitcomp.codecs.contexts.context_scope`):
+    the codec finds the one its stream names there before any registered in this process.
     """
+    if contexts is None:
+        return _unpack(data, limits, expect_codec, check)
+    with context_scope(contexts):
+        return _unpack(data, limits, expect_codec, check)
+
+
+def _unpack(data, limits, expect_codec, check) -> tuple[torch.Tensor, ...]:
     header, codec, pos = read_header(data, limits)
     if check is not None:
         check(header)

@@ -11,14 +11,13 @@ hidden states have channels 100x larger than the rest) from making the step usel
 other value. ``|q|`` is capped at 2**24 by growing the step for absurd dynamic ranges.
 
 Entropy coding. Symbols go through :mod:`splitcomp.codecs.entropy`: with ``coder="ans"``
-constriction's rANS with frequency tables sent in the payload; with ``coder="pco"`` pcodec
-streams (model inside each stream, ~4x faster decode, a few % larger, not blocked). Two
-choices are made per tensor by a cost model:
+rANS with frequency tables sent in the payload; with ``coder="pco"`` pcodec streams (model
+inside each stream, faster to decode, a little larger, not blocked; figures:
+``docs/results/codecs.md``, section "rans"). Two choices are made per tensor by a cost model:
 
 * zero coding: ``dense`` (every symbol coded, zero included) or ``runs`` (the zero/non-zero
   mask as alternating run lengths, one stream for zero runs and one for non-zero runs, then
-  only the non-zero symbols). Runs win when zeros cluster: on ResNet-20 CIFAR features they
-  code the mask in ~25-30 % fewer bits than a per-symbol model;
+  only the non-zero symbols). Runs win when zeros cluster;
 * blocking (``ans`` only): one frequency row per tensor, or per block of
   ``B = prod(shape[j:])`` elements (per sample, per channel, per row of an NCHW map; per token
   of a (batch, tokens, width) state), all rows over one shared alphabet.
@@ -37,23 +36,8 @@ carries under 64 bits of information (``n * h2(p0)``), the most they could save.
 candidate is coded and recorded in the payload. The table coder then also picks its bin
 width and count precision by cost (see :class:`~splitcomp.codecs.entropy.FreqTable`).
 
-Payload (after the container header; ``n`` elements, shape known from the container)::
-
-    u8      flags: bit 0 mode (0 dense, 1 runs), bit 1 first run is non-zero (runs only),
-            bit 2 pcodec streams, bit 3 reserved (0), bits 4-7 j: blocks of
-            B = prod(shape[j:]) elements (j = 0: one block; always 0 with pcodec)
-    f32     delta (little-endian, finite, > 0)
-    varint  zigzag(q_min): symbols are u = q - q_min >= 0
-    runs:   varint n_runs (1..n); runs alternate, starting with the kind in bit 1
-    ans:    [zero-run table] [non-zero-run table]   1 row each, symbols = run length - 1,
-                                                    present when there is such a run
-            [value table]                           n / B rows; absent in runs mode when
-                                                    every element is zero
-            rANS words (uint32 LE) to the end: zero-run lengths, non-zero-run lengths,
-            then the symbols of block 0, 1, ... (runs mode: non-zero elements only)
-    pco:    the same streams, each as varint byte length + pcodec standalone stream
-
-An empty tensor has an empty payload. Non-finite input raises ``ValueError`` at encode time.
+Payload layout: ``docs/bitstream.md``, section "rans". An empty tensor has an empty payload.
+Non-finite input raises ``ValueError`` at encode time.
 """
 
 from __future__ import annotations
@@ -65,9 +49,9 @@ import numpy as np
 
 from . import entropy as ent
 from .base import Codec, Param
+from .bytes_io import Reader, put_varint, unzigzag, zigzag
 from .errors import DecodeLimits, require
 from .registry import register_codec
-from .wire import Reader, put_varint, unzigzag, zigzag
 
 MODE_DENSE, MODE_RUNS = 0, 1
 #: largest |q|; beyond it the step grows (only for ranges of more than 2**24 steps)
@@ -376,7 +360,7 @@ class RansCodec(Codec):
         value_table = None
         if mode == MODE_DENSE or n_runs - n_zero > 0:
             value_table = ent.FreqTable.read(r, rows, 2 * MAX_Q + 1, _cap(n, rows))
-        reader = ent.AnsReader(r.take(r.remaining()))
+        reader = ent.AnsReader(r.take(r.remaining()), "rans")
         mask = None
         if mode == MODE_RUNS:
             parts = [t.symbols[reader.read(c, t.freqs(0))] for c, t in tables]

@@ -1,48 +1,31 @@
 """SLICER: asymmetric top-K filtering, magnitude-split quantization, context-coded positions.
 
-A training-free intermediate-feature codec. Where its bits go, step by step (ResNet-20 on
-CIFAR-10 after ``layer2``, 8,192 elements a sample; a plain top-K + uniform 3-bit +
-zero-order baseline needs 1.77 bits an element there, 0.97 for the mask and 0.80 for values):
+A training-free intermediate-feature codec, in four steps (measured figures for each:
+``docs/results/codecs.md``, section "slicer"):
 
 1. **Asymmetric top-K filtering.** Per sign, keep the largest fraction ``keep_pos`` of the
    positive values and ``keep_neg`` of the negative ones; the rest decode to 0 and cost no
-   value bits. Thresholds are exact selections, not sorts: a strided sample brackets the
-   k-th value and a small ``np.partition`` finds it among the few percent inside the bracket
-   (:func:`._slicer_quant.kth_largest`; a full selection slows ~10x on ReLU zeros). Post-BN features
-   and LLM hidden states carry both signs; ReLU maps none below zero (``keep_neg`` moot).
+   value bits. Thresholds are exact selections, not sorts (:func:`._slicer_quant.kth_largest`).
+   Post-BN features and LLM hidden states carry both signs; ReLU maps none below zero.
 2. **Magnitude splitting with a distortion budget.** Kept magnitudes ``a >= t`` of each sign
-   are quantized on a grid of step ``distortion * t`` (``t``: the smaller threshold): the
-   budget is a mean squared error of ``(distortion * t)**2 / 12`` per kept value, an error
-   tied to what filtering throws away. The values are split into ``n_blocks``
-   equal-cardinality blocks (quantiles of ``a``) and each block gets its own step, i.e. its
-   own bit width ``log2(width / step)``, by a greedy Lagrangian allocation
+   are quantized on a grid of step ``distortion * t`` (``t``: the smaller threshold): a mean
+   squared error of ``(distortion * t)**2 / 12`` per kept value, tied to what filtering throws
+   away. The values are split into ``n_blocks`` equal-cardinality blocks (quantiles of ``a``)
+   and each block gets its own step by a greedy Lagrangian allocation
    (:func:`._slicer_quant.allocate`): with entropy-coded levels the MSE optimum is one common
-   step, and a block is coarsened only when it would need more than ~2 levels per value (a
-   1000x tail), the others paying its excess error back. A block that is too wide is first
-   cut at its widest gap, so outliers get blocks of their own and the ordinary values keep
-   the fine step (one block: a 10**5x tail coarsens everything, ~7x the squared error of the
-   rest). Blocks with equal steps merge; on CNN features one piece remains. Coarse steps are
-   what the task tolerates: 2-3 thresholds, ~1 bit per kept value. Each level decodes at
-   the mean position of its values in their cells (one byte per sign): ~10 % less squared
-   error than mid-cell, as values crowd the low end of cells where the density falls.
-   (Equal-cardinality blocks as the cells themselves, as in the SLICER paper, spend
-   ``log2(n_blocks)`` bits on every kept value; on ``layer1`` at keep 0.7 they lost 2.4-3.4
-   pp of top-1 for 0.9-1.2 value bits an element where this grid lost 0.5-0.7 for 0.6-0.9.)
-3. **Entropy-coded values with context.** Level symbols of both signs share one alphabet
-   (sign included), coded by rANS with histograms sent as a bitmap of used levels plus a
-   half-octave count code of a few bits per used level. Values at phase-B positions (below)
-   are coded per context of their four phase-A neighbours' signed levels (spatial
-   correlation ~0.4-0.6 predicts magnitude and sign): 4-7 % fewer bits in all (phase-B
-   values of ``layer1``: 0.37 -> 0.25 bit an element; of MobileNetV2 maps: 0.67 -> 0.53).
-4. **Context-coded positions.** The keep mask coded zero-order costs about as much as the
-   values (``h(0.45)`` ~ 0.99 bit an element). It is coded in two checkerboard phases
+   step, and a block is coarsened only when it would need more than ~2 levels per value, the
+   others paying its excess error back. A block that is too wide is first cut at its widest
+   gap, so outliers get blocks of their own and ordinary values keep the fine step. Blocks
+   with equal steps merge (one piece is the common case). Each level decodes at the mean
+   position of its values in their cells (one byte per sign), not mid-cell.
+3. **Entropy-coded values with context.** Level symbols of both signs share one alphabet,
+   coded by rANS with histograms in the payload (:mod:`._slicer_values`). Values at phase-B
+   positions (below) are coded per context of their four phase-A neighbours' signed levels:
+   spatial correlation predicts magnitude and sign.
+4. **Context-coded positions.** The keep mask is coded in two checkerboard phases
    (:mod:`._slicer_mask`): phase A with the probability of its channel's class (4 classes by
    keep rate), phase B knowing its four phase-A neighbours, which catches the clustering of
-   activations: ~0.74 bit an element on the same mask (-26 %). On Gaussian-like post-BN maps
-   (MobileNetV2) the mask barely compresses (~0.86 for 0.88 zero-order).
-
-Net on ``layer2``: ~1.14 bits an element at a 0.3 pp drop (mask ~0.70, values ~0.38, side
-information ~0.03, container ~0.035).
+   activations.
 
 Parameters: ``quality`` in (0, 1] (:func:`quality_settings`: keep ``0.5 + 0.5 q`` for both
 signs, distortion 2 -> 3 -> 1; default 0.6); ``keep_pos``, ``keep_neg`` and ``distortion``
@@ -52,38 +35,11 @@ mask class; out of range: no channels). One threshold and one grid serve the who
 batch is filtered as a whole, not per sample (a per-row mode can come behind ``flags`` bits
 4-7).
 
-Payload (after the container header; ``n`` elements, shape known from the container)::
-
-    u8      flags: bit 0 positives kept, bit 1 negatives kept, bit 2 four mask classes
-            (else one), bit 3 value contexts, bits 4-7 zero
-    per kept sign (positives, then negatives):
-      f32     t, the magnitude threshold (finite, > 0)
-      u8      o, a level decodes o / 256 of the way up its cell (1 .. 255)
-      u8      P, grid pieces (1 .. 16)
-      P x (f32 step d_p (finite, > 0), varint cells c_p (>= 1)); L_s = sum c_p <= 65536
-      f32 x (P - 1) piece starts s_1 .. s_{P-1} (increasing, > t; s_0 = t)
-    when a sign is kept (else the payload ends after flags):
-      [bit 2] ceil(C / 4) bytes: 2-bit class of each channel, LSB first
-      u8 x classes          phase A: P(kept) * 256 per class (1 .. 255)
-      u8 x classes * 5      phase B: per class and neighbour count (absent without phase B)
-      when L = L_pos + L_neg > 1 (levels: positive ones, then negative ones):
-        [bit 3] u8 k, context shift (0 .. 15); u16 LE, set of contexts used (bits 0-8)
-        histograms, one row (bit 3: one + one per context used) over the L levels:
-          rows * ceil(L / 8) bytes   bitmaps of the levels used, LSB first, zero padding
-          u8 per used level          round(8 log2 count) + 1 (1 .. 225), row by row
-      rANS words (uint32 LE) to the end, in decoding order:
-        phase A: the mask bits of the planes of class 0, 1, .. (4 bits a symbol)
-        phase B: the mask bits of context key 0 .. 19 (class * 5 + count), each in order
-        values (L > 1): phase-A kept values in plane order, then phase B's - all with
-          row 0 (bit 3 clear), or by context 0 .. 8 of the neighbour sum (bit 3 set)
-
-Level ``G_p + j`` of a sign (``G_p = c_0 + .. + c_{p-1}``) decodes to
-``+-(s_p + (j + o / 256) d_p)`` (see :mod:`._slicer_quant`). The largest error is the larger
-threshold (dropped values) or ``max(o, 256 - o) / 256`` of the widest step (kept ones):
-:meth:`SlicerCodec.error_bound`. An empty tensor has an empty payload; an all-dropped one
-(zeros, or both keeps 0) is the flags byte alone. Non-finite input raises ``ValueError`` at
-encode time: a threshold or a grid over NaN or inf means nothing, and silently zeroing them
-would hide a broken model.
+Payload layout and models: ``docs/bitstream.md``, section "slicer". The largest error is the
+larger threshold (dropped values) or ``max(o, 256 - o) / 256`` of the widest step (kept ones):
+:meth:`SlicerCodec.error_bound`. Non-finite input raises ``ValueError`` at encode time: a
+threshold or a grid over NaN or inf means nothing, and silently zeroing them would hide a
+broken model.
 """
 
 from __future__ import annotations
@@ -91,7 +47,6 @@ from __future__ import annotations
 import math
 import struct
 
-import constriction
 import numpy as np
 
 from . import _slicer_mask as mk
@@ -106,12 +61,11 @@ from ._slicer_quant import (
     threshold,
 )
 from .base import Codec, Param
-from .errors import BitstreamError, DecodeLimits, native_error, require
+from .bytes_io import Reader, put_varint
+from .entropy.coder import AnsReader, AnsWriter, categorical
+from .errors import DecodeLimits, require
 from .registry import register_codec
-from .wire import Reader, put_varint
 
-_ANS = constriction.stream.stack.AnsCoder
-_CATEGORICAL = constriction.stream.model.Categorical
 _FLAG_POS, _FLAG_NEG, _FLAG_CLASSES, _FLAG_VALUE_CONTEXT = 1, 2, 4, 8
 
 
@@ -226,7 +180,7 @@ class SlicerCodec(Codec):
         planes = kept.reshape(geo.planes, geo.plane_size)
         mask_a = np.take(planes, geo.phase_a, axis=1)
         mask_b = np.take(planes, geo.phase_b, axis=1)
-        parts: list = []  # (symbols, model) in decoding order
+        parts = AnsWriter()  # streams in decoding order
         flags |= self._encode_mask(planes, mask_a, mask_b, geo, head, parts)
         if n_levels > 1:
             sym = np.full(kept.size, n_levels, np.int32)  # n_levels: dropped
@@ -234,15 +188,11 @@ class SlicerCodec(Codec):
             flags |= self._encode_values(
                 sym.reshape(geo.planes, geo.plane_size), mask_a, mask_b, geo, signs, head, parts
             )
-        coder = _ANS()
-        for symbols, model in reversed(parts):
-            coder.encode_reverse(symbols, model)
-        words = coder.get_compressed().astype("<u4").tobytes()
-        return bytes([flags]) + bytes(head) + words
+        return bytes([flags]) + bytes(head) + parts.finish()
 
     @staticmethod
-    def _encode_mask(planes, mask_a, mask_b, geo, head: bytearray, parts: list) -> int:
-        """Mask model into ``head``, its rANS parts into ``parts``; returns the flag bits."""
+    def _encode_mask(planes, mask_a, mask_b, geo, head: bytearray, parts: AnsWriter) -> int:
+        """Mask model into ``head``, its rANS streams into ``parts``; returns the flag bits."""
         flags = 0
         ctx = mk.neighbour_context(mask_a, geo)
         rate = np.count_nonzero(planes, axis=1).reshape(-1, geo.channels).sum(axis=0)
@@ -259,15 +209,17 @@ class SlicerCodec(Codec):
             cls = np.zeros_like(cls)
         head += code_a.tobytes()
         groups_a, plane_order = mk.phase_a_groups(cls, code_a, geo.phase_a.size)
-        parts += groups_a.encode(mask_a[plane_order])
+        for symbols, model in groups_a.encode(mask_a[plane_order]):
+            parts.add_model(symbols, model)
         if mask_b.size:
             head += code_b.tobytes()
             key = ctx + (cls * mk.N_NEIGHBOUR).astype(np.uint8)[:, None]
-            parts += mk.phase_b_groups(key, code_b).encode(mask_b)
+            for symbols, model in mk.phase_b_groups(key, code_b).encode(mask_b):
+                parts.add_model(symbols, model)
         return flags
 
     @staticmethod
-    def _encode_values(sym, mask_a, mask_b, geo, signs, head: bytearray, parts: list) -> int:
+    def _encode_values(sym, mask_a, mask_b, geo, signs, head: bytearray, parts: AnsWriter) -> int:
         """Level symbols in phase order: phase A with one histogram, phase B one histogram per
         neighbour context when there are enough of them (>= 32 a level). Returns flag bits."""
         n_levels = sum(g.levels for _, g in signs)
@@ -278,7 +230,7 @@ class SlicerCodec(Codec):
         if not (mask_b.size and kept_b.size >= 32 * n_levels):
             table, freqs = vl.histogram_bytes(counts[None])
             head += table
-            parts.append((np.concatenate([kept_a, kept_b]), _CATEGORICAL(freqs[0], perfect=False)))
+            parts.add_model(np.concatenate([kept_a, kept_b]), categorical(freqs[0]))
             return 0
         signed = vl.signed_levels([(sign, g.levels) for sign, g in signs])
         shift = vl.context_shift(float(counts @ np.abs(signed[:-1])) / counts.sum())
@@ -295,12 +247,12 @@ class SlicerCodec(Codec):
         head += int(np.sum(1 << used)).to_bytes(2, "little")
         table, freqs = vl.histogram_bytes(hist[np.concatenate([[0], used + 1])])
         head += table
-        parts.append((kept_a, _CATEGORICAL(freqs[0], perfect=False)))
+        parts.add_model(kept_a, categorical(freqs[0]))
         by_context = kept_b[np.argsort(vctx.astype(np.uint8), kind="stable")]
         ends = np.cumsum(sizes)
         for i, c in enumerate(used):
             part = by_context[ends[c] - sizes[c] : ends[c]]
-            parts.append((part, _CATEGORICAL(freqs[1 + i], perfect=False)))
+            parts.add_model(part, categorical(freqs[1 + i]))
         return _FLAG_VALUE_CONTEXT
 
     # -- decoder -------------------------------------------------------------------------
@@ -340,52 +292,44 @@ class SlicerCodec(Codec):
             freqs = vl.read_histograms(r, 1 + len(used), n_levels)
         elif n_levels > 1:
             freqs = vl.read_histograms(r, 1, n_levels)
-        words = r.take(r.remaining())
-        require(len(words) % 4 == 0, "slicer: rANS data is not whole words")
-        try:
-            coder = _ANS(np.frombuffer(words, "<u4").astype(np.uint32))
-            groups_a, plane_order = mk.phase_a_groups(cls, code_a, n_a)
-            mask_a = np.empty((geo.planes, n_a), bool)
-            mask_a[plane_order] = groups_a.decode(coder).reshape(geo.planes, n_a)
-            mask_b = np.zeros((geo.planes, n_b), bool)
-            if n_b:
-                ctx = mk.neighbour_context(mask_a, geo)
-                key = ctx + (cls * mk.N_NEIGHBOUR).astype(np.uint8)[:, None]
-                mask_b = mk.phase_b_groups(key, code_b).decode(coder).reshape(geo.planes, n_b)
-            sym_a = np.full((geo.planes, n_a), n_levels, np.int32)  # n_levels: dropped
-            sym_b = np.full((geo.planes, n_b), n_levels, np.int32)
-            idx_a, idx_b = np.flatnonzero(mask_a), np.flatnonzero(mask_b)
-            if n_levels == 1:
-                sym_a.reshape(-1)[idx_a] = 0
-                sym_b.reshape(-1)[idx_b] = 0
-            elif not use_ctx:
-                both = self._decode_part(coder, freqs[0], idx_a.size + idx_b.size)
-                sym_a.reshape(-1)[idx_a] = both[: idx_a.size]
-                sym_b.reshape(-1)[idx_b] = both[idx_a.size :]
-            else:
-                sym_a.reshape(-1)[idx_a] = self._decode_part(coder, freqs[0], idx_a.size)
-                signed = vl.signed_levels([(sign, g.levels) for sign, g in grids])
-                vctx = vl.value_contexts(np.take(signed, sym_a), geo.neighbours, shift)
-                vctx = np.take(vctx, idx_b)
-                sizes = np.bincount(vctx, minlength=vl.N_CONTEXTS)
-                require(
-                    np.array_equal(np.flatnonzero(sizes), used),
-                    "slicer: value contexts do not match the mask",
-                )
-                parts = [
-                    self._decode_part(coder, freqs[1 + i], int(sizes[c]))
-                    for i, c in enumerate(used)
-                ]
-                vb = np.empty(vctx.size, np.int32)
-                by_context = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-                vb[np.argsort(vctx.astype(np.uint8), kind="stable")] = by_context
-                sym_b.reshape(-1)[idx_b] = vb
-            done = coder.is_empty()
-        except BitstreamError:
-            raise
-        except BaseException as e:  # constriction raises ValueError or a pyo3 panic
-            raise native_error(e, f"slicer: corrupt rANS data ({e})") from None
-        require(done, "slicer: trailing rANS data")
+        coder = AnsReader(r.take(r.remaining()), "slicer")
+        groups_a, plane_order = mk.phase_a_groups(cls, code_a, n_a)
+        mask_a = np.empty((geo.planes, n_a), bool)
+        mask_a[plane_order] = groups_a.decode(coder).reshape(geo.planes, n_a)
+        mask_b = np.zeros((geo.planes, n_b), bool)
+        if n_b:
+            ctx = mk.neighbour_context(mask_a, geo)
+            key = ctx + (cls * mk.N_NEIGHBOUR).astype(np.uint8)[:, None]
+            mask_b = mk.phase_b_groups(key, code_b).decode(coder).reshape(geo.planes, n_b)
+        sym_a = np.full((geo.planes, n_a), n_levels, np.int32)  # n_levels: dropped
+        sym_b = np.full((geo.planes, n_b), n_levels, np.int32)
+        idx_a, idx_b = np.flatnonzero(mask_a), np.flatnonzero(mask_b)
+        if n_levels == 1:
+            sym_a.reshape(-1)[idx_a] = 0
+            sym_b.reshape(-1)[idx_b] = 0
+        elif not use_ctx:
+            both = self._decode_part(coder, freqs[0], idx_a.size + idx_b.size)
+            sym_a.reshape(-1)[idx_a] = both[: idx_a.size]
+            sym_b.reshape(-1)[idx_b] = both[idx_a.size :]
+        else:
+            sym_a.reshape(-1)[idx_a] = self._decode_part(coder, freqs[0], idx_a.size)
+            signed = vl.signed_levels([(sign, g.levels) for sign, g in grids])
+            vctx = vl.value_contexts(np.take(signed, sym_a), geo.neighbours, shift)
+            vctx = np.take(vctx, idx_b)
+            sizes = np.bincount(vctx, minlength=vl.N_CONTEXTS)
+            require(
+                np.array_equal(np.flatnonzero(sizes), used),
+                "slicer: value contexts do not match the mask",
+            )
+            parts = [
+                self._decode_part(coder, freqs[1 + i], int(sizes[c]))
+                for i, c in enumerate(used)
+            ]
+            vb = np.empty(vctx.size, np.int32)
+            by_context = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+            vb[np.argsort(vctx.astype(np.uint8), kind="stable")] = by_context
+            sym_b.reshape(-1)[idx_b] = vb
+        require(coder.is_empty(), "slicer: trailing rANS data")
         sym = np.empty((geo.planes, geo.plane_size), np.int32)
         sym[:, geo.phase_a] = sym_a
         sym[:, geo.phase_b] = sym_b
@@ -410,10 +354,10 @@ class SlicerCodec(Codec):
         return cls, code_a, code_b
 
     @staticmethod
-    def _decode_part(coder, freqs: np.ndarray, count: int) -> np.ndarray:
+    def _decode_part(coder: AnsReader, freqs: np.ndarray, count: int) -> np.ndarray:
         if count == 0:
             return np.zeros(0, np.int32)
-        return coder.decode(_CATEGORICAL(freqs, perfect=False), count)
+        return coder.read_model(count, categorical(freqs))
 
     @staticmethod
     def _read_grid(r: Reader) -> Grid:

@@ -4,10 +4,10 @@ A decode step sends one token's hidden state (1, 1, H): a few hundred values, to
 carry their own statistics (a step, a range, a frequency table) without the side information
 costing as much as the values. This codec moves everything static into a *session context*
 (:mod:`._tokenwise_context`): learned once from a few hundred calibration tokens, sent once,
-registered at both ends, and named by every per-token bitstream with a 20-bit id. What a token
+held at both ends, and named by every per-token bitstream with a 20-bit id. What a token
 then costs is its quantized values under per-channel entropy tables and nothing else.
 
-Quantization (context mode, ``context`` = a registered id): per channel ``j`` a centre
+Quantization (context mode, ``context`` = a context's id): per channel ``j`` a centre
 ``mu_j`` and a step ``D_j = 2**(level / 8) * S * w_j * f_t**alpha`` (``S`` the calibration
 median |x - mu|; ``w_j`` 1 unless calibrated with sensitivities; ``f_t`` the token's own scale,
 moving the step only when the context says ``alpha > 0``; it always selects the tables,
@@ -15,40 +15,23 @@ and costs a few bits as a symbol of its own), symbols ``q = sign(u) floor(|u| + 
 of ``u = (x - mu) / D``, unbounded: a value beyond its channel's alphabet (the attention-sink
 token's massive activations) is an escape and follows as a varint, so nothing is clipped and
 the error is at most ``D_j / 2`` everywhere. Decoded: ``mu + (q - sign(q) delta_j) D``.
-Symbols are rANS-coded (constriction) with per-channel tables derived from the context's
-quantile knots for this ``level`` (and token scale), so changing the rate needs no new context.
-
-On SmolLM2-135M at block 15 a uniform static step beat every refinement measured (a
-per-token step, Fisher-weighted channel steps, a KLT, dead zones, centroid reconstruction):
-the hidden state's gradient is nearly isotropic across channels and tokens' scales do not
-predict their sensitivity, and the channels' peaked marginals code better than decorrelated
-ones. Measured there (per-token streams, 16 x 512 WikiText-2 tokens, context from 2,048 other
-tokens, 47.6 kB once): level 0 3.17 bits an element (+1.05 % perplexity), level -1 3.29
-(+0.96 %, HellaSwag 47.0 -> 47.0 % on 200 items), level -2 3.41 (+0.66 %); of which 21 bytes a
-token (0.29 bit an element) are the container. One stream for a 512-token prefill: 2.86 bits
-at level 0. ``docs/results/llm_tokenwise.json`` has the details.
+Symbols are rANS-coded with per-channel tables derived from the context's quantile knots for
+this ``level`` (and token scale), so changing the rate needs no new context. Calibration
+picks one uniform static step (why, and what it costs: ``docs/results/codecs.md``, section
+"tokenwise").
 
 Self-contained mode (``context=0``, the default; any tensor): rows along the last axis, each
 with a float32 step ``2**(level / 8) * median|row|`` (at least ``max|row| * 2**-20``), symbols
 ``rint(x / step)`` coded by :func:`.entropy.encode_symbols` with a table in the stream.
 
-Payload, context mode (rows ``R = n / C``, ``C`` the context's channels = the last dim)::
-
-    rANS words (uint32 LE), row by row: the token's scale code (0 .. 127, the context's code
-                model), then its channel groups in table order (tables for that code)
-    [escapes]   zigzag varints of the escaped symbols, in coding order; 0-3 zero bytes so the
-                escape tail is 1 mod 4 bytes long; u32 LE byte length of the varints
-
-(without escapes the payload is whole words, which is how a decoder tells).
-Payload, self-contained mode: ``f32 x R`` steps, then :func:`.entropy.encode_symbols` of the
-zigzagged symbols (table + rANS words). An empty tensor has an empty payload.
+Payload layout of both modes: ``docs/bitstream.md``, section "tokenwise".
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
-import constriction
 import numpy as np
 
 from ._tokenwise_context import (
@@ -57,14 +40,23 @@ from ._tokenwise_context import (
     context_id,
     fit_offsets,
     get_context,
+    load_context_file,
     register_context,
+    registered_context,
     save_context,
 )
 from .base import Codec, Param
-from .entropy import decode_symbols, encode_symbols, put_varints, read_varints
-from .errors import BitstreamError, DecodeLimits, native_error, require
+from .bytes_io import Reader
+from .entropy import (
+    AnsReader,
+    AnsWriter,
+    decode_symbols,
+    encode_symbols,
+    put_varints,
+    read_varints,
+)
+from .errors import BitstreamError, DecodeLimits, require
 from .registry import register_codec
-from .wire import Reader
 
 __all__ = [
     "TokenwiseCodec",
@@ -73,12 +65,11 @@ __all__ = [
     "context_id",
     "fit_offsets",
     "get_context",
+    "load_context_file",
     "register_context",
     "save_context",
 ]
 
-_ANS = constriction.stream.stack.AnsCoder
-_FAMILY = constriction.stream.model.Categorical(perfect=False)
 #: largest symbol magnitude either mode writes or accepts
 Q_MAX = 1 << 28
 #: rows (tokens) a context-mode payload may hold per byte: a decoder's work stays bounded by
@@ -114,6 +105,7 @@ class TokenwiseCodec(Codec):
     )
     quality_param = "level"
     quality_grid = (16, 12, 8, 6, 4, 3, 2, 1, 0, -2, -4, -8)
+    has_session_context = True
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
@@ -128,6 +120,27 @@ class TokenwiseCodec(Codec):
     def with_context(cls, ctx: TokenwiseContext | bytes, level: int = 0) -> TokenwiseCodec:
         """Register ``ctx`` here and build the codec that names it."""
         return cls(context=register_context(ctx), level=level)
+
+    # -- session context hook (see Codec) ----------------------------------------------------
+    def session_context(self) -> bytes | None:
+        return None if self.ctx is None else self.ctx.to_bytes()
+
+    @classmethod
+    def load_context(cls, data: bytes | bytearray | memoryview) -> TokenwiseContext:
+        return TokenwiseContext.from_bytes(data)
+
+    @classmethod
+    def context_key(cls, context: object) -> int:
+        if not isinstance(context, TokenwiseContext):
+            raise TypeError(f"tokenwise: not a TokenwiseContext: {type(context).__name__}")
+        return context.context_id
+
+    @classmethod
+    def local_context(cls, digest: bytes) -> TokenwiseContext | None:
+        ctx = registered_context((int.from_bytes(digest[:3], "little") & 0xFFFFF) or 1)
+        if ctx is None or hashlib.sha256(ctx.to_bytes()).digest() != bytes(digest):
+            return None  # another context under that 20-bit id: not the one asked for
+        return ctx
 
     # -- self-contained rows -----------------------------------------------------------------
     def _row_steps(self, x2: np.ndarray) -> np.ndarray:
@@ -174,22 +187,19 @@ class TokenwiseCodec(Codec):
         if not np.all(np.isfinite(x2)):
             raise ValueError("tokenwise: input contains NaN or inf")
         codes, _, q = self._quantize(x2)
-        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        writer = AnsWriter()
         escapes: list[np.ndarray] = []
         code_probs = ctx.code_probs
         for row, code in enumerate(codes):
-            parts.append((np.array([code], np.int32), code_probs))
+            writer.add_rows(np.array([code], np.int32), code_probs)
             for t in ctx.tables(self.step, int(code)):
                 qs = q[row, t.channels]
                 esc = np.abs(qs) > t.k
                 sym = np.where(esc, 2 * t.k + 1, qs + t.k).astype(np.int32)
-                parts.append((sym, t.probs))
+                writer.add_rows(sym, t.probs)
                 if esc.any():
                     escapes.append(qs[esc])
-        coder = _ANS()
-        for sym, probs in reversed(parts):
-            coder.encode_reverse(sym, _FAMILY, probs)
-        out = bytearray(coder.get_compressed().astype("<u4").tobytes())
+        out = bytearray(writer.finish())
         if escapes:
             tail = put_varints(_zigzag(np.concatenate(escapes)))
             pad = (1 - (len(tail) + 4)) % 4
@@ -213,28 +223,21 @@ class TokenwiseCodec(Codec):
             tail = payload[end - size : end - size + v]
             require(not any(payload[end - size + v : end - 4]), "tokenwise: bad escape padding")
             end -= size
-        words = np.frombuffer(payload[pos:end], "<u4").astype(np.uint32)
+        coder = AnsReader(payload[pos:end], "tokenwise")
         q = np.zeros((r, c), np.int64)
         esc_at: list[tuple[int, np.ndarray, int]] = []
         codes = np.zeros(r, np.int64)
         code_probs = ctx.code_probs
-        try:
-            coder = _ANS(words)
-            for row in range(r):
-                require(not coder.is_empty(), "tokenwise: rANS data ends early")
-                codes[row] = code = int(coder.decode(_FAMILY, code_probs)[0])
-                for t in ctx.tables(self.step, code):
-                    sym = np.asarray(coder.decode(_FAMILY, t.probs), np.int64)
-                    esc = sym == 2 * t.k + 1
-                    q[row, t.channels] = sym - t.k
-                    if esc.any():
-                        esc_at.append((row, t.channels[esc], t.k))
-            empty = coder.is_empty()
-        except BitstreamError:
-            raise
-        except BaseException as e:  # constriction raises ValueError or a pyo3 panic
-            raise native_error(e, f"tokenwise: corrupt rANS data ({e})") from None
-        require(empty, "tokenwise: trailing rANS data")
+        for row in range(r):
+            require(not coder.is_empty(), "tokenwise: rANS data ends early")
+            codes[row] = code = int(coder.read_rows(code_probs)[0])
+            for t in ctx.tables(self.step, code):
+                sym = np.asarray(coder.read_rows(t.probs), np.int64)
+                esc = sym == 2 * t.k + 1
+                q[row, t.channels] = sym - t.k
+                if esc.any():
+                    esc_at.append((row, t.channels[esc], t.k))
+        require(coder.is_empty(), "tokenwise: trailing rANS data")
         n_esc = sum(ch.size for _, ch, _ in esc_at)
         require((tail is None) == (n_esc == 0), "tokenwise: escape tail mismatch")
         if tail is not None:

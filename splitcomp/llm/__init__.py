@@ -18,9 +18,9 @@ is :mod:`splitcomp.runtime.llm`.
 from .cache import BatchedKV, KVCache, causal_mask, positions_for
 from .families import Family, family_for, register_family, supported_model_types
 from .halves import EdgeHalf, ServerHalf, TailSession
+from .hidden_wire import Wire, WireStats, decode_hidden, encode_hidden
 from .pipeline import SplitLM, Step, as_codec, greedy_unsplit, split_model
 from .sampling import Sampling, pick
-from .wire import Wire, WireStats, decode_hidden, encode_hidden
 
 __all__ = [
     "BatchedKV", "EdgeHalf", "Family", "KVCache", "Sampling", "ServerHalf", "SplitLM", "Step",

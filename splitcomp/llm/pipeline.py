@@ -15,7 +15,7 @@ from torch import nn
 from .. import codecs
 from ..codecs import Codec
 from .halves import EdgeHalf, ServerHalf, TailSession
-from .wire import Wire
+from .hidden_wire import Wire
 
 
 def as_codec(codec: Codec | str, **params: object) -> Codec:

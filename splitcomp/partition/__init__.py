@@ -7,7 +7,7 @@ parameters and FLOPs (``format_candidates`` prints them). Models are traced with
 or ``torch.export`` when fx cannot (Hugging Face language models); ``Partitioner`` keeps one
 trace for several cuts.
 
-What crosses (see :mod:`.plan`): every activation computed before the cut and used after it,
+What crosses (see :mod:`.cut`): every activation computed before the cut and used after it,
 plus model inputs still used after it (e.g. a caller's attention mask); never weights. Tensors
 the tail can rebuild itself (causal masks, position ids, rotary tables, masks derived from a
 smaller input) are rebuilt there, and sizes are read off the tensors that do cross.
@@ -15,8 +15,8 @@ smaller input) are rebuilt there, and sizes are read off the tensors that do cro
 
 from .api import Partitioner, SplitInfo, split
 from .candidates import CutPoint, candidates, format_candidates
+from .cut import CrossingTensor, SplitError
 from .measure import TensorSpec
-from .plan import CrossingTensor, SplitError
 
 __all__ = [
     "CrossingTensor", "CutPoint", "Partitioner", "SplitError", "SplitInfo", "TensorSpec",

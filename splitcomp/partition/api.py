@@ -11,8 +11,8 @@ from torch import fx, nn
 
 from .build import build_head, build_tail
 from .candidates import CutPoint, cut_points
+from .cut import CrossingTensor, CutPlan, GraphIndex
 from .graph import Inputs, trace
-from .plan import CrossingTensor, CutPlan, GraphIndex
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Partitioner:
         return self.traced.backend
 
     def plan(self, at: str | int) -> CutPlan:
-        """Where ``at`` cuts and what crosses (see :mod:`.plan`)."""
+        """Where ``at`` cuts and what crosses (see :mod:`.cut`)."""
         return self.index.plan(self.index.resolve(at))
 
     def info(self, at: str | int) -> SplitInfo:
@@ -98,7 +98,7 @@ def split(model: nn.Module, at: str | int, example_inputs: Inputs, *,
     the tail needs from before the cut crosses as a tensor, model inputs included, except
     what the tail can rebuild itself: data-independent tensors (causal masks, position ids)
     and shapes. Both halves carry ``split_info`` (:class:`SplitInfo`). Raises
-    :class:`~.plan.SplitError` for an unknown ``at`` (listing the valid ones).
+    :class:`~.cut.SplitError` for an unknown ``at`` (listing the valid ones).
     """
     parts = Partitioner(model, example_inputs, example_kwargs=example_kwargs, backend=backend)
     return parts.split(at)

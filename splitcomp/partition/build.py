@@ -1,4 +1,4 @@
-"""Turn a :class:`~.plan.CutPlan` into two ``GraphModule`` halves.
+"""Turn a :class:`~.cut.CutPlan` into two ``GraphModule`` halves.
 
 Each half is built on the traced graph module as root, so ``GraphModule`` copies into it only
 the submodules, parameters and buffers its own nodes reference, by reference: weights live in
@@ -14,8 +14,8 @@ import torch
 from torch import fx, nn
 
 from . import scalars
+from .cut import CutPlan
 from .graph import UNFLATTEN, TracedModel
-from .plan import CutPlan
 
 
 class InputCheck(nn.Module):

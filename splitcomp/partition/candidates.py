@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import fx, nn
 
+from .cut import CrossingTensor, GraphIndex, SplitError
 from .graph import Inputs
-from .plan import CrossingTensor, GraphIndex, SplitError
 
 
 @dataclass(frozen=True)

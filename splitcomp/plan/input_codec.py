@@ -2,7 +2,7 @@
 uint8 image, decoded on the server and run through the whole model.
 
 Encoding, decoding and accuracy come from :mod:`splitcomp.bench.input_compression`; this
-module walks the qualities the way :func:`splitcomp.bench.evaluate.search_quality` walks a
+module walks the qualities the way :func:`splitcomp.bench.codec_eval.search_quality` walks a
 codec's knob (from the best quality down, stopping after the first setting over the accuracy
 budget, so the whole model runs only as often as needed) and counts the file as sent in a
 splitcomp container (one uint8 tensor: header and CRC included), as the runtime would.

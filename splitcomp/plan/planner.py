@@ -38,19 +38,14 @@ PARETO_KEYS = ("end_to_end_ms", "server_ms", "uplink_bytes", "energy_j", "drop_c
 DEVICE, OFFLOAD, INPUT, SPLIT = "device", "offload", "input", "split"
 
 
-def ws_header_bytes(n: int, masked: bool) -> int:
-    """WebSocket frame header for an ``n``-byte binary message (RFC 6455)."""
-    return 2 + (0 if n < 126 else 2 if n < 65536 else 8) + (4 if masked else 0)
-
-
 def request_wire_bytes(bitstream_bytes: float, deployment: str = "default") -> int:
     """Bytes a request carrying ``bitstream_bytes`` puts on the connection."""
     frame = P.PREFIX_BYTES + 1 + len(deployment) + round(bitstream_bytes)
-    return frame + ws_header_bytes(frame, masked=True)
+    return P.ws_frame_bytes(frame, masked=True)
 
 
 def response_wire_bytes(frame_bytes: int) -> int:
-    return frame_bytes + ws_header_bytes(frame_bytes, masked=False)
+    return P.ws_frame_bytes(frame_bytes, masked=False)
 
 
 @dataclass
@@ -164,7 +159,7 @@ def dominates(a: PlanRow, b: PlanRow, keys: Sequence[str] = PARETO_KEYS) -> bool
     return all(x <= y for x, y in zip(va, vb, strict=True)) and va != vb
 
 
-def pareto_front(rows: Iterable[PlanRow], keys: Sequence[str] = PARETO_KEYS) -> list[PlanRow]:
+def plan_front(rows: Iterable[PlanRow], keys: Sequence[str] = PARETO_KEYS) -> list[PlanRow]:
     """The rows no other row dominates (ties: both kept)."""
     rows = list(rows)
     return [r for r in rows if not any(dominates(o, r, keys) for o in rows if o is not r)]
@@ -172,7 +167,7 @@ def pareto_front(rows: Iterable[PlanRow], keys: Sequence[str] = PARETO_KEYS) -> 
 
 def mark_pareto(rows: list[PlanRow], keys: Sequence[str] = PARETO_KEYS) -> None:
     """Set ``pareto`` on the feasible rows of the front (infeasible rows are never on it)."""
-    front = {id(r) for r in pareto_front([r for r in rows if r.feasible], keys)}
+    front = {id(r) for r in plan_front([r for r in rows if r.feasible], keys)}
     for r in rows:
         r.pareto = id(r) in front
 

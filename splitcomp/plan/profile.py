@@ -2,7 +2,7 @@
 
 For each profiled cut the head and tail are timed at batch 1 (median of ``repeats`` after a
 warm-up); the head's IFs on a calibration subset go through every codec, and for codecs with
-a quality knob :func:`~splitcomp.bench.evaluate.search_quality` walks the settings down to the
+a quality knob :func:`~splitcomp.bench.codec_eval.search_quality` walks the settings down to the
 lowest rate within ``max_drop`` (every setting it tried is kept: the planner trades them
 off). Bytes are exact container byte counts per sample; drops are top-1 percentage points on
 the calibration images. The two extremes (whole model, raw input) and input compression
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import codecs
-from ..bench.evaluate import FeatureSet, collect_features, evaluate_codec, search_quality
+from ..bench.codec_eval import FeatureSet, collect_features, evaluate_codec, search_quality
 from ..data.dataset import spread_indices
 from ..data.transforms import Preprocess
 from ..partition import CutPoint, Partitioner

@@ -41,7 +41,7 @@ class Setting:
     compute_ms: float = 0.0
 
 
-def pareto_front(settings: Sequence[Setting]) -> list[Setting]:
+def setting_front(settings: Sequence[Setting]) -> list[Setting]:
     """Settings not dominated by a cheaper one, by bytes ascending with accuracy increasing.
 
     A setting is dropped when another has no more bytes and at least its accuracy (compute
@@ -115,7 +115,7 @@ class RateController:
         reprobe_gain: float = 1.25,
         start: int | None = None,
     ) -> None:
-        self.settings = pareto_front(settings)
+        self.settings = setting_front(settings)
         if not self.settings:
             raise ValueError("no settings")
         self.bound_s, self.rtt_s = float(bound_s), float(rtt_s)

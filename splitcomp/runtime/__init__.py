@@ -10,7 +10,7 @@ bitstream, :class:`Server` authenticates, deduplicates and batches requests per
 :class:`Deployment`, whose ``run_batch`` decodes, stacks and runs the tail; results travel
 back as a lossless fp32 container. :func:`handle_frames` is the same tail handler without a
 transport (for Ray Serve or any other front end). See ``docs/protocol.md`` for the bytes on
-the wire, ``splitcomp serve`` (:mod:`.cli_serve`) for the command line.
+the wire, ``splitcomp serve`` (:mod:`splitcomp.cli.serve`) for the command line.
 """
 
 from .auth import Tokens
@@ -20,20 +20,28 @@ from .deployment import (
     Deployment,
     InputSpec,
     Reply,
-    RequestError,
     split_deployment,
     zoo_deployment,
 )
-from .errors import ConnectionLost, RuntimeTimeout, ServerError, SplitRuntimeError, Unauthorized
-from .handler import answer_batch, handle_frames
+from .errors import (
+    ConnectionLost,
+    RequestError,
+    RuntimeTimeout,
+    ServerError,
+    SplitRuntimeError,
+    Unauthorized,
+)
+from .handler import handle_frames
+from .llm import LLMDeployment
 from .protocol import ErrorCode
 from .server import BackgroundServer, Server, serve
+from .service import BatchResult, Service, Work, register_service
 from .stats import parse_prometheus
 
 __all__ = [
-    "AsyncSplitClient", "BackgroundServer", "BatchReport", "ConnectionLost", "Deployment",
-    "ErrorCode", "InferResult", "InputSpec", "Reply", "RequestError", "RuntimeTimeout", "Server",
-    "ServerError", "SplitClient", "SplitRuntimeError", "Tokens", "Unauthorized",
-    "answer_batch", "fetch_metrics", "handle_frames", "parse_prometheus", "serve",
-    "split_deployment", "zoo_deployment",
+    "AsyncSplitClient", "BackgroundServer", "BatchReport", "BatchResult", "ConnectionLost",
+    "Deployment", "ErrorCode", "InferResult", "InputSpec", "LLMDeployment", "Reply",
+    "RequestError", "RuntimeTimeout", "Server", "ServerError", "Service", "SplitClient",
+    "SplitRuntimeError", "Tokens", "Unauthorized", "Work", "fetch_metrics", "handle_frames",
+    "parse_prometheus", "register_service", "serve", "split_deployment", "zoo_deployment",
 ]

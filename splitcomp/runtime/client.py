@@ -15,7 +15,6 @@ import logging
 import random
 import secrets
 import ssl
-import threading
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from .. import codecs
 from ..codecs import Codec
 from . import protocol as P
 from .errors import ConnectionLost, RuntimeTimeout, ServerError, Unauthorized
+from .loop_thread import LoopThread
 from .tls import client_context
 
 log = logging.getLogger("splitcomp.runtime")
@@ -332,18 +332,12 @@ class SplitClient:
                  **options: Any) -> None:
         options["head_in_thread"] = False
         self._client = AsyncSplitClient(url, head, codec, deployment, **options)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="splitcomp-client",
-                                        daemon=True)
-        self._thread.start()
+        # the coroutines have their own timeout; the loop's is a backstop
+        self._loop = LoopThread("splitcomp-client", self._client.timeout_s + 30.0)
 
     @property
     def client(self) -> AsyncSplitClient:
         return self._client
-
-    def _run(self, coro: Any) -> Any:
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return fut.result(self._client.timeout_s + 30.0)  # the coroutine has its own timeout
 
     def infer(self, *inputs: Any) -> Outputs:
         """Run the head, send, return the tail's output (see :meth:`AsyncSplitClient.infer`)."""
@@ -353,18 +347,13 @@ class SplitClient:
         return self.infer_encoded(self._client.encode(*inputs))
 
     def infer_encoded(self, bitstream: bytes, request_id: int | None = None) -> InferResult:
-        return self._run(self._client.infer_encoded(bitstream, request_id))
+        return self._loop.run(self._client.infer_encoded(bitstream, request_id))
 
     def encode(self, *inputs: Any) -> bytes:
         return self._client.encode(*inputs)
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            try:
-                self._run(self._client.close())
-            finally:
-                self._loop.call_soon_threadsafe(self._loop.stop)
-                self._thread.join(10.0)
+        self._loop.stop(self._client.close())
 
     def __enter__(self) -> SplitClient:
         return self

@@ -1,10 +1,11 @@
-"""A deployment: one tail served under a name. Decodes a batch of bitstreams, groups them by
-per-sample shapes, runs the tail once per group, splits the outputs and encodes each result.
+"""A deployment: one tail served under a name (the vision :class:`~.service.Service`). Decodes a
+batch of bitstreams, groups them by per-sample shapes, runs the tail once per group, splits the
+outputs and encodes each result.
 
 :meth:`Deployment.run_batch` is synchronous, transport-free and thread-confined (one call at a
-time), so the embedded server runs it in a worker thread and a Ray Serve replica can call it
-from a ``@serve.batch`` handler unchanged. It only reads bitstream headers
-(:func:`splitcomp.codecs.peek`) before handing the bytes to the codec.
+time), so the embedded server runs it in a worker thread (:meth:`Deployment.run`) and a Ray
+Serve replica calls it the same way (:func:`~.handler.handle_frames`). It only reads bitstream
+headers before handing the bytes to the codec.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from torch import nn
 
 from .. import codecs as _codecs
 from ..codecs import BitstreamError, DecodeLimits, Header
+from . import protocol as P
 from .errors import RequestError
 from .protocol import ErrorCode, check_name
+from .service import BatchResult, QueueCheck, Service, Work, register_service
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,8 @@ def specs_from_split(tail: nn.Module) -> tuple[InputSpec, ...] | None:
                  for c in info.crossing)
 
 
-class Deployment:
+@register_service
+class Deployment(Service):
     """A named tail with its batching and acceptance rules.
 
     ``codecs``: names of the codecs whose bitstreams are accepted (None: any registered one).
@@ -127,9 +131,56 @@ class Deployment:
         self.result_codec = _codecs.get(result_codec)
         self.allowed_clients = frozenset(allowed_clients) if allowed_clients is not None else None
 
+    frame_type = P.TYPE_REQUEST
+
     def __repr__(self) -> str:
         return (f"Deployment({self.name!r}, max_batch_size={self.max_batch_size}, "
                 f"max_wait_ms={self.max_wait_ms}, codecs={sorted(self.codecs or []) or 'any'})")
+
+    # -- the Service interface -------------------------------------------------------
+    parse = staticmethod(P.parse_request)
+
+    @classmethod
+    def route(cls, request: P.Request, services: Sequence[Service]) -> Service | RequestError:
+        for s in services:
+            if s.name == request.deployment:
+                return s
+        return RequestError(ErrorCode.UNKNOWN_DEPLOYMENT, f"no deployment {request.deployment!r} "
+                            f"(serving {', '.join(s.name for s in services)})")
+
+    @classmethod
+    def dedup_scope(cls, request: P.Request) -> str:
+        return request.deployment
+
+    def admit(self, client_id: str, request: P.Request, check_queue: QueueCheck) -> memoryview:
+        check_queue()
+        return request.bitstream
+
+    def run(self, batch: Sequence[Work], start: float) -> BatchResult:
+        """Run one batch; the answer frames carry each request's time in the queue."""
+        return self.answer([w.request_id for w in batch], [w.payload for w in batch],
+                           [start - w.arrival for w in batch])
+
+    def answer(self, request_ids: Sequence[int], bitstreams: Sequence[bytes | memoryview],
+               queue_s: Sequence[float] | None = None) -> BatchResult:
+        """:meth:`run_batch`, then one response frame per request (result or typed error), in
+        order. ``queue_s``: how long each waited (sent back)."""
+        c0 = time.thread_time()
+        report = self.run_batch(bitstreams)
+        frames, errors = [], []
+        for i, (rid, r) in enumerate(zip(request_ids, report.replies, strict=True)):
+            if r.error is None:
+                assert r.result is not None
+                frames.append(P.encode_result(rid, r.result, r.batch_size,
+                                              queue_s[i] if queue_s is not None else 0.0,
+                                              r.decode_s, r.tail_s))
+                errors.append(None)
+            else:
+                frames.append(P.encode_error(rid, r.error.code, r.error.message))
+                errors.append(r.error.code)
+        return BatchResult(frames, errors, report.tail_calls, report.decode_s,
+                           report.decode_cpu_s, report.tail_s, report.tail_cpu_s,
+                           report.encode_s, time.thread_time() - c0)
 
     # -- one request -----------------------------------------------------------------
     def check_header(self, header: Header) -> int:
@@ -291,8 +342,7 @@ def zoo_deployment(model_name: str, at: str, *, weights: str | None = "default",
     ``weights``: ``"default"`` (the offline default weights), ``"random"`` / None (random
     initialisation) or a path.
     """
-    from ..bench.setup import load_model
-    from ..zoo import model_config
+    from ..zoo import load_model, model_config
 
     cfg = model_config(model_name)
     if cfg.input_size is None:

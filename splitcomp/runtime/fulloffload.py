@@ -51,8 +51,7 @@ def zoo_full_offload(model_name: str, *, weights: str | None = "default",
                      name: str | None = None, model: nn.Module | None = None,
                      **options: Any) -> Deployment:
     """A zoo image model served whole on raw pixels (named ``name`` or ``<model>-full``)."""
-    from ..bench.setup import load_model
-    from ..zoo import model_config
+    from ..zoo import load_model, model_config
 
     cfg = model_config(model_name)
     if cfg.input_size is None:

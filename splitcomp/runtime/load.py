@@ -145,10 +145,9 @@ def prepare(model_name: str, split: str, data: str | Sequence[str], *, codec: st
             name: str | None = None) -> LoadSetup:
     """Load ``limit`` images of each ``data`` source, cut the model, precompute both arms'
     bitstreams."""
-    from ..bench.setup import load_model
     from ..data import load_dataset
     from ..partition import split as split_model
-    from ..zoo import model_config
+    from ..zoo import load_model, model_config
     from .deployment import Deployment
 
     cfg = model_config(model_name)

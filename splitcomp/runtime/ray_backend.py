@@ -1,12 +1,16 @@
-"""Scale-out: the same tail handler as a Ray Serve deployment (``splitcomp serve --backend ray``).
+"""Scale-out: the same services as a Ray Serve deployment (``splitcomp serve --backend ray``).
 
 Transport: HTTP ``POST <route>`` whose body is one binary request frame (docs/protocol.md);
 the response body is the binary response frame (result or typed error), status 200. Requests
 from all clients are batched by ``@serve.batch`` (``max_batch_size``, ``batch_wait_timeout_s``
-= ``max_wait_ms / 1000``) and handed to :func:`~splitcomp.runtime.handler.handle_frames`.
-A missing or wrong bearer token gets HTTP 401 and a frame above ``max_frame_bytes`` HTTP 413,
-both before any decoding. No request-id deduplication (HTTP has no session); see
-docs/scale-out.md. Needs the ``ray`` extra (``pip install .[ray]``).
+= ``max_wait_ms / 1000``) and handed to :func:`~splitcomp.runtime.handler.handle_frames`, the
+request path of the embedded server without its transport: vision tails and LLM sessions
+alike (sessions are bound to the client id of the bearer token). A missing or wrong bearer
+token gets HTTP 401 and a frame above ``max_frame_bytes`` HTTP 413, both before any decoding.
+No request-id deduplication (HTTP has no session). LLM sessions live in the replica that
+opened them and Serve does not route a session back to its replica, so an application with LLM
+deployments runs one replica; see docs/scale-out.md. Needs the ``ray`` extra
+(``pip install .[ray]``).
 """
 
 from __future__ import annotations
@@ -28,38 +32,43 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .auth import Tokens
-from .deployment import Deployment, zoo_deployment
+from .deployment import zoo_deployment
 from .handler import handle_frames
+from .service import Service
 
 DEFAULT_ROUTE = "/splitcomp"
 FRAME_TYPE = "application/octet-stream"
 
-DeploymentSource = Sequence[Deployment] | Callable[[], Sequence[Deployment]]
+DeploymentSource = Sequence[Service] | Callable[[], Sequence[Service]]
 
 
 class TailReplica:
-    """One Serve replica: authenticates, batches request frames and runs the tails."""
+    """One Serve replica: authenticates, batches request frames and runs the services."""
 
     def __init__(self, deployments: DeploymentSource, *, tokens: Tokens | None = None,
                  max_batch_size: int = 32, max_wait_ms: float = 2.0,
                  max_frame_bytes: int = 16 << 20, threads: int | None = None) -> None:
-        """``deployments``: the deployments, or a callable building them in the replica."""
+        """``deployments``: the services, or a callable building them in the replica."""
         if threads:
             torch.set_num_threads(threads)
         torch.set_grad_enabled(False)
         deps = deployments() if callable(deployments) else deployments
-        self.deployments = {d.name: d for d in deps}
+        self.services = {d.name: d for d in deps}
         self.tokens = tokens
         self.max_frame_bytes = max_frame_bytes
-        self._lock = threading.Lock()  # Deployment.run_batch is thread-confined
+        self._lock = threading.Lock()  # services are thread-confined: one batch at a time
+        self._upkeep_due = {name: 0.0 for name, s in self.services.items()
+                            if s.upkeep_period_s() is not None}
         self.batched.set_max_batch_size(max_batch_size)
         self.batched.set_batch_wait_timeout_s(max_wait_ms / 1000.0)
 
     async def __call__(self, request: Request) -> Response:
-        if self.tokens is not None and self.tokens.authenticate(
-                request.headers.get("authorization")) is None:
-            return Response("missing or invalid bearer token\n", status_code=401,
-                            headers={"WWW-Authenticate": "Bearer"})
+        client = "anonymous"
+        if self.tokens is not None:
+            client = self.tokens.authenticate(request.headers.get("authorization"))
+            if client is None:
+                return Response("missing or invalid bearer token\n", status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
         if request.method != "POST":
             return Response("POST a request frame\n", status_code=405)
         length = request.headers.get("content-length")
@@ -68,23 +77,36 @@ class TailReplica:
         body = await request.body()
         if len(body) > self.max_frame_bytes:
             return Response("frame too large\n", status_code=413)
-        return Response(await self.batched(body), media_type=FRAME_TYPE)
+        return Response(await self.batched((client, body)), media_type=FRAME_TYPE)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def batched(self, frames: list[bytes]) -> list[bytes]:
-        """Whole request frames of one batch in, response frames out (in a worker thread)."""
-        return await asyncio.to_thread(self._run, frames)
+    async def batched(self, requests: list[tuple[str, bytes]]) -> list[bytes]:
+        """(client id, request frame) pairs of one batch in, response frames out (in a worker
+        thread)."""
+        return await asyncio.to_thread(self._run, requests)
 
-    def _run(self, frames: list[bytes]) -> list[bytes]:
+    def _run(self, requests: list[tuple[str, bytes]]) -> list[bytes]:
         with self._lock, torch.inference_mode():
-            return handle_frames(self.deployments, frames)
+            now = time.monotonic()
+            for name, due in self._upkeep_due.items():
+                if now >= due:
+                    service = self.services[name]
+                    service.upkeep()
+                    self._upkeep_due[name] = now + (service.upkeep_period_s() or 1.0)
+            return handle_frames(self.services, [f for _, f in requests],
+                                 [c for c, _ in requests])
 
 
 def build_app(deployments: DeploymentSource, *, num_replicas: int = 1,
               num_cpus: float = 1.0, max_ongoing_requests: int | None = None,
-              name: str = "splitcomp", **replica_options: Any) -> serve.Application:
+              name: str = "splitcomp", llm: bool = False,
+              **replica_options: Any) -> serve.Application:
     """A Serve application of :class:`TailReplica` (``replica_options`` go to its
-    constructor: tokens, max_batch_size, max_wait_ms, max_frame_bytes, threads)."""
+    constructor: tokens, max_batch_size, max_wait_ms, max_frame_bytes, threads). With LLM
+    deployments (``llm=True``) it must run one replica: a session lives in one replica."""
+    if llm and num_replicas != 1:
+        raise ValueError(f"LLM sessions live in the replica that opened them: serve LLM "
+                         f"deployments with one replica, not {num_replicas}")
     batch = int(replica_options.get("max_batch_size", 32))
     dep = serve.deployment(TailReplica, name=name).options(
         num_replicas=num_replicas, ray_actor_options={"num_cpus": num_cpus},
@@ -94,11 +116,15 @@ def build_app(deployments: DeploymentSource, *, num_replicas: int = 1,
 
 
 def zoo_deployments(specs: Sequence[tuple[str, str, str, list[str] | None]], weights: str,
-                    max_batch_size: int, max_wait_ms: float) -> list[Deployment]:
-    """Build zoo deployments (run inside each replica): ``(name, model, split, codecs)``."""
-    return [zoo_deployment(model, at, weights=weights, name=name, codecs=codecs,
-                           max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)[0]
-            for name, model, at, codecs in specs]
+                    max_batch_size: int, max_wait_ms: float,
+                    more: Callable[[], Sequence[Service]] | None = None) -> list[Service]:
+    """Build zoo deployments (run inside each replica): ``(name, model, split, codecs)``, and
+    the services ``more`` builds (e.g. LLM deployments)."""
+    deps: list[Service] = [
+        zoo_deployment(model, at, weights=weights, name=name, codecs=codecs,
+                       max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)[0]
+        for name, model, at, codecs in specs]
+    return deps + list(more() if more is not None else [])
 
 
 class FrameClient:
@@ -155,24 +181,26 @@ def shutdown() -> None:
     ray.shutdown()
 
 
-def run_cli(args: Any, specs: Sequence[tuple[str, str, str, list[str] | None]]) -> int:
-    """``splitcomp serve --backend ray``: deploy and block until SIGINT/SIGTERM."""
+def run_cli(args: Any, specs: Sequence[tuple[str, str, str, list[str] | None]],
+            llm: Callable[[], Sequence[Service]] | None = None) -> int:
+    """``splitcomp serve --backend ray``: deploy and block until SIGINT/SIGTERM. ``llm``
+    builds the LLM deployments in the replica (then one replica serves everything)."""
     import signal
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise SystemExit("--tls-cert and --tls-key go together")
     build = functools.partial(zoo_deployments, list(specs), args.weights, args.max_batch_size,
-                              args.max_wait_ms)
+                              args.max_wait_ms, llm)
     tokens = Tokens.load(Path(args.tokens)) if args.tokens else None
     app = build_app(build, num_replicas=args.num_replicas, num_cpus=args.replica_cpus,
-                    tokens=tokens, max_batch_size=args.max_batch_size,
+                    llm=llm is not None, tokens=tokens, max_batch_size=args.max_batch_size,
                     max_wait_ms=args.max_wait_ms, max_frame_bytes=args.max_frame_bytes,
                     threads=args.threads)
     url = start(app, host=args.host, port=args.port or 8000, route=args.route,
                 address=args.ray_address,
                 tls=(args.tls_cert, args.tls_key) if args.tls_cert else None)
-    print(f"deployments {[s[0] for s in specs]} on Ray Serve, {args.num_replicas} replica(s)",
-          flush=True)
+    names = [s[0] for s in specs] + (["--llm"] if llm is not None else [])
+    print(f"deployments {names} on Ray Serve, {args.num_replicas} replica(s)", flush=True)
     print(f"listening on {url} (POST request frames)", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,7 +8,7 @@ import torch
 
 from splitcomp import codecs
 from splitcomp.llm import SplitLM, causal_mask
-from splitcomp.llm.wire import overhead_bytes
+from splitcomp.llm.hidden_wire import overhead_bytes
 
 from .conftest import TINY
 

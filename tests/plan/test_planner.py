@@ -15,8 +15,8 @@ from splitcomp.plan import (
     format_table,
     get_device,
     load_plan,
-    pareto_front,
     plan_from_row,
+    plan_front,
     save_plan,
 )
 from splitcomp.plan.devices import DeviceProfile, available_devices
@@ -49,16 +49,16 @@ def row(name: str, **kw) -> PlanRow:
     return PlanRow(**{**base, **kw})
 
 
-def test_pareto_front_on_synthetic_rows() -> None:
+def test_plan_front_on_synthetic_rows() -> None:
     a = row("a", head_ms=10, uplink_bytes=100, energy_j=1.0)
     b = row("b", head_ms=20, uplink_bytes=50, energy_j=1.0)  # slower but fewer bytes
     c = row("c", head_ms=25, uplink_bytes=100, energy_j=2.0)  # dominated by a
     d = row("d", head_ms=10, uplink_bytes=100, energy_j=1.0)  # ties a: both kept
     e = row("e", head_ms=5, uplink_bytes=10, energy_j=0.5, drop_pp=-1.0)  # dominates all
-    assert {r.name for r in pareto_front([a, b, c, d])} == {"a", "b", "d"}
-    assert {r.name for r in pareto_front([a, b, c, d, e])} == {"e"}
+    assert {r.name for r in plan_front([a, b, c, d])} == {"a", "b", "d"}
+    assert {r.name for r in plan_front([a, b, c, d, e])} == {"e"}
     f = row("f", head_ms=5, uplink_bytes=10, energy_j=0.5, drop_pp=-3.0)
-    assert {r.name for r in pareto_front([e, f])} == {"e", "f"}  # gains count as no drop
+    assert {r.name for r in plan_front([e, f])} == {"e", "f"}  # gains count as no drop
 
 
 def test_rows_cost_model() -> None:

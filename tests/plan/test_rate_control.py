@@ -10,7 +10,7 @@ from splitcomp.plan.rate_control import (
     FixedPolicy,
     RateController,
     Setting,
-    pareto_front,
+    setting_front,
     simulate,
     summarize,
 )
@@ -46,8 +46,8 @@ def phase(reqs, lo: float, hi: float, settle: float = 0.0):
     return [r for r in reqs if lo + settle <= r.t < hi]
 
 
-def test_pareto_front_drops_dominated() -> None:
-    assert [s.name for s in pareto_front(LADDER)] == ["low", "mid", "high"]
+def test_setting_front_drops_dominated() -> None:
+    assert [s.name for s in setting_front(LADDER)] == ["low", "mid", "high"]
 
 
 def test_estimator_follows_observations() -> None:
@@ -75,8 +75,8 @@ def test_controller_switches_down_on_drop_and_back_up() -> None:
 
 def test_fixed_settings_miss_the_bound_or_lose_accuracy() -> None:
     ctl = summarize(run(RateController(LADDER, BOUND, RTT, initial_bps=10e6, start=2)), BOUND)
-    high = summarize(run(FixedPolicy(pareto_front(LADDER), 2)), BOUND)
-    low = summarize(run(FixedPolicy(pareto_front(LADDER), 0)), BOUND)
+    high = summarize(run(FixedPolicy(setting_front(LADDER), 2)), BOUND)
+    low = summarize(run(FixedPolicy(setting_front(LADDER), 0)), BOUND)
     assert high["missed"] > 100 > ctl["missed"]  # 0.5 Mbit/s cannot carry 16 kB every 50 ms
     assert low["missed"] == 0 and low["accuracy"] < ctl["accuracy"] < high["accuracy"] + 1e-9
 

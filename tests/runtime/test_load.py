@@ -3,13 +3,9 @@ a few foolbox CIFAR images): both arms answered, figures filled, lossless split 
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import pytest
 
 from splitcomp.data import foolbox_data_dir
-from splitcomp.runtime import cli_load
 from splitcomp.runtime.load import prepare, run_embedded
 
 pytestmark = pytest.mark.skipif(foolbox_data_dir() is None, reason="foolbox images missing")
@@ -28,16 +24,3 @@ def test_load_split_and_full_offload() -> None:
     assert 1 <= split["batch_size_mean"] <= 4
     assert report["agreement_with_local"] == 100.0  # lossless codec: same predictions
     assert split["p99_ms"] >= split["p50_ms"] > 0
-
-
-def test_cli_load_json(tmp_path, capsys) -> None:
-    p = argparse.ArgumentParser()
-    cli_load.add_arguments(p)
-    out = tmp_path / "load.json"
-    args = p.parse_args(["--clients", "2", "--requests", "6", "--data", "foolbox-cifar10",
-                         "--model", "resnet20", "--split", "layer2", "--codec", "slicer",
-                         "--weights", "random", "--limit", "3", "--json", str(out)])
-    assert cli_load.run(args) == 0
-    report = json.loads(out.read_text())
-    assert report["split"]["requests"] == 6 and "server_light_ratio" in report
-    assert "requests/s" in capsys.readouterr().out

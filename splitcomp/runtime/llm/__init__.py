@@ -11,10 +11,10 @@ cap), codec contexts (:class:`ContextStore`) and continuous batching of decode s
 
 from .client import AsyncRemoteLM, RemoteLM, RemoteStep
 from .contexts import ContextStore, codec_context
-from .service import LLMDeployment, StepItem, StepReport
+from .service import LLMDeployment, StepItem
 from .sessions import ServerSession, SessionError, SessionManager
 
 __all__ = [
     "AsyncRemoteLM", "ContextStore", "LLMDeployment", "RemoteLM", "RemoteStep", "ServerSession",
-    "SessionError", "SessionManager", "StepItem", "StepReport", "codec_context",
+    "SessionError", "SessionManager", "StepItem", "codec_context",
 ]

@@ -18,7 +18,6 @@ A codec with a session context (``tokenwise``) has it sent at OPEN when the serv
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,19 +27,14 @@ from torch import nn
 
 from ...codecs import Codec
 from ...llm.halves import EdgeHalf
+from ...llm.hidden_wire import Wire
 from ...llm.pipeline import as_codec
-from ...llm.wire import Wire
 from .. import protocol as P
 from ..client import AsyncSplitClient
 from ..errors import ServerError
+from ..loop_thread import LoopThread
+from ..protocol import ws_frame_bytes
 from .contexts import codec_context
-
-
-def ws_frame_bytes(payload: int, masked: bool = True) -> int:
-    """Bytes of one WebSocket binary message of ``payload`` bytes on the wire (RFC 6455 header:
-    2 bytes, +2 or +8 for the length, +4 for the mask of client frames)."""
-    ext = 0 if payload < 126 else 2 if payload < 1 << 16 else 8
-    return 2 + ext + (4 if masked else 0) + payload
 
 
 @dataclass(frozen=True)
@@ -195,11 +189,9 @@ class RemoteLM:
     def __init__(self, model: nn.Module, split: int, url: str, deployment: str = "llm",
                  codec: Codec | str = "fp32", **options: Any) -> None:
         options.setdefault("edge_in_thread", False)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="splitcomp-lm",
-                                        daemon=True)
-        self._thread.start()
         self.lm = AsyncRemoteLM(model, split, url, deployment, codec, **options)
+        # each step has the client's own timeout (retries included); the loop's is a backstop
+        self._loop = LoopThread("splitcomp-lm", self.lm.client.timeout_s + 30.0)
 
     @property
     def wire(self) -> Wire:
@@ -210,14 +202,11 @@ class RemoteLM:
         """Codec context bytes sent at OPEN (0: the server had the context)."""
         return self.lm.context_bytes_sent
 
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
     def open(self) -> P.LLMOpened:
-        return self._run(self.lm.open())
+        return self._loop.run(self.lm.open())
 
     def step(self, input_ids: torch.Tensor) -> RemoteStep:
-        return self._run(self.lm.step(input_ids))
+        return self._loop.run(self.lm.step(input_ids))
 
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int,
                  eos_token_id: int | None = None) -> Iterator[RemoteStep]:
@@ -230,12 +219,7 @@ class RemoteLM:
             ids = torch.tensor([[step.token]])
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            try:
-                self._run(self.lm.close())
-            finally:
-                self._loop.call_soon_threadsafe(self._loop.stop)
-                self._thread.join(10.0)
+        self._loop.stop(self.lm.close())
 
     def __enter__(self) -> RemoteLM:
         return self

@@ -1,7 +1,9 @@
-"""An LLM deployment: a :class:`ServerHalf` served under a name, with its sessions.
+"""An LLM deployment: a :class:`ServerHalf` served under a name, with its sessions (the LLM
+:class:`~splitcomp.runtime.service.Service`).
 
 The server's event loop opens, closes and looks up sessions (:class:`SessionManager`) and
-queues STEP requests; a worker thread runs :meth:`LLMDeployment.run_steps` on each batch:
+queues STEP requests (:meth:`LLMDeployment.admit`); a worker thread runs
+:meth:`LLMDeployment.run_steps` on each batch:
 decode every bitstream, run the prefills one by one and all single-token steps as ONE tail
 forward (continuous batching, :meth:`ServerHalf.step_batch`), pick each session's next token
 (:mod:`.sampling`) and build the answer frames. Like :meth:`Deployment.run_batch` it never
@@ -12,18 +14,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ... import codecs as _codecs
 from ...codecs import BitstreamError, DecodeLimits, Header
-from ...codecs._tokenwise_context import context_scope
+from ...codecs.registry import codec_class_by_id
 from ...llm.halves import ServerHalf
 from ...llm.sampling import pick
 from .. import protocol as P
 from ..errors import RequestError
 from ..protocol import ErrorCode
+from ..service import BatchResult, QueueCheck, Service, Work, register_service
+from ..stats import Counter, Gauge, Registry
 from .contexts import ContextStore
 from .sessions import ServerSession, SessionManager
 
@@ -39,23 +43,40 @@ class StepItem:
     queue_s: float = 0.0
 
 
-@dataclass
-class StepReport:
-    """What one :meth:`LLMDeployment.run_steps` did (seconds; wall unless ``cpu``)."""
+class _LLMMetrics:
+    """The LLM gauges and counters of one metric registry, shared by its LLM deployments."""
 
-    frames: list[bytes]
-    ok: list[bool]
-    errors: list[ErrorCode | None]
-    tail_calls: list[int] = field(default_factory=list)  #: sessions per tail forward
-    decode_s: float = 0.0
-    decode_cpu_s: float = 0.0
-    tail_s: float = 0.0
-    tail_cpu_s: float = 0.0
-    sample_cpu_s: float = 0.0  #: picking tokens and building answer frames
-    worker_cpu_s: float = 0.0
+    def __init__(self, r: Registry) -> None:
+        d = ("deployment",)
+        self.sessions = r.add(Gauge("splitcomp_llm_sessions", "Open LLM sessions.", d))
+        self.kv = r.add(Gauge("splitcomp_llm_kv_bytes", "KV-cache bytes of the LLM sessions "
+                              "(reserved: steps in flight included).", d))
+        self.opened = r.add(Gauge("splitcomp_llm_sessions_opened_total",
+                                  "LLM sessions opened.", d, kind="counter"))
+        self.expired = r.add(Gauge("splitcomp_llm_sessions_expired_total",
+                                   "LLM sessions freed by the idle timeout.", d, kind="counter"))
+        self.tokens = r.add(Counter("splitcomp_llm_tokens_total",
+                                    "Tokens run through the tail (prefills and steps).", d))
+        self.sample_cpu = r.add(Counter(
+            "splitcomp_llm_sample_cpu_seconds_total",
+            "CPU of the worker thread picking next tokens and building answers.", d))
+        self.contexts = r.add(Gauge("splitcomp_llm_codec_contexts", "Codec contexts held "
+                                    "(in use by sessions or kept for reuse).", d))
+        self.context_bytes = r.add(Gauge("splitcomp_llm_codec_context_bytes_total",
+                                         "Codec context bytes accepted from clients at OPEN.",
+                                         d, kind="counter"))
+
+    @classmethod
+    def of(cls, registry: Registry) -> _LLMMetrics:
+        held = getattr(registry, "_llm_metrics", None)
+        if held is None:
+            held = cls(registry)
+            registry._llm_metrics = held  # type: ignore[attr-defined]
+        return held
 
 
-class LLMDeployment:
+@register_service
+class LLMDeployment(Service):
     """A server half under a name, its sessions and its acceptance rules.
 
     ``codecs``: accepted codec names (None: any). ``max_kv_bytes``, ``idle_timeout_s``,
@@ -92,6 +113,10 @@ class LLMDeployment:
         self.vocab_size = int(server.part.lm_head.out_features) if hasattr(
             server.part, "lm_head") else 0
 
+    frame_type = P.TYPE_LLM_REQUEST
+    unit = "steps"
+    _metrics: _LLMMetrics | None = None
+
     def __repr__(self) -> str:
         cap = self.sessions.max_kv_bytes
         return (f"LLMDeployment({self.name!r}, split={self.server.split}/"
@@ -100,14 +125,94 @@ class LLMDeployment:
                 f"idle_timeout_s={self.sessions.idle_timeout_s}, "
                 f"codecs={sorted(self.codecs or []) or 'any'})")
 
+    # -- the Service interface (event loop) -------------------------------------------
+    parse = staticmethod(P.parse_llm_request)
+
+    @classmethod
+    def route(cls, request: P.LLMRequest, services: Sequence[Service]
+              ) -> Service | RequestError:
+        """OPEN goes to the deployment it names; STEP and CLOSE to the one holding the session."""
+        if request.op is P.LLMOp.OPEN:
+            for s in services:
+                if s.name == request.deployment:
+                    return s
+            return RequestError(ErrorCode.UNKNOWN_DEPLOYMENT,
+                                f"no LLM deployment {request.deployment!r} (serving "
+                                f"{', '.join(s.name for s in services) or 'none'})")
+        for s in services:
+            if isinstance(s, LLMDeployment) and request.session in s.sessions:
+                return s
+        return RequestError(ErrorCode.SESSION_NOT_FOUND, "no such session for this client "
+                            "(never opened, closed, or expired)")
+
+    @classmethod
+    def dedup_scope(cls, request: P.LLMRequest) -> str:
+        return "llm"
+
+    def admit(self, client_id: str, request: P.LLMRequest, check_queue: QueueCheck
+              ) -> bytes | tuple[P.LLMRequest, ServerSession]:
+        """OPEN and CLOSE are answered at once; a STEP is checked against its session (owner,
+        size, KV-cache cap) and its tokens reserved before it queues."""
+        rid = request.request_id
+        if request.op is P.LLMOp.OPEN:
+            return P.encode_llm_opened(rid, self.opened(self.open(client_id, request)))
+        if request.op is P.LLMOp.CLOSE:
+            return P.encode_llm_closed(rid, self.sessions.close(client_id, request.session))
+        session = self.sessions.get(client_id, request.session)
+        if request.tokens > self.max_step_tokens:
+            raise RequestError(ErrorCode.TOO_LARGE, f"{request.tokens} tokens in one step "
+                               f"(limit {self.max_step_tokens})")
+        check_queue()
+        self.sessions.reserve(session, request.tokens)
+        return request, session
+
+    def settle(self, work: Work, ok: bool) -> None:
+        request, session = work.payload
+        self.sessions.finish(session, request.tokens, ok)
+
+    def run(self, batch: Sequence[Work], start: float) -> BatchResult:
+        return self.run_steps([StepItem(w.request_id, w.payload[1], w.payload[0].tokens,
+                                        w.payload[0].bitstreams, start - w.arrival)
+                               for w in batch])
+
+    def attach(self, registry: Registry) -> None:
+        self._metrics = _LLMMetrics.of(registry)
+
+    def update_metrics(self, result: BatchResult | None = None) -> None:
+        m, sm, labels = self._metrics, self.sessions, (self.name,)
+        if m is None:
+            return
+        if result is not None:
+            m.sample_cpu.inc(labels, result.encode_s)
+            m.tokens.inc(labels, result.tokens)
+        m.sessions.set(len(sm), labels)
+        m.kv.set(sm.reserved_bytes, labels)
+        m.opened.set(sm.opened, labels)
+        m.expired.set(sm.expired, labels)
+        m.contexts.set(len(self.contexts), labels)
+        m.context_bytes.set(self.contexts.upload_bytes, labels)
+
+    def upkeep_period_s(self) -> float:
+        """A quarter of the idle timeout (between 10 ms and 1 s)."""
+        return min(max(self.sessions.idle_timeout_s / 4, 0.01), 1.0)
+
+    def upkeep(self) -> None:
+        self.sessions.expire()
+        self.update_metrics()
+
+    def close(self) -> None:
+        self.sessions.close_all()
+
+    # -- sessions --------------------------------------------------------------------
     def open(self, owner: str, request: P.LLMRequest) -> ServerSession:
         """A session for an OPEN request, with the codec context it names (checked, and kept
         by :attr:`contexts`); raises :class:`RequestError`."""
         contexts = {}
         if request.context is not None:
-            if self.codecs is not None and "tokenwise" not in self.codecs:
+            cls = codec_class_by_id(request.context.codec_id)
+            if self.codecs is not None and (cls is None or cls.name not in self.codecs):
                 raise RequestError(ErrorCode.CODEC_NOT_ALLOWED, f"{self.name!r} does not "
-                                   "accept codec contexts (no tokenwise codec)")
+                                   f"accept codec id {request.context.codec_id}'s contexts")
             contexts = self.contexts.resolve(request.context)
         return self.sessions.open(owner, request.sampling, contexts)
 
@@ -135,10 +240,10 @@ class LLMDeployment:
         """The hidden states (1, T, H) of one STEP; raises :class:`RequestError`."""
         parts = []
         try:
-            with context_scope(item.session.contexts):
-                for blob in item.bitstreams:
-                    (t,) = _codecs.decode(blob, self.limits, check=self._check_header)
-                    parts.append(t.float())
+            for blob in item.bitstreams:
+                (t,) = _codecs.decode(blob, self.limits, check=self._check_header,
+                                      contexts=item.session.contexts)
+                parts.append(t.float())
         except BitstreamError as e:
             raise RequestError(ErrorCode.BAD_BITSTREAM, str(e)) from None
         hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
@@ -147,12 +252,12 @@ class LLMDeployment:
                                f"its bitstreams carry {hidden.shape[1]}")
         return hidden
 
-    def run_steps(self, items: Sequence[StepItem]) -> StepReport:
+    def run_steps(self, items: Sequence[StepItem]) -> BatchResult:
         """Decode, run (prefills alone, single-token steps in one forward), pick the next
         tokens, build the answers. A failed step leaves its session as it was."""
         c0 = time.thread_time()
         n = len(items)
-        report = StepReport([b""] * n, [False] * n, [None] * n)
+        report = BatchResult([b""] * n, [ErrorCode.INTERNAL] * n)
         hiddens: list[torch.Tensor | None] = [None] * n
         decode_s = [0.0] * n
         for i, it in enumerate(items):
@@ -175,7 +280,7 @@ class LLMDeployment:
         report.worker_cpu_s = time.thread_time() - c0
         return report
 
-    def _forward(self, report: StepReport, items: Sequence[StepItem],
+    def _forward(self, report: BatchResult, items: Sequence[StepItem],
                  hiddens: list[torch.Tensor | None], call: list[int],
                  decode_s: list[float]) -> None:
         tails = [items[i].session.tail for i in call]
@@ -208,10 +313,11 @@ class LLMDeployment:
             report.frames[i] = P.encode_llm_token(
                 it.request_id, token, logprob, s.position, top, batch_size=len(call),
                 queue_s=it.queue_s, decode_s=decode_s[i], tail_s=tail_s)
-            report.ok[i] = True
-        report.sample_cpu_s += time.thread_time() - c1
+            report.errors[i] = None
+            report.tokens += it.tokens
+        report.encode_s += time.thread_time() - c1
 
     @staticmethod
-    def _fail(report: StepReport, i: int, it: StepItem, code: ErrorCode, message: str) -> None:
+    def _fail(report: BatchResult, i: int, it: StepItem, code: ErrorCode, message: str) -> None:
         report.frames[i] = P.encode_error(it.request_id, code, message)
         report.errors[i] = code

@@ -296,7 +296,7 @@ def test_generate_command_with_server(tiny_models, serve, tmp_path, capsys) -> N
     import argparse
     import json
 
-    from splitcomp.llm import cli_generate
+    from splitcomp.cli import generate as cli_generate
 
     srv = serve(tiny_models["llama_tiny"])
 
@@ -322,7 +322,7 @@ def test_generate_command_with_server(tiny_models, serve, tmp_path, capsys) -> N
 def test_serve_command_builds_an_llm_deployment() -> None:
     import argparse
 
-    from splitcomp.runtime import cli_serve
+    from splitcomp.cli import serve as cli_serve
 
     p = argparse.ArgumentParser()
     cli_serve.add_arguments(p)

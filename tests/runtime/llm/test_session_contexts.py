@@ -17,11 +17,11 @@ from websockets.sync.client import connect
 from splitcomp import codecs
 from splitcomp.codecs import _tokenwise_context as twc
 from splitcomp.codecs import tokenwise as tw
-from splitcomp.codecs._tokenwise_calib import calibrate_edge
 from splitcomp.llm import EdgeHalf, ServerHalf, SplitLM
+from splitcomp.llm.tokenwise_calibration import calibrate_edge
 from splitcomp.runtime import BackgroundServer, ErrorCode, Server, ServerError, parse_prometheus
 from splitcomp.runtime import protocol as P
-from splitcomp.runtime.deployment import RequestError
+from splitcomp.runtime.errors import RequestError
 from splitcomp.runtime.llm.client import RemoteLM
 from splitcomp.runtime.llm.contexts import ContextStore, codec_context
 from splitcomp.runtime.llm.service import LLMDeployment
@@ -177,7 +177,6 @@ def test_context_store_is_bounded(tiny_models) -> None:
 def test_process_registry_is_an_lru(monkeypatch) -> None:
     saved = dict(twc._STORE)
     monkeypatch.setattr(twc, "MAX_CONTEXTS", 2)
-    monkeypatch.delenv(twc.CONTEXT_PATH_ENV, raising=False)
     rng = np.random.default_rng(0)
     made = [twc.calibrate(rng.standard_normal((50, 8)).astype(np.float32)) for _ in range(3)]
     try:
@@ -204,22 +203,26 @@ def test_codec_context_of_codecs() -> None:
         ctx.to_bytes()).digest()
 
 
-def test_generate_command_sends_the_context(tiny_models, serve, ctx, tmp_path, capsys,
-                                            monkeypatch) -> None:
-    from splitcomp.llm import cli_generate
+def test_generate_command_sends_the_context(tiny_models, serve, ctx, tmp_path,
+                                            capsys) -> None:
+    """``--codec-context FILE`` loads the file and makes it the tokenwise codec's context."""
+    from splitcomp.cli import generate as cli_generate
 
     srv, _ = serve(tiny_models["llama_tiny"])
     cid = twc.context_id(ctx.to_bytes())
-    twc.save_context(ctx, tmp_path)
-    monkeypatch.setenv(twc.CONTEXT_PATH_ENV, str(tmp_path))
+    path = twc.save_context(ctx, tmp_path)
     p = argparse.ArgumentParser()
     cli_generate.add_arguments(p)
     out = tmp_path / "g.json"
     argv = ["--model", "llama_tiny", "--split", str(SPLIT), "--max-new-tokens", "4",
-            "--codec", "tokenwise", "--param", f"context={cid}", "--param", "level=-8",
+            "--codec", "tokenwise", "--codec-context", str(path), "--param", "level=-8",
             "--json", str(out), "--server", srv.url, "--token", TOKENS["alice"],
             "--deployment", "lm", "hello"]
     assert cli_generate.run(p.parse_args(argv)) == 0
     report = json.loads(out.read_text())
+    assert report["params"]["context"] == cid
     assert report["context_bytes"] == len(ctx.to_bytes()) and report["new_tokens"] == 4
+    with pytest.raises(SystemExit, match="--codec-context"):
+        cli_generate.run(p.parse_args([*argv[:6], "--codec-context", str(tmp_path / "no"),
+                                       "hello"]))
     assert "codec context" in capsys.readouterr().err

@@ -1,0 +1,434 @@
+"""SC2-style results for a model: rate/accuracy curves per cut, baselines, edge encoder cost.
+
+The SC2 criteria (Matsubara et al., "SC2 Benchmark") are what the edge pays and what the
+server gets back: encoder size (head parameters and bytes) and FLOPs on the device, bytes on
+the wire per sample, and accuracy. For every cut each codec is swept over its quality grid
+(``Codec.quality_grid``; codecs without a knob give one point), using
+:func:`~.codec_eval.collect_features` once per cut and :func:`~.codec_eval.evaluate_codec` per
+setting, next to the baselines: the uncompressed accuracy, full offload of the raw uint8
+input, and the input compressed as JPEG, WebP (swept) or PNG (lossless). All rows of a model
+share its images; the feature codecs' bytes are whole bitstreams (header and CRC included),
+the input codecs' bytes whole image files.
+
+:func:`build_report` computes, :func:`plot_split` draws one PNG per cut, :func:`write_report`
+writes ``report.md``, ``report.json`` and the PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .. import codecs
+from ..data import ImageFolderDataset, load_dataset
+from ..partition import candidates, split
+from ..zoo import load_model
+from .codec_eval import EvalResult, collect_features, evaluate_codec, top1
+from .input_compression import (
+    DEFAULT_QUALITIES,
+    match_accuracy,
+    raw_bytes_per_sample,
+    sweep_input_codec,
+    uncompressed_accuracy,
+)
+
+#: feature codecs swept by default (fixed-rate ones are the fp16 / int8 baselines)
+DEFAULT_CODECS: tuple[str, ...] = ("fp16", "int8", "zstd", "rans", "slicer")
+#: input codecs of the full-offload baseline
+INPUT_CODECS: tuple[str, ...] = ("jpeg", "webp", "png")
+#: top-1 drops (pp) at which the summary matches every option
+DROPS: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+
+@dataclass
+class EncoderCost:
+    """What the edge runs for one cut: head parameters, their bytes, and FLOPs per sample."""
+
+    head_params: int
+    head_bytes: int
+    head_flops: int
+    total_flops: int
+
+
+@dataclass
+class SplitReport:
+    """One cut: its crossing tensors, encoder cost and one result per codec setting."""
+
+    split: str
+    shapes: list[list[int]]
+    elements_per_sample: int
+    encoder: EncoderCost
+    baseline: float
+    features: list[EvalResult] = field(default_factory=list)
+
+
+@dataclass
+class ModelReport:
+    """A model on a set of images: baselines shared by every cut, then the cuts."""
+
+    model: str
+    data: list[str]
+    n_images: int
+    input_shape: list[int]
+    raw_input_bytes: int
+    baseline: float
+    total_params: int
+    total_flops: int
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    splits: list[SplitReport] = field(default_factory=list)
+    command: str = ""
+    threads: int = 0  #: torch intra-op threads the times were measured with
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["splits"] = [{**asdict(s), "features": [r.to_json() for r in s.features]}
+                       for s in self.splits]
+        return d
+
+
+def load_images(model_name: str, model: torch.nn.Module, data: Sequence[str | Path],
+                limit: int | None = None) -> ImageFolderDataset:
+    """The model's preprocessing over one or more sources, concatenated, ``limit`` spread evenly.
+
+    Sources must share a label space (e.g. ``imagenet`` and ``foolbox-imagenet``).
+    """
+    prep = model.default_cfg.preprocess()
+    parts = [load_dataset(d, prep) for d in data]
+    if not parts:
+        raise ValueError(f"no data for {model_name}")
+    ds = parts[0]
+    if len(parts) > 1:
+        ds = ImageFolderDataset([s for p in parts for s in p.samples], prep, classes=ds.classes,
+                                format="+".join(p.format for p in parts))
+    if limit is not None and limit < len(ds):
+        ds = ds.subset(limit)
+    return ds.preload()
+
+
+def codec_settings(name: str) -> list[dict[str, Any]]:
+    """Parameter sets to sweep for a codec: its quality grid, or its defaults."""
+    cls = codecs.codec_class(name)
+    if not cls.quality_param:
+        return [{}]
+    return [{cls.quality_param: q} for q in cls.quality_grid]
+
+
+def _cut_cost(cands: Sequence[Any], cut: str, model: torch.nn.Module) -> EncoderCost:
+    for c in cands:
+        if cut == c.name or cut == c.node or cut in c.modules:
+            elem = next(model.parameters()).element_size()
+            return EncoderCost(c.head_params, c.head_params * elem, c.head_flops, c.total_flops)
+    raise ValueError(f"cut {cut!r} not among the model's cut points")
+
+
+def build_report(
+    model_name: str,
+    data: Sequence[str | Path],
+    splits: Sequence[str],
+    *,
+    codec_names: Sequence[str] = DEFAULT_CODECS,
+    input_codecs: Sequence[str] = INPUT_CODECS,
+    weights: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> ModelReport:
+    """Sweep every codec at every cut, and the input codecs once, on the same images."""
+    model = load_model(model_name, weights)
+    ds = load_images(model_name, model, data, limit)
+    images = torch.stack([ds.image_uint8(i) for i in range(len(ds))])
+    labels = ds.labels
+    example = ds[0][0].unsqueeze(0)
+
+    def log(msg: str) -> None:
+        if progress:
+            print(msg, file=sys.stderr)
+
+    baseline = uncompressed_accuracy(model, images, labels, batch_size=batch_size)
+    cands = candidates(model, (example,), modules_only=True)
+    rep = ModelReport(
+        model=model_name, data=[str(d) for d in data], n_images=len(ds),
+        input_shape=list(images.shape[1:]), raw_input_bytes=raw_bytes_per_sample(images),
+        baseline=baseline, total_params=sum(p.numel() for p in model.parameters()),
+        total_flops=cands[0].total_flops if cands else 0, threads=torch.get_num_threads(),
+    )
+    log(f"{model_name}: {len(ds)} images, top-1 {baseline:.2f} %")
+    for fmt in input_codecs:
+        rep.inputs += sweep_input_codec(model, images, labels, fmt, DEFAULT_QUALITIES[fmt],
+                                        batch_size=batch_size)
+        log(f"  input {fmt}: " + ", ".join(f"q{r['quality']} {r['bytes_per_sample']:.0f} B "
+                                           f"{r['accuracy']:.1f} %" for r in rep.inputs
+                                           if r["codec"] == fmt))
+    for cut in splits:
+        head, tail = split(model, cut, (example,))
+        bar = tqdm(total=len(ds), desc=f"{model_name}@{cut} head", disable=not progress,
+                   file=sys.stderr)
+        feats = collect_features(head, ds.batches(batch_size), bar.update)
+        bar.close()
+        cut_base, _ = top1(tail, feats.tensors, feats.labels)
+        sr = SplitReport(cut, [list(t.shape[1:]) for t in feats.tensors],
+                         feats.elements_per_sample, _cut_cost(cands, cut, model), cut_base)
+        for name in codec_names:
+            for params in codec_settings(name):
+                res = evaluate_codec(tail, feats, codecs.get(name, **params), model=model_name,
+                                     split=cut, baseline=cut_base)
+                sr.features.append(res)
+                log(f"  {cut} {name} {params}: {res.wire_bytes_per_sample:.0f} B, "
+                    f"{res.top1:.2f} %")
+        rep.splits.append(sr)
+    return rep
+
+
+# -- summaries ------------------------------------------------------------------------------
+
+
+def setting_label(r: EvalResult) -> str:
+    """``quality=0.5``, ``bits=3`` or ``-`` for a codec's swept knob."""
+    q = codecs.codec_class(r.codec).quality_param
+    return f"{q}={r.params[q]:g}" if q and q in r.params else "-"
+
+
+def _feature_rows(sr: SplitReport, name: str) -> list[dict[str, Any]]:
+    return [{"bytes_per_sample": r.wire_bytes_per_sample, "accuracy": r.top1,
+             "setting": setting_label(r)} for r in sr.features if r.codec == name]
+
+
+_FORMAT_NAMES = {"jpeg": "JPEG", "webp": "WebP", "png": "PNG"}
+
+
+def matched(rep: ModelReport, drop: float) -> list[tuple[str, dict[str, Any] | None]]:
+    """Per option (input codec, or cut + feature codec): the lowest-rate setting within ``drop``
+    (monotone walk from the highest rate, so a lucky low-rate setting is not picked)."""
+    out: list[tuple[str, dict[str, Any] | None]] = []
+    raw = {"bytes_per_sample": rep.raw_input_bytes, "accuracy": rep.baseline, "setting": "-"}
+    out.append(("full offload, raw uint8", raw))
+    for fmt in dict.fromkeys(r["codec"] for r in rep.inputs):
+        rows = [{**r, "setting": f"quality={r['quality']}" if fmt != "png" else "lossless"}
+                for r in rep.inputs if r["codec"] == fmt]
+        out.append((f"full offload, {_FORMAT_NAMES.get(fmt, fmt)} input",
+                    match_accuracy(rows, rep.baseline, drop, monotone=True)))
+    for sr in rep.splits:
+        for name in dict.fromkeys(r.codec for r in sr.features):
+            out.append((f"split {sr.split}, {name}",
+                        match_accuracy(_feature_rows(sr, name), sr.baseline, drop, monotone=True)))
+    return out
+
+
+# -- figure ---------------------------------------------------------------------------------
+
+#: fixed colours so that a codec looks the same in every figure
+_CODEC_COLORS = {"fp32": "tab:cyan", "fp16": "tab:blue", "bf16": "tab:pink", "int8": "tab:orange",
+                 "blockwise8": "gold", "zstd": "tab:green", "rans": "tab:red",
+                 "slicer": "tab:purple"}
+_INPUT_STYLE = {"jpeg": ("JPEG input (full offload)", "tab:gray", "s"),
+                "webp": ("WebP input (full offload)", "tab:brown", "D"),
+                "png": ("PNG input, lossless (full offload)", "tab:olive", "P")}
+
+
+def plot_split(rep: ModelReport, sr: SplitReport, path: Path) -> Path:
+    """Top-1 (%) against bytes per sample (log x) for every codec and baseline; two panels,
+    the whole range and a zoom near the uncompressed accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), dpi=90)
+    colors = plt.get_cmap("tab10").colors
+    zoom_lo = rep.baseline - 8
+    for k, ax in enumerate(axes):
+        ax.axhline(rep.baseline, color="black", lw=1.2, ls="-",
+                   label=f"uncompressed top-1 ({rep.baseline:.1f} %)")
+        ax.axvline(rep.raw_input_bytes, color="tab:red", lw=1.2, ls=":",
+                   label=f"raw uint8 input, full offload ({rep.raw_input_bytes:,} B)")
+        for fmt in dict.fromkeys(r["codec"] for r in rep.inputs):
+            rows = sorted((r for r in rep.inputs if r["codec"] == fmt),
+                          key=lambda r: r["bytes_per_sample"])
+            label, color, marker = _INPUT_STYLE.get(fmt, (fmt, "gray", "o"))
+            ax.plot([r["bytes_per_sample"] for r in rows], [r["accuracy"] for r in rows],
+                    ls="--" if len(rows) > 1 else "none", color=color, marker=marker,
+                    ms=4 if len(rows) > 1 else 8, lw=1.2, label=label)
+        for i, name in enumerate(dict.fromkeys(r.codec for r in sr.features)):
+            rows = sorted((r for r in sr.features if r.codec == name),
+                          key=lambda r: r.wire_bytes_per_sample)
+            xs = [r.wire_bytes_per_sample for r in rows]
+            ys = [r.top1 for r in rows]
+            color = _CODEC_COLORS.get(name, colors[(i + 5) % len(colors)])
+            if len(rows) == 1:
+                ax.plot(xs, ys, ls="none", marker="o", ms=7, color=color,
+                        label=f"{name} features ({xs[0]:,.0f} B)")
+            else:
+                knob = codecs.codec_class(name).quality_param
+                ax.plot(xs, ys, ls="-", marker="o", ms=4, lw=1.6, color=color,
+                        label=f"{name} features (swept {knob})")
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes per sample on the wire (log scale)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(True, which="both", alpha=0.3)
+        if k == 0:
+            ax.set_title("full range")
+            ax.set_ylim(bottom=0, top=max(100.0, rep.baseline + 2))
+        else:
+            ax.set_title("zoom: within 8 pp of uncompressed")
+            ax.set_ylim(zoom_lo, rep.baseline + 2)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    shapes = " + ".join("x".join(map(str, s)) for s in sr.shapes)
+    fig.suptitle(f"{rep.model} cut at {sr.split} ({shapes}): top-1 vs bytes per sample, "
+                 f"{rep.n_images} images ({'+'.join(rep.data)})", fontsize=11)
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# -- Markdown -------------------------------------------------------------------------------
+
+
+def _fmt_int(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]
+    return lines
+
+
+def png_name(model: str, cut: str) -> str:
+    return f"{model}_{cut.replace('.', '_')}.png"
+
+
+def _highlight(best: dict[str, dict[str, Any] | None], drop: float, rep: ModelReport) -> str:
+    """One sentence: the cheapest input-compression and feature options at a matched drop."""
+    def pick(prefix: str) -> tuple[str, dict[str, Any]] | None:
+        found = [(n, m) for n, m in best.items() if n.startswith(prefix) and m is not None]
+        return min(found, key=lambda nm: nm[1]["bytes_per_sample"]) if found else None
+
+    inp, feat = pick("full offload"), pick("split")
+    parts = []
+    if inp:
+        parts.append(f"input compression needs {_fmt_int(inp[1]['bytes_per_sample'])} B "
+                     f"({inp[0].removeprefix('full offload, ')}, {inp[1].get('setting', '-')})")
+    if feat:
+        cut = feat[0].removeprefix("split ").split(",")[0]
+        sr = next(s for s in rep.splits if s.split == cut)
+        parts.append(f"the best split needs {_fmt_int(feat[1]['bytes_per_sample'])} B "
+                     f"({feat[0].removeprefix('split ')}, {feat[1].get('setting', '-')}) and "
+                     f"{sr.encoder.head_flops / 1e6:,.1f} MFLOPs of head on the device")
+    return f"**At <= {drop:g} pp:** " + "; ".join(parts) + "." if parts else ""
+
+
+def model_markdown(rep: ModelReport) -> list[str]:
+    """The Markdown section of one model (figures referenced by :func:`png_name`)."""
+    L = [f"## {rep.model}", ""]
+    shape = "x".join(map(str, rep.input_shape))
+    L.append(f"{rep.n_images} images ({', '.join(rep.data)}), input {shape} uint8 "
+             f"({rep.raw_input_bytes:,} B raw). Uncompressed top-1: **{rep.baseline:.2f} %** "
+             f"(one image = {100 / rep.n_images:.2f} pp). Whole model: "
+             f"{rep.total_params:,} parameters, {rep.total_flops / 1e6:,.1f} MFLOPs. "
+             f"Times: {rep.threads or '?'} torch thread(s).")
+    if rep.command:
+        L += ["", f"`{rep.command}`"]
+    L += ["", "### Encoder on the device (SC2: encoder size and FLOPs)", ""]
+    rows = [("full offload (input codec only)", 0, 0, "0.00", "0 (0 %)")]
+    for sr in rep.splits:
+        e = sr.encoder
+        share = 100 * e.head_flops / e.total_flops if e.total_flops else 0.0
+        rows.append((f"split {sr.split} (+ feature codec)", f"{e.head_params:,}",
+                     f"{e.head_bytes:,}", f"{e.head_bytes / 1e6:.3f}",
+                     f"{e.head_flops / 1e6:,.2f} ({share:.0f} %)"))
+    rows.append(("whole model on the device", f"{rep.total_params:,}",
+                 f"{4 * rep.total_params:,}", f"{4 * rep.total_params / 1e6:.3f}",
+                 f"{rep.total_flops / 1e6:,.2f} (100 %)"))
+    L += _table(("deployment", "head params", "head bytes (fp32)", "head size MB",
+                 "head MFLOPs / sample (share)"), rows)
+    L += ["", "### Matched accuracy: fewest bytes per sample within a top-1 drop", "",
+          "Lowest-rate setting such that it and every higher-rate setting of the same codec "
+          "stay within the drop (- when none does).", ""]
+    cols = {d: dict(matched(rep, d)) for d in DROPS}
+    names = list(cols[DROPS[0]])
+    rows = []
+    for n in names:
+        cells = []
+        for d in DROPS:
+            m = cols[d][n]
+            cells.append("-" if m is None else
+                         f"{_fmt_int(m['bytes_per_sample'])} ({m.get('setting', '-')})")
+        rows.append((n, *cells))
+    L += _table(("option", *(f"<= {d:g} pp: B/sample (setting)" for d in DROPS)), rows)
+    L += ["", _highlight(cols[DROPS[1]], DROPS[1], rep)]
+    for sr in rep.splits:
+        shapes = " + ".join("x".join(map(str, s)) for s in sr.shapes)
+        L += ["", f"### Cut {sr.split}: {shapes} ({sr.elements_per_sample:,} elements)", "",
+              f"![{rep.model} {sr.split} rate/accuracy]({png_name(rep.model, sr.split)})", ""]
+        rows = [(r.codec, setting_label(r), _fmt_int(r.wire_bytes_per_sample),
+                 f"{r.bits_per_element:.3f}", f"{r.top1:.2f}", f"{r.drop_pp:+.2f}",
+                 f"{r.encode_ms:.2f}", f"{r.decode_ms:.2f}") for r in sr.features]
+        L += _table(("codec", "setting", "B/sample", "bits/element", "top-1 %", "drop pp",
+                     "enc ms", "dec ms"), rows)
+    L += ["", "### Input compression (full offload; the server runs the whole model)", ""]
+    elements = math.prod(rep.input_shape)
+    rows = [("raw uint8", "-", _fmt_int(rep.raw_input_bytes), "8.000", f"{rep.baseline:.2f}",
+             "+0.00", "0", "0")]
+    rows += [(r["codec"], r["quality"] if r["codec"] != "png" else "lossless",
+              _fmt_int(r["bytes_per_sample"]), f"{8 * r['bytes_per_sample'] / elements:.3f}",
+              f"{r['accuracy']:.2f}", f"{rep.baseline - r['accuracy']:+.2f}",
+              f"{r['encode_ms']:.2f}", f"{r['decode_ms']:.2f}") for r in rep.inputs]
+    L += _table(("codec", "quality", "B/sample", "bits/input value", "top-1 %", "drop pp",
+                 "enc ms", "dec ms"), rows)
+    return L
+
+
+def write_report(reports: Sequence[ModelReport], out: Path, *, title: str = "",
+                 preamble: str = "") -> Path:
+    """``report.md``, ``report.json`` and one PNG per model and cut under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for rep in reports:
+        for sr in rep.splits:
+            plot_split(rep, sr, out / png_name(rep.model, sr.split))
+    L = [f"# {title or 'Split-computing report'}", ""]
+    L += [
+        "SC2 criteria per cut: encoder size (head parameters and bytes) and FLOPs on the "
+        "device, bytes per sample on the wire, top-1 accuracy. Feature bytes are whole "
+        "per-sample bitstreams (container header and CRC included); input bytes are whole "
+        "image files after the model's resize/crop. Every row of a model uses the same "
+        "images. Drops are in percentage points (pp) against the uncompressed model; a "
+        "negative drop means the codec fixed more predictions than it broke. Times are "
+        "means per sample on the machine that ran the report: indicative only.",
+        "",
+    ]
+    if preamble:
+        L += [preamble, ""]
+    for rep in reports:
+        L += model_markdown(rep) + [""]
+    path = out / "report.md"
+    path.write_text("\n".join(L))
+    (out / "report.json").write_text(
+        json.dumps([r.to_json() for r in reports], indent=1) + "\n")
+    return path
+
+
+def load_report_json(path: Path) -> list[ModelReport]:
+    """Read back ``report.json`` (to redraw or re-render without re-running)."""
+    out = []
+    for d in json.loads(Path(path).read_text()):
+        splits = []
+        for s in d.pop("splits"):
+            feats = []
+            for r in s.pop("features"):
+                base = {k: r.pop(k) for k in list(r) if k in EvalResult.__dataclass_fields__}
+                feats.append(EvalResult(**base, extra=r))
+            splits.append(SplitReport(**{**s, "encoder": EncoderCost(**s["encoder"])},
+                                      features=feats))
+        out.append(ModelReport(**d, splits=splits))
+    return out

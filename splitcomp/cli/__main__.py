@@ -1,0 +1,7 @@
+"""``python -m splitcomp.cli <command> ...`` (same as ``splitcomp <command> ...``)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

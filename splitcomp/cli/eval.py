@@ -1,0 +1,101 @@
+"""Evaluate a codec at a cut: top-1 baseline vs compressed on the same images, exact wire bits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .. import codecs
+from ..bench.codec_eval import (
+    EvalResult,
+    calibration_split,
+    collect_features,
+    evaluate_codec,
+    search_quality,
+    summarize,
+)
+from ..bench.setup import load_eval_setup
+from ._common import split_param, standalone
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``k=v`` strings -> codec params, typed by the codec's declaration later."""
+    out: dict[str, Any] = {}
+    for item in items:
+        k, v = split_param(item)
+        out[k] = json.loads(v) if v not in ("", None) and v[0] in "0123456789-[{tf" else v
+        if v in ("true", "false"):
+            out[k] = v == "true"
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="zoo name, e.g. resnet20, mobilenet_v2")
+    p.add_argument("--weights", help="weights file, 'hub', or 'random' (default: the "
+                   "model's offline default weights)")
+    p.add_argument("--data", required=True, help="image folder (CIFAR class folders, ImageNet "
+                   "<synset>_<name>.JPEG files) or 'foolbox-imagenet' / 'foolbox-cifar10'")
+    p.add_argument("--split", required=True, help="cut point: module path or graph node name")
+    p.add_argument("--codec", required=True, choices=codecs.available())
+    q = p.add_mutually_exclusive_group()
+    q.add_argument("--quality", type=float, help="value of the codec's quality parameter")
+    q.add_argument("--target-drop", type=float, help="choose the setting on a calibration "
+                   "subset so the top-1 drop is at most this many points, report on the rest")
+    p.add_argument("--calib", type=int, default=0, help="calibration images (default 10%%, "
+                   "at least 100)")
+    p.add_argument("--param", action="append", default=[], metavar="K=V",
+                   help="extra codec parameter (repeatable)")
+    p.add_argument("--limit", type=int, help="use N images spread evenly over the set")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    setup = load_eval_setup(args.model, args.weights, args.data, args.split, limit=args.limit)
+    cls = codecs.codec_class(args.codec)
+    params = parse_params(args.param)
+    if args.quality is not None:
+        if not cls.quality_param:
+            raise SystemExit(f"codec {args.codec} has no quality parameter")
+        params[cls.quality_param] = args.quality
+    bar = tqdm(total=len(setup.dataset), desc="head", disable=args.no_progress, file=sys.stderr)
+    feats = collect_features(setup.head, setup.batches(args.batch_size), bar.update)
+    bar.close()
+    trials: list[EvalResult] = []
+    report = feats
+    if args.target_drop is not None:
+        n_cal = args.calib or max(100, len(feats) // 10)
+        cal_idx, rep_idx = calibration_split(len(feats), n_cal)
+        params, trials = search_quality(
+            setup.tail, feats.subset(cal_idx), args.codec, args.target_drop, fixed=params
+        )
+        report = feats.subset(rep_idx)
+    bar = tqdm(total=len(report), desc=args.codec, disable=args.no_progress, file=sys.stderr)
+    result = evaluate_codec(
+        setup.tail, report, codecs.get(args.codec, **params),
+        model=setup.model_name, split=args.split, progress=bar.update,
+    )
+    bar.close()
+    if args.target_drop is not None:
+        result.extra["target_drop"] = args.target_drop
+        result.extra["calibration_images"] = len(feats) - len(report)
+        result.extra["calibration_trials"] = [
+            {"params": t.params, "drop_pp": t.drop_pp, "bits_per_element": t.bits_per_element}
+            for t in trials
+        ]
+    print(summarize([result]))
+    if args.json:
+        args.json.write_text(json.dumps(result.to_json(), indent=1) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    torch.set_grad_enabled(False)
+    return standalone("eval", sys.modules[__name__], argv)

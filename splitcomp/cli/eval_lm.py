@@ -1,0 +1,136 @@
+"""Perplexity (WikiText-2) and HellaSwag accuracy of a split LLM, uncompressed and through a
+codec, in one run, with the exact bits per hidden-state element and bytes per token.
+
+Windows are non-overlapping (stride = window), teacher-forced. Each token's hidden state is
+its own bitstream (as a decode step sends it) unless ``--per-message``, which codes each
+window / each HellaSwag row as one bitstream. ``--target-ppl-increase`` walks the codec's
+quality grid down from the highest rate on calibration windows that follow the reported ones,
+stops at the first setting that misses the target, and reports the last one that met it on the
+reported windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import codecs
+from ..llm.halves import EdgeHalf, ServerHalf
+from ..llm.lm_eval import (
+    choice_accuracy,
+    choice_batches,
+    choose_quality,
+    compare,
+    edge_pass,
+    increase_pct,
+)
+from ..llm.text import default_hellaswag, default_wikitext, load_lm, read_hellaswag, token_windows
+from ._llm_args import add_common, codec_params, make_codec, set_threads, weights_arg
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    q = p.add_mutually_exclusive_group()
+    q.add_argument("--quality", type=float, help="value of the codec's quality parameter")
+    q.add_argument("--target-ppl-increase", type=float, metavar="PCT",
+                   help="choose the lowest-rate quality such that it and every higher one raise "
+                        "perplexity by at most PCT %% on calibration windows; report on others")
+    p.add_argument("--windows", type=int, default=8, help="WikiText windows reported (8)")
+    p.add_argument("--window", type=int, default=512, help="tokens per window (512)")
+    p.add_argument("--calib-windows", type=int, default=8,
+                   help="calibration windows for --target-ppl-increase (8)")
+    p.add_argument("--items", type=int, default=40,
+                   help="HellaSwag items, the first N of the file (40; 0 skips)")
+    p.add_argument("--wikitext", type=Path, help="text file (default: shared WikiText-2 valid)")
+    p.add_argument("--hellaswag", type=Path,
+                   help="HellaSwag file, 6 lines an item, .bz2 or text (default: shared)")
+    p.add_argument("--json", type=Path, help="write the figures here")
+
+
+def _require(path: Path | None, what: str, flag: str) -> Path:
+    if path is None or not path.is_file():
+        raise SystemExit(f"{what} not found: pass {flag} PATH (or provide ../shared/data)")
+    return path
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole run; returns the JSON report."""
+    t0 = time.perf_counter()
+    set_threads(args.threads)
+    params = codec_params(args)
+    cls = codecs.codec_class(args.codec)
+    if (args.quality is not None or args.target_ppl_increase is not None) and not cls.quality_param:
+        raise SystemExit(f"{args.codec} has no quality parameter")
+    if args.quality is not None:
+        params[cls.quality_param] = args.quality
+    per_token = not args.per_message
+    model, tok = load_lm(args.model, weights_arg(args.weights))
+    edge, server = EdgeHalf(model, args.split), ServerHalf(model, args.split)
+    wikitext = _require(args.wikitext or default_wikitext(), "WikiText", "--wikitext")
+    calib_n = args.calib_windows if args.target_ppl_increase is not None else 0
+    windows = token_windows(tok, wikitext, args.window, args.windows + calib_n)
+    batches = [edge_pass(edge, w[None]) for w in windows]
+    report_b, calib_b = batches[: args.windows], batches[args.windows :]
+    calibration = None
+    if args.target_ppl_increase is not None:
+        _log(f"calibrating {args.codec} on {calib_n} windows ...")
+        calibration = choose_quality(
+            server, calib_b, lambda q: make_codec(args.codec, {**params, cls.quality_param: q}),
+            cls.quality_grid, args.target_ppl_increase, per_token)
+        params[cls.quality_param] = calibration.quality
+    codec = make_codec(args.codec, params)
+    _log(f"perplexity over {args.windows} x {args.window} tokens ...")
+    cmp = compare(server, report_b, codec, per_token)
+    base, coded = cmp.base, cmp.coded
+    hs_base = hs = None
+    items = 0
+    if args.items > 0:
+        path = _require(args.hellaswag or default_hellaswag(), "HellaSwag", "--hellaswag")
+        _log(f"HellaSwag over {args.items} items ...")
+        cb = choice_batches(edge, tok, read_hellaswag(path, args.items))
+        items = len(cb)
+        hs_base = choice_accuracy(server, cb, None)
+        hs = choice_accuracy(server, cb, codec, per_token)
+    stats = coded.stats
+    out: dict[str, Any] = {
+        "model": args.model, "split": args.split, "codec": codec.name, "params": codec.params,
+        "ppl_baseline": base.ppl, "ppl": coded.ppl,
+        "ppl_increase_pct": increase_pct(coded.ppl, base.ppl),
+        "hellaswag_baseline": hs_base, "hellaswag": hs,
+        "kl_mean": cmp.kl, "top1_agreement": cmp.top1_agreement,
+        "bits_per_element": stats.bits_per_element, "bytes_per_token": stats.bytes_per_token,
+        "overhead_bytes_per_token": stats.overhead / stats.tokens if stats.tokens else 0.0,
+        "per_token_bitstreams": per_token, "windows": args.windows, "window": args.window,
+        "ppl_tokens": base.tokens, "hellaswag_items": items,
+        "hidden_size": edge.hidden_size, "num_layers": edge.num_layers,
+    }
+    if calibration is not None:
+        out["calibration"] = {"target_ppl_increase_pct": args.target_ppl_increase,
+                              "windows": calib_n, "quality": calibration.quality,
+                              "met": calibration.met, "tried": calibration.tried}
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    out = evaluate(args)
+    hs = ""
+    if out["hellaswag"] is not None:
+        hs = (f", HellaSwag {100 * out['hellaswag_baseline']:.1f} -> "
+              f"{100 * out['hellaswag']:.1f} % ({out['hellaswag_items']} items)")
+    print(f"{out['model']} split {out['split']} {out['codec']} {out['params']}: "
+          f"ppl {out['ppl_baseline']:.3f} -> {out['ppl']:.3f} "
+          f"({out['ppl_increase_pct']:+.2f} %), KL {out['kl_mean']:.4f} nats, top-1 agreement "
+          f"{100 * out['top1_agreement']:.1f} %{hs}; {out['bits_per_element']:.3f} bits/element, "
+          f"{out['bytes_per_token']:.1f} B/token")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0

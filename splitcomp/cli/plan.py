@@ -1,0 +1,168 @@
+"""Plan a deployment: which cut, codec and setting (or none) for this network and device.
+
+``splitcomp plan --model resnet20 --data cifar10 --bandwidth 10Mbit --rtt 20ms --max-drop 0.5
+--objective latency --edge-profile phone`` profiles cuts, codecs and input compression on a
+calibration subset, costs each option on the channel (docs/planner.md) and prints the Pareto
+table and the chosen plan; ``--plan-out`` writes it for ``splitcomp serve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .. import codecs
+from ..data import load_dataset
+from ..plan.channel import Channel
+from ..plan.devices import available_devices, get_device
+from ..plan.input_codec import INPUT_FORMATS
+from ..plan.planfile import plan_from_row, save_plan
+from ..plan.planner import OBJECTIVES, PlanRow, build_rows, choose, format_table, shown_rows
+from ..plan.profile import DEFAULT_CODECS, ModelProfile, Profiler
+from ..zoo import load_model, model_config
+from ._common import standalone
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="zoo name, e.g. resnet20, mobilenet_v2")
+    p.add_argument("--weights", help="weights file or 'random' (default: offline defaults)")
+    p.add_argument("--data", help="calibration images (as for `splitcomp eval`); several "
+                   "sources may be joined with commas")
+    p.add_argument("--calib", type=int, default=200, help="calibration images (spread evenly)")
+    p.add_argument("--bandwidth", default="10Mbit", help="uplink rate, e.g. 10Mbit, 800kbit")
+    p.add_argument("--downlink", default=None, help="downlink rate (default: the uplink's)")
+    p.add_argument("--rtt", default="20ms", help="round-trip time, e.g. 20ms")
+    p.add_argument("--loss", type=float, default=0.0, help="packet loss probability")
+    p.add_argument("--ber", type=float, default=0.0, help="bit error rate")
+    p.add_argument("--trace", type=Path, help="bandwidth trace: 'time_s bandwidth' lines")
+    p.add_argument("--max-drop", type=float, default=0.5, help="top-1 budget, in points")
+    p.add_argument("--objective", choices=tuple(OBJECTIVES), default="latency")
+    p.add_argument("--max-latency-ms", type=float, help="deadline the chosen plan must meet")
+    p.add_argument("--offload-only", action="store_true",
+                   help="never choose running the whole model on the edge")
+    p.add_argument("--edge-profile", default="phone", choices=available_devices())
+    p.add_argument("--edge-slowdown", type=float, default=1.0,
+                   help="extra factor on the profile's slowdown")
+    p.add_argument("--queue-ms", type=float, default=2.0,
+                   help="server batching wait of a lone request (serve --max-wait-ms)")
+    p.add_argument("--splits", help="comma-separated cuts to profile (default: --max-splits "
+                   "spread over the model)")
+    p.add_argument("--max-splits", type=int, default=4)
+    p.add_argument("--codecs", default=",".join(DEFAULT_CODECS),
+                   help="comma-separated feature codecs")
+    p.add_argument("--input-codecs", default=",".join(INPUT_FORMATS),
+                   help="comma-separated input image formats ('' for none)")
+    p.add_argument("--repeats", type=int, default=10, help="timing repeats (median)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while timing")
+    p.add_argument("--profile-in", type=Path, help="reuse a profile (from --profile-out)")
+    p.add_argument("--profile-out", type=Path, help="save the measured profile")
+    p.add_argument("--all", action="store_true", help="print every row, not just the front")
+    p.add_argument("--json", type=Path, help="write profile, rows and choices here")
+    p.add_argument("--plan-out", type=Path, help="write the chosen plan here")
+
+
+def _calibration(args: argparse.Namespace, preprocess) -> tuple[torch.Tensor, torch.Tensor]:
+    """``--calib`` images shared as evenly as the sources allow (a small one gives all it has)."""
+    images, labels = [], []
+    sources = [s for s in args.data.split(",") if s]
+    left = args.calib
+    for k, src in enumerate(sources):
+        ds = load_dataset(src, preprocess)
+        want = min(len(ds), left // (len(sources) - k))
+        ds = ds.subset(want).preload()
+        images += [ds.image_uint8(i) for i in range(len(ds))]
+        labels.append(ds.labels)
+        left -= len(ds)
+    return torch.stack(images), torch.cat(labels)
+
+
+def measure(args: argparse.Namespace, log=None) -> ModelProfile:
+    """Profile the model as the arguments say (or load a saved profile)."""
+    if args.profile_in:
+        return ModelProfile.from_json(json.loads(args.profile_in.read_text()))
+    if not args.data:
+        raise SystemExit("--data is needed (or --profile-in)")
+    cfg = model_config(args.model)
+    model = load_model(args.model, args.weights)
+    images, labels = _calibration(args, cfg.preprocess())
+    names = [c for c in args.codecs.split(",") if c]
+    for c in names:
+        codecs.codec_class(c)
+    prof = Profiler(model, args.model, images, labels, cfg.preprocess(), codec_names=names,
+                    input_formats=[f for f in args.input_codecs.split(",") if f],
+                    max_drop=args.max_drop, repeats=args.repeats, log=log)
+    splits = [s for s in args.splits.split(",") if s] if args.splits else None
+    out = prof.profile(splits, args.max_splits)
+    out.data = args.data
+    return out
+
+
+def _describe(r: PlanRow) -> str:
+    return (f"{r.name} {r.kind} {r.split} {r.codec} {r.setting} ({r.end_to_end_ms:.1f} ms end "
+            f"to end, {r.server_ms:.2f} ms server, {r.uplink_bytes:,} B up, "
+            f"{1e3 * r.energy_j:.1f} mJ)")
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    channel = Channel.parse(args.bandwidth, args.rtt, loss=args.loss, ber=args.ber,
+                            downlink=args.downlink, trace=args.trace)
+    device = get_device(args.edge_profile, args.edge_slowdown)
+    prof = measure(args, log)
+    if args.profile_out:
+        args.profile_out.write_text(json.dumps(prof.to_json(), indent=1) + "\n")
+    rows = build_rows(prof, channel, device, max_drop=args.max_drop, queue_ms=args.queue_ms,
+                      deployment=args.model)
+    exclude = ("device",) if args.offload_only else ()
+    winners = {o: choose(rows, o, exclude=exclude, max_latency_ms=args.max_latency_ms)
+               for o in OBJECTIVES}
+    offload = {o: choose(rows, o, exclude=("device",), max_latency_ms=args.max_latency_ms)
+               for o in OBJECTIVES}
+    chosen = winners[args.objective]
+    print(f"{prof.model}: channel {channel.describe()}; edge {device.name} "
+          f"({device.slowdown:g}x this machine); accuracy budget {args.max_drop} pp on "
+          f"{prof.n_calib} images (top-1 {prof.top1:.2f}); {len(rows)} plans")
+    print(format_table(rows if args.all else shown_rows(rows, [*winners.values(),
+                                                               *offload.values()])))
+    print("(Pareto front over end-to-end, server, uplink, energy and drop, plus the extremes "
+          "and the best input compression; * = over the accuracy budget)\n")
+    for o, r in winners.items():
+        mark = "  <- chosen" if o == args.objective else ""
+        print(f"best for {o:8s}: {_describe(r)}{mark}")
+        if r.kind == "device":
+            print(f"  offloading: {_describe(offload[o])}")
+    if args.json:
+        out = {"model": prof.model, "channel": channel.to_json(), "device": device.to_json(),
+               "max_drop": args.max_drop, "queue_ms": args.queue_ms,
+               "profile": prof.to_json(), "rows": [r.to_json() for r in rows],
+               "best": {o: r.name for o, r in winners.items()},
+               "best_offload": {o: r.name for o, r in offload.items()},
+               "objective": args.objective}
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    if args.plan_out:
+        plan = plan_from_row(chosen, model=args.model, channel=channel,
+                             device=device.to_json(), objective=args.objective,
+                             max_drop=args.max_drop, weights=args.weights,
+                             alternatives=[r for r in rows if r.pareto])
+        save_plan(plan, args.plan_out)
+        print(f"plan written to {args.plan_out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m splitcomp.cli.plan`` (same as ``splitcomp plan``)."""
+    return standalone("plan", sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""SC2-style report of a model: rate/accuracy curves per cut with baselines, as PNG and Markdown.
+
+    splitcomp report --model resnet20 --split layer1 --split layer2 --limit 1000 --out DIR
+
+Each codec is swept over its quality grid at each cut; JPEG / WebP / PNG input compression,
+raw full offload and the uncompressed accuracy are the baselines. Writes ``DIR/report.md``,
+``DIR/report.json`` and one PNG per cut. A model already in ``DIR/report.json`` is replaced and
+the other models are kept, so one report can hold several models (one command each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from .. import codecs
+from ..bench.sc2_report import (
+    DEFAULT_CODECS,
+    INPUT_CODECS,
+    build_report,
+    load_report_json,
+    write_report,
+)
+from ..zoo import model_config
+from ._common import standalone
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="zoo name, e.g. resnet20, mobilenet_v2")
+    p.add_argument("--weights", help="weights file, 'hub', or 'random' (default: offline ones)")
+    p.add_argument("--split", action="append", required=True, metavar="S",
+                   help="cut point (repeatable): module path or graph node name")
+    p.add_argument("--codecs", nargs="+", default=list(DEFAULT_CODECS),
+                   choices=codecs.available(), metavar="CODEC",
+                   help=f"feature codecs to sweep, of: {' '.join(codecs.available())} "
+                   f"(default: {' '.join(DEFAULT_CODECS)})")
+    p.add_argument("--input-codecs", nargs="*", default=list(INPUT_CODECS),
+                   choices=list(INPUT_CODECS), help="input-compression baselines")
+    p.add_argument("--data", action="append", metavar="DIR",
+                   help="dataset name or folder (repeatable: concatenated; default: the "
+                   "model's dataset)")
+    p.add_argument("--limit", type=int, help="use N images spread evenly over the data")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--title", default="", help="report title")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SystemExit("splitcomp report needs matplotlib (pip install 'splitcomp[plot]')") \
+            from None
+    torch.set_grad_enabled(False)
+    data = args.data or [model_config(args.model).dataset]
+    rep = build_report(args.model, data, args.split, codec_names=args.codecs,
+                       input_codecs=args.input_codecs, weights=args.weights, limit=args.limit,
+                       batch_size=args.batch_size, progress=not args.no_progress)
+    rep.command = _command(args, data)
+    existing = args.out / "report.json"
+    reports = [r for r in load_report_json(existing) if r.model != rep.model] \
+        if existing.exists() else []
+    path = write_report([*reports, rep], args.out, title=args.title)
+    print(f"wrote {path}")
+    return 0
+
+
+def _command(args: argparse.Namespace, data: list[str]) -> str:
+    """The command line that reproduces this model's section."""
+    words = ["splitcomp", "report", "--model", args.model]
+    for s in args.split:
+        words += ["--split", s]
+    for d in data:
+        words += ["--data", str(d)]
+    words += ["--codecs", *args.codecs, "--input-codecs", *args.input_codecs]
+    if args.limit:
+        words += ["--limit", str(args.limit)]
+    if args.weights:
+        words += ["--weights", str(args.weights)]
+    return shlex.join([*words, "--out", str(args.out)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone("report", sys.modules[__name__], argv)

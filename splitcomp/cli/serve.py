@@ -1,0 +1,203 @@
+"""Serve model tails to edge clients: ``splitcomp serve --model mobilenet_v2 --split S``.
+
+Each deployment is a zoo model cut at a split point; clients run the head, send the codec
+bitstream, and get the tail's output back (protocol: docs/protocol.md). ``--deploy`` adds
+more deployments to the same server. ``--llm smollm2 --llm-split 15`` serves the server half
+of a causal LM to ``splitcomp generate --server`` clients (LLM sessions: docs/protocol.md).
+Prometheus metrics: ``GET /metrics`` on the same port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import re
+import sys
+from typing import IO
+
+import torch
+
+from ..runtime.deployment import Deployment, zoo_deployment
+from ..runtime.server import Server
+from ._common import standalone
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="zoo model name (e.g. mobilenet_v2, resnet20)")
+    p.add_argument("--split", help="where to cut: a module path such as features.14")
+    p.add_argument("--codec", default=None,
+                   help="comma-separated codecs the deployment accepts (default: any; the "
+                        "bitstream names its codec)")
+    p.add_argument("--deployment", default=None,
+                   help="name clients use for this deployment (default: the model name)")
+    p.add_argument("--weights", default="default",
+                   help="'default' (offline default weights), 'random', or a weights file")
+    p.add_argument("--plan", default=None, metavar="FILE",
+                   help="serve what a plan file from `splitcomp plan --plan-out` chose")
+    p.add_argument("--deploy", action="append", default=[], metavar="NAME=MODEL:SPLIT[:CODECS]",
+                   help="another deployment (repeatable), e.g. r20=resnet20:layer2:slicer")
+    g = p.add_argument_group("LLM sessions")
+    g.add_argument("--llm", default=None, metavar="MODEL",
+                   help="serve the server half of this causal LM (smollm2, llama_tiny, gpt2_tiny "
+                        "or a Hugging Face folder)")
+    g.add_argument("--llm-split", type=int, default=None, metavar="K",
+                   help="the server runs blocks [K, L), norm and LM head")
+    g.add_argument("--llm-deployment", default=None, help="its name (default: the model name)")
+    g.add_argument("--codec-context", action="append", default=[], metavar="FILE",
+                   help="a codec context file the server holds (from `splitcomp lm-context`): "
+                        "sessions naming it by digest need not upload it (repeatable)")
+    g.add_argument("--llm-weights", default="auto",
+                   help="'auto' (real weights where the model has them), 'random', or a path")
+    g.add_argument("--llm-codec", default=None,
+                   help="comma-separated codecs the LLM deployment accepts (default: any)")
+    g.add_argument("--max-kv-bytes", type=int, default=2 << 30,
+                   help="cap on the KV caches of all sessions together (0: no cap)")
+    g.add_argument("--session-idle-timeout", type=float, default=300.0,
+                   help="seconds before an unused session is freed")
+    g.add_argument("--max-sessions", type=int, default=4096)
+    g.add_argument("--max-context-bytes", type=int, default=1 << 20,
+                   help="largest codec context (tokenwise) a client may send at OPEN")
+    g.add_argument("--max-contexts", type=int, default=64,
+                   help="distinct codec contexts held at most (kept or in use)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=8765, help="port (0: pick a free one)")
+    p.add_argument("--tokens", default=None, help="tokens file: one 'client_id token' a line")
+    p.add_argument("--tls-cert", default=None, help="certificate (PEM) to serve wss://")
+    p.add_argument("--tls-key", default=None, help="private key (PEM) of --tls-cert")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--max-frame-bytes", type=int, default=16 << 20)
+    p.add_argument("--max-inflight-per-client", type=int, default=256)
+    p.add_argument("--request-timeout", type=float, default=30.0, help="seconds in the queue")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (1 makes per-request CPU accounting exact)")
+    p.add_argument("--metrics-private", action="store_true",
+                   help="require a valid token for /metrics")
+    p.add_argument("--backend", choices=("embedded", "ray"), default="embedded",
+                   help="embedded (one asyncio process) or ray (Ray Serve; pip install .[ray]; "
+                        "docs/scale-out.md)")
+    p.add_argument("--num-replicas", type=int, default=1, help="ray: replicas of the tails")
+    p.add_argument("--replica-cpus", type=float, default=1.0, help="ray: CPUs per replica")
+    p.add_argument("--ray-address", default=None,
+                   help="ray: cluster to join (e.g. auto, or HEAD_IP:6379; default: start one)")
+    p.add_argument("--route", default="/splitcomp", help="ray: HTTP route taking request frames")
+
+
+def _deploy_specs(args: argparse.Namespace) -> list[tuple[str, str, str, list[str] | None]]:
+    specs = []
+    if args.model or args.split:
+        if not (args.model and args.split):
+            raise SystemExit("--model and --split go together")
+        codecs = args.codec.split(",") if args.codec else None
+        specs.append((args.deployment or args.model, args.model, args.split, codecs))
+    if getattr(args, "plan", None):
+        specs.append(_plan_spec(args))
+    for spec in args.deploy:
+        name, eq, rest = spec.partition("=")
+        parts = rest.split(":")
+        if not eq or len(parts) not in (2, 3) or not all(parts[:2]):
+            raise SystemExit(f"--deploy {spec!r}: expected NAME=MODEL:SPLIT[:CODECS]")
+        codecs = parts[2].split(",") if len(parts) == 3 and parts[2] else None
+        specs.append((name, parts[0], parts[1], codecs))
+    if not specs and not getattr(args, "llm", None):
+        raise SystemExit("nothing to serve: give --model and --split, --deploy, or --llm")
+    return specs
+
+
+def _plan_spec(args: argparse.Namespace) -> tuple[str, str, str, list[str] | None]:
+    """The deployment a plan file describes (its model and weights, its split, its codec)."""
+    from ..plan.planfile import load_plan
+
+    plan = load_plan(args.plan)
+    if plan.kind != "split" or not plan.split or not plan.codec:
+        raise SystemExit(f"--plan {args.plan}: a {plan.kind!r} plan has no split to serve")
+    if plan.weights:
+        args.weights = plan.weights
+    return (plan.deployment or plan.model, plan.model, plan.split, [plan.codec])
+
+
+def build_server(args: argparse.Namespace) -> Server:
+    """The server the arguments describe (models built and split, not started)."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    deployments: list[Deployment] = []
+    for name, model, at, codecs in _deploy_specs(args):
+        dep, _head = zoo_deployment(model, at, weights=args.weights, name=name, codecs=codecs,
+                                    max_batch_size=args.max_batch_size,
+                                    max_wait_ms=args.max_wait_ms)
+        deployments.append(dep)
+    return Server(deployments, args.host, args.port, tokens=args.tokens, llm=_llm(args),
+                  tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
+                  max_frame_bytes=args.max_frame_bytes,
+                  max_inflight_per_client=args.max_inflight_per_client,
+                  request_timeout_s=args.request_timeout,
+                  metrics_public=not args.metrics_private)
+
+
+def _llm(args: argparse.Namespace) -> list:
+    """The LLM deployment ``--llm`` describes (none without it)."""
+    if not getattr(args, "llm", None):
+        return []
+    if args.llm_split is None:
+        raise SystemExit("--llm needs --llm-split K")
+    from pathlib import Path
+
+    from ..llm.halves import ServerHalf
+    from ..llm.text import load_lm
+    from ..runtime.llm.service import LLMDeployment
+    from ._llm_args import load_codec_contexts
+
+    load_codec_contexts(args.codec_context)
+    model, _ = load_lm(args.llm, None if args.llm_weights == "random" else args.llm_weights)
+    try:
+        half = ServerHalf(model, args.llm_split)
+    except ValueError as e:
+        raise SystemExit(f"--llm-split: {e}") from None
+    return [LLMDeployment(args.llm_deployment or Path(args.llm).name, half,
+                          codecs=args.llm_codec.split(",") if args.llm_codec else None,
+                          max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                          max_kv_bytes=args.max_kv_bytes or None,
+                          idle_timeout_s=args.session_idle_timeout,
+                          max_sessions=args.max_sessions,
+                          max_context_bytes=args.max_context_bytes,
+                          max_contexts=args.max_contexts)]
+
+
+def read_listening_url(stream: IO[str], max_lines: int = 50) -> str | None:
+    """The URL a ``splitcomp serve`` process announces (``listening on URL ...``), read from
+    its stdout; None when it did not say so within ``max_lines`` lines (it failed to start)."""
+    for _ in range(max_lines):
+        m = re.match(r"listening on (\S+)", stream.readline())
+        if m:
+            return m.group(1)
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    if getattr(args, "backend", "embedded") == "ray":
+        from ..runtime.ray_backend import run_cli
+
+        llm = None
+        if getattr(args, "llm", None):
+            if args.llm_split is None:
+                raise SystemExit("--llm needs --llm-split K")
+            if args.num_replicas != 1:
+                raise SystemExit("--llm on Ray: LLM sessions live in the replica that opened "
+                                 "them; use --num-replicas 1")
+            llm = functools.partial(_llm, args)  # built in the replica
+        return run_cli(args, _deploy_specs(args), llm)
+    asyncio.run(build_server(args).serve_forever(announce=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m splitcomp.cli.serve`` (same as ``splitcomp serve``)."""
+    return standalone("serve", sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The native entropy coders, constriction's rANS and pcodec: the one module that imports them.
+
+Codecs build their models and streams here and never see the native types or their errors;
+every call takes or returns a whole stream, so nothing adds Python work per symbol.
+
+* rANS (``constriction.stream.stack.AnsCoder``): several symbol streams share one stack and
+  one flush. :class:`AnsWriter` collects them in decoding order and codes them in reverse;
+  :class:`AnsReader` decodes them in that order. A stream's model is one of
+
+  - an integer frequency row (:meth:`AnsWriter.add` / :meth:`AnsReader.read`): a row with a
+    single symbol costs 0 bits and is not coded at all;
+  - a prebuilt :func:`categorical` model (:meth:`AnsWriter.add_model` /
+    :meth:`AnsReader.read_model`), always coded: for models a caller caches or shares;
+  - one probability row per symbol (:meth:`AnsWriter.add_rows` / :meth:`AnsReader.read_rows`).
+
+  Models are ``Categorical(perfect=False)``: the coder quantizes the given frequencies to its
+  24-bit precision deterministically, so integer frequencies (exact in float64) give both ends
+  the same model on every platform. Decoding searches the model's cumulative table, so it
+  slows with the alphabet size; encoding does not.
+* pcodec (:func:`pco_encode` / :func:`pco_decode`): one standalone stream of integers with its
+  model inside.
+
+What the native code raises on corrupt input (``ValueError``, a pyo3 panic) becomes
+:class:`~splitcomp.codecs.errors.BitstreamError`.
+"""
+
+from __future__ import annotations
+
+import constriction
+import numpy as np
+import pcodec
+
+from ..errors import BitstreamError, native_error, require
+
+__all__ = ["AnsReader", "AnsWriter", "Model", "categorical", "pco_decode", "pco_encode"]
+
+_ANS = constriction.stream.stack.AnsCoder
+_CATEGORICAL = constriction.stream.model.Categorical
+#: the model family behind :meth:`AnsWriter.add_rows`: parameterised per symbol
+_FAMILY = _CATEGORICAL(perfect=False)
+#: an rANS model (opaque outside this module)
+Model = constriction.stream.model.Categorical
+
+
+def categorical(freqs: np.ndarray) -> Model:
+    """The rANS model of a frequency row (float64, non-negative, some non-zero); a symbol of
+    frequency 0 gets the smallest probability the coder has, so it can still be decoded."""
+    try:
+        return _CATEGORICAL(freqs, perfect=False)
+    except BaseException as e:  # constriction raises ValueError or a pyo3 panic
+        raise native_error(e, f"bad rANS model ({e})") from None
+
+
+class AnsWriter:
+    """Collects symbol streams, each with its model, and codes them in one rANS stack."""
+
+    def __init__(self) -> None:
+        self._parts: list[tuple] = []  # the arguments of AnsCoder.encode_reverse
+
+    def add(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
+        """Queue ``symbols`` (indices into ``freqs``, each with a non-zero frequency); nothing
+        is coded when there are none or ``freqs`` has a single non-zero entry."""
+        if symbols.size and np.count_nonzero(freqs) > 1:
+            self._parts.append((np.ascontiguousarray(symbols, np.int32), categorical(freqs)))
+
+    def add_model(self, symbols: np.ndarray, model: Model) -> None:
+        """Queue int32 ``symbols`` under ``model`` (from :func:`categorical`)."""
+        self._parts.append((symbols, model))
+
+    def add_rows(self, symbols: np.ndarray, probs: np.ndarray) -> None:
+        """Queue int32 ``symbols``, symbol ``i`` under the probability row ``probs[i]``."""
+        self._parts.append((symbols, _FAMILY, probs))
+
+    def finish(self) -> bytes:
+        """The rANS words (uint32 little-endian); a reader decodes the streams in order."""
+        coder = _ANS()
+        for args in reversed(self._parts):
+            coder.encode_reverse(*args)
+        return coder.get_compressed().astype("<u4").tobytes()
+
+
+class AnsReader:
+    """Decodes the streams of an :class:`AnsWriter`, in the order they were added, with the
+    same models. ``name`` prefixes error messages (the codec's name)."""
+
+    __slots__ = ("_coder", "_name")
+
+    def __init__(self, data: bytes | memoryview, name: str = "") -> None:
+        self._name = name
+        if len(data) % 4:
+            raise BitstreamError(f"{self._prefix()}{len(data)} bytes of rANS data: not whole words")
+        words = np.frombuffer(data, "<u4").astype(np.uint32)
+        try:
+            self._coder = _ANS(words)
+        except BaseException as e:  # constriction raises ValueError or a pyo3 panic
+            raise self._error(e) from None
+
+    def _prefix(self) -> str:
+        return f"{self._name}: " if self._name else ""
+
+    def _error(self, e: BaseException) -> BitstreamError:
+        return native_error(e, f"{self._prefix()}corrupt rANS data ({e})")
+
+    def read(self, n: int, freqs: np.ndarray) -> np.ndarray:
+        """``n`` indices into ``freqs`` (int32) queued by :meth:`AnsWriter.add`."""
+        nz = np.flatnonzero(freqs)
+        if n and not nz.size:
+            raise BitstreamError(f"{self._prefix()}empty frequency row")
+        if n == 0:
+            return np.zeros(0, np.int32)
+        if nz.size == 1:
+            return np.full(n, nz[0], np.int32)
+        # a corrupt stream may decode a symbol of frequency 0: still a valid index
+        return np.asarray(self.read_model(n, categorical(freqs)), np.int32)
+
+    def read_model(self, n: int, model: Model) -> np.ndarray:
+        """``n`` symbols (int32) queued by :meth:`AnsWriter.add_model`."""
+        try:
+            return self._coder.decode(model, n)
+        except BaseException as e:
+            raise self._error(e) from None
+
+    def read_rows(self, probs: np.ndarray) -> np.ndarray:
+        """``len(probs)`` symbols (int32) queued by :meth:`AnsWriter.add_rows`."""
+        try:
+            return self._coder.decode(_FAMILY, probs)
+        except BaseException as e:
+            raise self._error(e) from None
+
+    def is_empty(self) -> bool:
+        """True when every word has been consumed (a well-formed stream ends exactly so)."""
+        return self._coder.is_empty()
+
+
+# -- pcodec ------------------------------------------------------------------------------
+_PCO_CONFIG = pcodec.ChunkConfig(compression_level=8)
+
+
+def pco_encode(u: np.ndarray) -> bytes:
+    """A pcodec standalone stream of non-negative integers < 2**32 (empty for no values).
+
+    pcodec bins values and tANS-codes the bins, with its own model inside the stream (no
+    table needed); its per-stream overhead makes it a poor fit for streams of a few hundred
+    symbols.
+    """
+    u = np.asarray(u).reshape(-1)
+    if u.size == 0:
+        return b""
+    if int(u.min()) < 0 or int(u.max()) >= 1 << 32:
+        raise ValueError("pco_encode takes integers in [0, 2**32)")
+    return pcodec.standalone.simple_compress(np.ascontiguousarray(u, np.uint32), _PCO_CONFIG)
+
+
+def pco_decode(data: bytes | memoryview, n: int, max_symbol: int = (1 << 32) - 1) -> np.ndarray:
+    """Inverse of :func:`pco_encode`: exactly ``n`` uint32 values, each <= ``max_symbol``."""
+    require(n >= 0, "negative count")
+    if n == 0:
+        require(len(data) == 0, "pco data for an empty array")
+        return np.zeros(0, np.uint32)
+    out = np.empty(n, np.uint32)
+    try:
+        progress = pcodec.standalone.simple_decompress_into(bytes(data), out)
+    except BaseException as e:  # pcodec raises RuntimeError, or a pyo3 panic
+        raise native_error(e, f"pco: {e}") from None
+    require(progress.n_processed == n and progress.finished, "pco: wrong number of values")
+    require(int(out.max()) <= max_symbol, "pco: value out of range")
+    return out

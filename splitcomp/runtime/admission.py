@@ -1,0 +1,176 @@
+"""Admission: which requests may queue, and the way every answer goes back.
+
+One request path for every :class:`~.service.Service`: a frame is parsed by its kind, routed
+to a service, checked against retries (a request id seen before gets the remembered answer, or
+waits for the one in flight: :mod:`.dedup`), the service's allowed clients, draining, the
+client's in-flight limit and the service's queue limit, then admitted by the service (answered
+at once, or queued with the :class:`~.scheduling.Scheduler`). :meth:`Admission.answer` sends an
+answer to everyone waiting for it and frees the client's in-flight slot.
+
+State lives on the server's event loop; nothing here touches a socket beyond
+``conn.send`` (a non-blocking queue per connection).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from . import protocol as P
+from .dedup import DedupCache, InFlight
+from .errors import RequestError
+from .service import SERVICE_KINDS, Service, Work, kind_of
+from .stats import ServerMetrics
+
+if TYPE_CHECKING:
+    from .scheduling import Scheduler
+
+
+class Peer(Protocol):
+    """What admission needs of a connection."""
+
+    client_id: str
+    identity: Hashable  #: dedup namespace: client id + session (or this connection)
+    inflight_key: Hashable  #: whose in-flight limit this connection counts against
+
+    def send(self, frame: bytes) -> None: ...
+
+
+class Admission:
+    """Admits requests to ``services`` and routes their answers (see the module docstring).
+
+    ``max_inflight_per_client``: requests a client may have queued or running (OVERLOADED
+    beyond); ``max_queue``: requests queued per service (OVERLOADED beyond).
+    """
+
+    def __init__(self, services: Iterable[Service], scheduler: Scheduler,
+                 metrics: ServerMetrics, dedup: DedupCache, *,
+                 max_inflight_per_client: int = 256, max_queue: int = 4096) -> None:
+        self.by_kind: dict[type[Service], list[Service]] = {k: [] for k in SERVICE_KINDS.values()}
+        for s in services:
+            kinds = [k for k in SERVICE_KINDS.values() if isinstance(s, k)]
+            if not kinds:
+                raise TypeError(f"{type(s).__name__} is not a registered service kind")
+            self.by_kind[kinds[0]].append(s)
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.dedup = dedup
+        self.max_inflight_per_client = max_inflight_per_client
+        self.max_queue = max_queue
+        self.draining = False
+        self.inflight: dict[Hashable, int] = {}
+        self.inflight_total = 0
+
+    # -- requests --------------------------------------------------------------------
+    def on_frame(self, conn: Peer, frame: bytes) -> str | None:
+        """Take one request frame from ``conn``; returns a message when the frame must close
+        the connection (not even a request id to answer)."""
+        m = self.metrics
+        kind = kind_of(frame, P.TYPE_REQUEST)
+        try:
+            req = kind.parse(frame)
+        except P.FrameError as e:
+            return self._bad_frame(conn, frame, e)
+        target = kind.route(req, self.by_kind.get(kind, []))
+        label = target.name if isinstance(target, Service) else ""
+        m.requests.inc((label,))
+        m.bytes_in.inc((label,), len(frame))
+        rid = req.request_id
+        key = (conn.identity, kind.dedup_scope(req), rid)
+        if self._replay(conn, key, label, rid):
+            return None
+        if isinstance(target, RequestError):
+            self.reply_error(conn, label, rid, target.code, target.message)
+            return None
+        if target.allowed_clients is not None and conn.client_id not in target.allowed_clients:
+            self.reply_error(conn, label, rid, P.ErrorCode.UNAUTHORIZED,
+                             f"client {conn.client_id!r} may not use {target.name!r}")
+            return None
+        if self.draining:
+            self.reply_error(conn, label, rid, P.ErrorCode.UNAVAILABLE, "server shutting down")
+            return None
+        held = self.inflight.get(conn.inflight_key, 0)
+        if held >= self.max_inflight_per_client:
+            self.reply_error(conn, label, rid, P.ErrorCode.OVERLOADED,
+                             f"{held} requests in flight (limit {self.max_inflight_per_client})")
+            return None
+        try:
+            admitted = target.admit(conn.client_id, req, lambda: self._check_queue(target))
+        except RequestError as e:
+            self.reply_error(conn, label, rid, e.code, e.message)
+            target.update_metrics()
+            return None
+        target.update_metrics()
+        if isinstance(admitted, bytes):  # answered at once, and remembered for retries
+            self.dedup.begin(key, conn)
+            self.dedup.finish(key, admitted)
+            m.results.inc((label,))
+            m.bytes_out.inc((label,), len(admitted))
+            conn.send(admitted)
+            return None
+        self.inflight[conn.inflight_key] = held + 1
+        self.inflight_total += 1
+        self.dedup.begin(key, conn)
+        self.scheduler.submit(target, Work(rid, admitted, key, conn.inflight_key,
+                                           time.perf_counter()))
+        return None
+
+    def _check_queue(self, service: Service) -> None:
+        queued = self.scheduler.queued(service)
+        if queued >= self.max_queue:
+            raise RequestError(P.ErrorCode.OVERLOADED,
+                               f"{service.name!r} has {queued} {service.unit} queued")
+
+    def _bad_frame(self, conn: Peer, frame: bytes, e: P.FrameError) -> str | None:
+        """Count and answer an unparsable frame; a message when it must close the connection
+        (not even a request id to answer)."""
+        m = self.metrics
+        m.requests.inc(("",))
+        m.bytes_in.inc(("",), len(frame))
+        m.error("", P.ErrorCode.BAD_FRAME.name)
+        if e.request_id is None:
+            return str(e)
+        self.reply_error(conn, "", e.request_id, P.ErrorCode.BAD_FRAME, str(e))
+        return None
+
+    def _replay(self, conn: Peer, key: Hashable, label: str, rid: int) -> bool:
+        """A retried request id: send the remembered answer, or wait for the one in flight
+        (every frame gets its answer, within reason). False when the id is new."""
+        seen = self.dedup.lookup(key)
+        if seen is None:
+            return False
+        self.metrics.dedup_hits.inc((label,))
+        if isinstance(seen, InFlight):
+            if len(seen.waiters) >= self.max_inflight_per_client:
+                self.reply_error(conn, label, rid, P.ErrorCode.OVERLOADED,
+                                 f"request {rid} re-sent too often while in flight")
+            else:
+                seen.waiters.append(conn)
+        else:
+            conn.send(seen)
+            self.metrics.bytes_out.inc((label,), len(seen))
+        return True
+
+    def reply_error(self, conn: Peer, label: str, request_id: int, code: P.ErrorCode,
+                    message: str) -> None:
+        frame = P.encode_error(request_id, code, message)
+        self.metrics.error(label, code.name)
+        self.metrics.bytes_out.inc((label,), len(frame))
+        conn.send(frame)
+
+    # -- answers ---------------------------------------------------------------------
+    def answer(self, service: Service, work: Work, frame: bytes, ok: bool) -> None:
+        """Send ``frame`` to every connection waiting for ``work`` (remembered for retries
+        when ``ok``) and free its in-flight slot."""
+        entry = self.dedup.finish(work.key, frame if ok else None)
+        waiters: Any = entry.waiters if entry is not None else ()
+        for conn in waiters:
+            conn.send(frame)
+        self.metrics.bytes_out.inc((service.name,), len(frame) * len(waiters))
+        left = self.inflight.get(work.inflight_key, 1) - 1
+        if left > 0:
+            self.inflight[work.inflight_key] = left
+        else:
+            self.inflight.pop(work.inflight_key, None)
+        self.inflight_total -= 1

@@ -1,0 +1,148 @@
+"""Scheduling: one batcher and one worker thread per service, timeouts, batch accounting.
+
+Each :class:`~.service.Service` gets a :class:`~.batching.Batcher` (dynamic batching on the
+event loop) and a one-thread executor: a batch's :meth:`Service.run` runs there while the
+loop keeps serving, one batch at a time per service. Work queued longer than the request
+timeout is answered TIMEOUT without running. Periodic upkeep (e.g. idle LLM sessions) runs as
+one task per service that asks for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from . import protocol as P
+from .batching import Batcher
+from .service import BatchResult, Service, Work
+from .stats import ServerMetrics
+
+log = logging.getLogger("splitcomp.runtime")
+
+#: how an answer leaves: (service, work, frame, ok)
+Answer = Callable[[Service, Work, bytes, bool], None]
+
+
+class Scheduler:
+    """Batches and runs the admitted work of ``services``; ``answer`` sends each answer."""
+
+    def __init__(self, services: Iterable[Service], metrics: ServerMetrics, answer: Answer,
+                 request_timeout_s: float = 30.0) -> None:
+        self.services = list(services)
+        self.metrics = metrics
+        self.answer = answer
+        self.request_timeout_s = request_timeout_s
+        self._batchers: dict[str, Batcher[Work]] = {}
+        self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._upkeep: list[asyncio.Task] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start the batchers and upkeep tasks (on the running loop)."""
+        self._loop = asyncio.get_running_loop()
+        for s in self.services:
+            self._executors[s.name] = ThreadPoolExecutor(1, thread_name_prefix=f"svc-{s.name}")
+            b = Batcher(partial(self._process, s), s.max_batch_size, s.max_wait_ms / 1000.0,
+                        s.name)
+            b.start()
+            self._batchers[s.name] = b
+            period = s.upkeep_period_s()
+            if period is not None:
+                self._upkeep.append(asyncio.create_task(self._keep_up(s, period)))
+
+    def queued(self, service: Service) -> int:
+        """Work of ``service`` queued and not yet in a batch."""
+        return len(self._batchers[service.name])
+
+    def submit(self, service: Service, work: Work) -> None:
+        self._batchers[service.name].submit(work)
+
+    async def drain(self, deadline: float) -> None:
+        """Wait (until ``deadline``, time.monotonic()) for every queued batch to finish."""
+        for b in self._batchers.values():
+            await b.drain(max(deadline - time.monotonic(), 0.0))
+
+    async def stop(self) -> list[tuple[Service, Work]]:
+        """Stop batching; returns the work still queued (to be answered, then :meth:`close`)."""
+        left = []
+        for s in self.services:
+            b = self._batchers.pop(s.name, None)
+            if b is not None:
+                left += [(s, w) for w in await b.stop()]
+        return left
+
+    def close(self) -> None:
+        """Stop upkeep, close the services and their worker threads."""
+        for task in self._upkeep:
+            task.cancel()
+        self._upkeep.clear()
+        for s in self.services:
+            s.close()
+        for ex in self._executors.values():
+            ex.shutdown(wait=False, cancel_futures=True)
+        self._executors.clear()
+
+    async def _keep_up(self, service: Service, period: float) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                service.upkeep()
+            except Exception:  # pragma: no cover - never expected; keep the loop going
+                log.exception("upkeep of %s failed", service.name)
+
+    async def _process(self, service: Service, items: list[Work]) -> None:
+        """Run one batch in the service's worker thread, then answer every request."""
+        start = time.perf_counter()
+        live = []
+        for w in items:
+            waited = start - w.arrival
+            if waited > self.request_timeout_s:
+                service.settle(w, False)
+                self.answer(service, w, P.encode_error(
+                    w.request_id, P.ErrorCode.TIMEOUT,
+                    f"queued {waited:.1f} s (limit {self.request_timeout_s} s)"), False)
+            else:
+                live.append(w)
+        if not live:
+            return
+        assert self._loop is not None
+        try:
+            result = await self._loop.run_in_executor(self._executors[service.name],
+                                                      service.run, live, start)
+        except Exception as e:
+            log.exception("batch of %s failed", service.name)
+            for w in live:
+                service.settle(w, False)
+                self.answer(service, w, P.encode_error(w.request_id, P.ErrorCode.INTERNAL,
+                                                       f"batch failed: {e!r}"[:300]), False)
+            return
+        self._record(service, live, result, start)
+
+    def _record(self, service: Service, items: list[Work], result: BatchResult,
+                start: float) -> None:
+        m, labels = self.metrics, (service.name,)
+        for n in result.tail_calls:
+            m.batch_size.observe(n, labels)
+        m.batch_requests.observe(len(items), labels)
+        m.decode_seconds.inc(labels, result.decode_s)
+        m.decode_cpu_seconds.inc(labels, result.decode_cpu_s)
+        m.worker_cpu_seconds.inc(labels, result.worker_cpu_s)
+        m.tail_seconds.inc(labels, result.tail_s)
+        m.tail_cpu_seconds.inc(labels, result.tail_cpu_s)
+        m.encode_seconds.inc(labels, result.encode_s)
+        m.queue_seconds.inc(labels, sum(start - w.arrival for w in items))
+        now = time.perf_counter()
+        for w, frame, code in zip(items, result.frames, result.errors, strict=True):
+            ok = code is None
+            service.settle(w, ok)
+            if ok:
+                m.results.inc(labels)
+                m.latency.observe(now - w.arrival, labels)
+            else:
+                m.error(service.name, code.name)
+            self.answer(service, w, frame, ok)
+        service.update_metrics(result)

@@ -1,0 +1,56 @@
+"""``splitcomp serve``: arguments to a server, and a real server process stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from splitcomp.cli import serve
+from splitcomp.cli.serve import build_server, read_listening_url
+from splitcomp.runtime import SplitClient, fetch_metrics, parse_prometheus
+from splitcomp.runtime.stats import total
+
+from .commands import parse_args
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_arguments_build_deployments() -> None:
+    server = build_server(parse_args(serve, [
+        "--model", "resnet20", "--split", "layer2", "--weights", "random", "--codec",
+        "fp32,slicer", "--port", "0", "--deploy", "deep=resnet20:layer3", "--max-batch-size",
+        "4"]))
+    assert sorted(server.deployments) == ["deep", "resnet20"]
+    dep = server.deployments["resnet20"]
+    assert dep.codecs == {"fp32", "slicer"} and dep.max_batch_size == 4
+    assert server.deployments["deep"].codecs is None
+    for bad in (["--model", "resnet20"], [], ["--deploy", "x=resnet20"],
+                ["--model", "resnet20", "--split", "layer2", "--tls-cert", "c.pem"]):
+        with pytest.raises(SystemExit):
+            build_server(parse_args(serve, bad))
+
+
+def test_serve_process_answers_and_stops_on_sigterm() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "splitcomp.cli.serve", "--model", "resnet20", "--split",
+         "layer2", "--weights", "random", "--port", "0", "--threads", "1",
+         "--deployment", "r20"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = read_listening_url(proc.stdout, max_lines=20)
+        assert url, proc.stderr.read() if proc.poll() is not None else "no 'listening' line"
+        with SplitClient(url, None, "fp32", "r20", timeout_s=20) as client:
+            assert client.infer(torch.randn(2, 32, 16, 16)).shape == (2, 10)
+        assert total(parse_prometheus(fetch_metrics(url)), "splitcomp_results_total") == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
