@@ -1,6 +1,6 @@
 """Calibrate a tokenwise codec context on the edge half of a split LLM (no labels needed).
 
-Writes ``OUT/tokenwise-<id hex>.sctx`` and prints the context id for ``--param context=ID``;
+Writes ``OUT/tokenwise-<id hex>.sctx`` (for ``--codec-context FILE``) and prints its id;
 the windows and a full example: :mod:`splitcomp.llm.tokenwise_calibration`.
 """
 

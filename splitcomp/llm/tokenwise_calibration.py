@@ -1,8 +1,8 @@
 """Calibrating a ``tokenwise`` codec context on a split LLM (the edge half only, no labels).
 
     splitcomp lm-context --split 15 --out contexts/
-    splitcomp eval-lm --split 15 --codec tokenwise --param context=<printed id> \\
-        --param level=0 --codec-context contexts/tokenwise-XXXXX.sctx
+    splitcomp eval-lm --split 15 --codec tokenwise --param level=0 \\
+        --codec-context contexts/tokenwise-XXXXX.sctx
 
 Calibration windows come from the *end* of the text, so they never overlap the first windows
 that ``eval-lm`` and ``benchmarks/llm_codecs.py`` report on.

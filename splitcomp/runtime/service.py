@@ -103,8 +103,8 @@ class Service(abc.ABC):
     @abc.abstractmethod
     def admit(self, client_id: str, request: Any, check_queue: QueueCheck) -> Any:
         """Accept ``request`` from ``client_id``: returns ``bytes`` (an answer frame, sent at
-        once) or a payload to queue (after calling ``check_queue``); raises
-        :class:`RequestError`."""
+        once) or a payload of any other type to queue (after calling ``check_queue``; it
+        reaches :meth:`run` as ``Work.payload``); raises :class:`RequestError`."""
 
     def settle(self, work: Work, ok: bool) -> None:  # noqa: B027 - optional hook
         """``work`` was answered (``ok``: with a result), timed out or dropped."""
