@@ -1,4 +1,5 @@
-"""Training-free intermediate-feature codecs behind one registry and one bitstream format.
+"""Intermediate-feature codecs behind one registry and one bitstream format: training-free ones,
+and ``bottleneck``, which codes a learned bottleneck's latent with trained tables.
 
     >>> from splitcomp import codecs
     >>> codecs.available()
@@ -27,7 +28,8 @@ from .registry import available, codec_class, get, register_codec
 
 decode = unpack
 
-_BUILTIN = ("floats", "int8", "blockwise8", "zstd", "rans", "slicer", "tokenwise")
+_BUILTIN = ("floats", "int8", "blockwise8", "zstd", "rans", "slicer", "tokenwise",
+            "bottleneck")
 
 for _mod in _BUILTIN:
     try:

@@ -93,11 +93,12 @@ class Codec(abc.ABC):
         return f"{type(self).__name__}({args})"
 
     # -- public API ------------------------------------------------------------------
-    def encode(self, tensors: TensorsLike) -> bytes:
-        """Encode one tensor or a sequence of tensors into one self-describing bitstream."""
+    def encode(self, tensors: TensorsLike, compact: bool = False) -> bytes:
+        """Encode one tensor or a sequence of tensors into one self-describing bitstream;
+        ``compact``: one tensor, its header a registered template's id (:mod:`.compact`)."""
         from .container import pack
 
-        return pack(self, tensors)
+        return pack(self, tensors, compact)
 
     def decode(
         self,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from . import compact as compact_module
 from .bytes_io import Reader, put_varint, unzigzag, zigzag
 from .contexts import context_scope
 from .errors import DEFAULT_LIMITS, BitstreamError, DecodeLimits, require
@@ -115,14 +116,41 @@ def decode_params(spec: Sequence[Param], r: Reader) -> dict[str, Any]:
     return params
 
 
-def pack(codec: Codec, tensors: torch.Tensor | Sequence[torch.Tensor]) -> bytes:
-    """Encode ``tensors`` with ``codec`` into one container bitstream."""
-    items = _as_tensor_list(tensors)
+def _codec_head(codec: Codec, count: int) -> bytearray:
     head = bytearray(MAGIC)
     head.append(FORMAT_VERSION)
     head.append(codec.codec_id)
     head += encode_params(codec.params_spec, codec.params)
-    put_varint(head, len(items))
+    put_varint(head, count)
+    return head
+
+
+def _tensor_head(head: bytearray, dtype: torch.dtype, shape: Sequence[int]) -> None:
+    head.append(DTYPE_CODES[dtype])
+    head.append(len(shape))
+    for d in shape:
+        put_varint(head, int(d))
+
+
+def template(codec: Codec, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> bytes:
+    """The compact-stream template of one ``dtype`` tensor of ``shape`` coded by ``codec``:
+    its full header without the payload length (:mod:`.compact`)."""
+    if dtype not in DTYPE_CODES:
+        raise TypeError(f"unsupported dtype {dtype}")
+    head = _codec_head(codec, 1)
+    _tensor_head(head, dtype, shape)
+    return bytes(head)
+
+
+def pack(codec: Codec, tensors: torch.Tensor | Sequence[torch.Tensor],
+         compact: bool = False) -> bytes:
+    """Encode ``tensors`` with ``codec`` into one container bitstream. ``compact``: one tensor
+    only, the header replaced by a template id (the template is registered here; the decoder
+    must have registered it too, see :mod:`.compact`)."""
+    items = _as_tensor_list(tensors)
+    if compact and len(items) != 1:
+        raise ValueError(f"a compact stream carries one tensor, not {len(items)}")
+    head = _codec_head(codec, len(items))
     payloads: list[bytes] = []
     for t in items:
         t = t.detach()
@@ -134,10 +162,11 @@ def pack(codec: Codec, tensors: torch.Tensor | Sequence[torch.Tensor]) -> bytes:
             payload = codec.encode_array(np.ascontiguousarray(arr))
         else:  # integer / bool tensors crossing a cut are sent raw, losslessly
             payload = t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).tobytes()
-        head.append(DTYPE_CODES[t.dtype])
-        head.append(t.dim())
-        for d in t.shape:
-            put_varint(head, int(d))
+        if compact:
+            tid = compact_module.register_template(template(codec, t.shape, t.dtype))
+            body = compact_module.prefix(tid) + payload
+            return body + struct.pack("<I", zlib.crc32(body))
+        _tensor_head(head, t.dtype, t.shape)
         put_varint(head, len(payload))
         payloads.append(payload)
     body = bytes(head) + b"".join(payloads)
@@ -150,11 +179,32 @@ def read_header(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEF
     n = len(view)
     require(n <= limits.max_bytes, f"bitstream of {n} bytes exceeds limit {limits.max_bytes}")
     require(n >= len(MAGIC) + 2 + CRC_BYTES, f"truncated: {n} bytes")
-    require(bytes(view[:2]) == MAGIC, "bad magic: not a splitcomp bitstream")
+    magic = bytes(view[:2])
+    require(magic in (MAGIC, compact_module.COMPACT_MAGIC),
+            "bad magic: not a splitcomp bitstream")
     body_end = n - CRC_BYTES
     (crc,) = struct.unpack("<I", view[body_end:])
     require(zlib.crc32(view[:body_end]) == crc, "CRC mismatch: bitstream corrupted")
+    if magic == compact_module.COMPACT_MAGIC:
+        return _read_compact(view, body_end, limits)
     r = Reader(view, 2, body_end)
+    return _read_full(r, limits, None, n)
+
+
+def _read_compact(view: memoryview, body_end: int, limits: DecodeLimits):
+    """A compact stream: its template's header, the rest of the body is the payload."""
+    pre = compact_module.PREFIX_BYTES
+    require(body_end >= pre, "truncated compact stream")
+    tid = int.from_bytes(view[2:pre], "little")
+    tpl = compact_module.find_template(tid)
+    header, codec, _ = _read_full(Reader(memoryview(tpl), 2, len(tpl)), limits,
+                                  body_end - pre, len(view))
+    return header, codec, pre
+
+
+def _read_full(r: Reader, limits: DecodeLimits, implied_payload: int | None, total: int):
+    """The header after the magic; ``implied_payload``: a template's one tensor has no
+    payload length field, its payload is the rest of the stream (that many bytes)."""
     version = r.u8()
     require(version == FORMAT_VERSION, f"unsupported format version {version}")
     codec_id = r.u8()
@@ -179,12 +229,20 @@ def read_header(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEF
         numel = math.prod(shape)
         total_elements += numel
         limits.check_elements(total_elements, "total elements")
+        if implied_payload is not None:
+            require(n_tensors == 1, "a compact template holds one tensor")
+            infos.append(TensorInfo(CODE_DTYPES[code], shape, implied_payload))
+            require(r.remaining() == 0, "compact template: trailing bytes")
+            header = Header(codec_id, cls.name, codec.params, tuple(infos),
+                            compact_module.PREFIX_BYTES, total)
+            return header, codec, compact_module.PREFIX_BYTES
         size = r.varint()
         total_payload += size
         require(total_payload <= r.remaining(), "truncated: payloads exceed bitstream")
         infos.append(TensorInfo(CODE_DTYPES[code], shape, size))
+    require(implied_payload is None, "a compact template holds one tensor")
     require(total_payload == r.remaining(), "payload lengths do not match bitstream size")
-    header = Header(codec_id, cls.name, codec.params, tuple(infos), r.pos, n)
+    header = Header(codec_id, cls.name, codec.params, tuple(infos), r.pos, total)
     return header, codec, r.pos
 
 
