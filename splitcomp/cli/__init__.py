@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "eval-lm": "splitcomp.cli.eval_lm",
     "lm-context": "splitcomp.cli.lm_context",
     "plan": "splitcomp.cli.plan",
+    "train": "splitcomp.cli.train",
 }
 
 

@@ -1,4 +1,8 @@
-"""Evaluate a codec at a cut: top-1 baseline vs compressed on the same images, exact wire bits."""
+"""Evaluate a codec at a cut: top-1 baseline vs compressed on the same images, exact wire bits.
+
+With ``--checkpoint``: a trained bottleneck (``splitcomp train bottleneck``) on the eval part
+of its split; model, cut and codec come from the checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ from ..bench.codec_eval import (
     summarize,
 )
 from ..bench.setup import load_eval_setup
+from ..train import CheckpointError, TrainedOnError, evaluate_checkpoint, load_checkpoint, read_meta
 from ._common import split_param, standalone
+from .train import fail, summary, teacher_setup, write_json
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -36,13 +42,17 @@ def parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="zoo name, e.g. resnet20, mobilenet_v2")
+    p.add_argument("--model", help="zoo name, e.g. resnet20, mobilenet_v2 (required unless "
+                   "--checkpoint)")
     p.add_argument("--weights", help="weights file, 'hub', or 'random' (default: the "
                    "model's offline default weights)")
     p.add_argument("--data", required=True, help="image folder (CIFAR class folders, ImageNet "
                    "<synset>_<name>.JPEG files) or 'foolbox-imagenet' / 'foolbox-cifar10'")
-    p.add_argument("--split", required=True, help="cut point: module path or graph node name")
-    p.add_argument("--codec", required=True, choices=codecs.available())
+    p.add_argument("--split", help="cut point: module path or graph node name (required "
+                   "unless --checkpoint)")
+    p.add_argument("--codec", choices=codecs.available(), help="(required unless --checkpoint)")
+    p.add_argument("--checkpoint", type=Path, help="a trained bottleneck's folder: evaluate it "
+                   "on the eval part of its split (--limit: that many of those images)")
     q = p.add_mutually_exclusive_group()
     q.add_argument("--quality", type=float, help="value of the codec's quality parameter")
     q.add_argument("--target-drop", type=float, help="choose the setting on a calibration "
@@ -57,7 +67,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def run_checkpoint(args: argparse.Namespace) -> int:
+    """``--checkpoint``: the trained bottleneck on the eval part of its split."""
+    try:
+        meta = read_meta(args.checkpoint)
+        model, cut, seed = meta["model"], meta["cut"], int(meta["config"]["seed"])
+        setup = teacher_setup(model, args.weights or meta["weights"], args.data, cut, seed)
+        ckpt = load_checkpoint(args.checkpoint, setup.head)
+    except (CheckpointError, KeyError) as e:
+        return fail(f"--checkpoint: {e}")
+    bar = tqdm(total=ckpt.split.n_eval, desc="eval", disable=args.no_progress, file=sys.stderr)
+    try:
+        result = evaluate_checkpoint(ckpt, setup.head, setup.tail, setup.dataset,
+                                     args.batch_size, limit=args.limit, progress=bar.update)
+    except TrainedOnError as e:
+        return fail(str(e))
+    finally:
+        bar.close()
+    result["checkpoint"] = str(args.checkpoint)
+    print(summary(result))
+    write_json(result, args.json)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.checkpoint is not None:
+        return run_checkpoint(args)
+    missing = [f"--{k}" for k in ("model", "split", "codec") if getattr(args, k) is None]
+    if missing:
+        return fail(f"{', '.join(missing)} required (or --checkpoint)")
     setup = load_eval_setup(args.model, args.weights, args.data, args.split, limit=args.limit)
     cls = codecs.codec_class(args.codec)
     params = parse_params(args.param)

@@ -1,0 +1,113 @@
+"""A learned bottleneck at a cut: an encoder on the edge, a factorized entropy model, a decoder
+on the server that feeds the unchanged tail.
+
+    crossing tensor (B, K, H, W) --encoder--> latent y (B, C, H/s, W/s)
+        --quantize + entropy code (the ``bottleneck`` codec)--> bytes
+        --decode--> y_hat --decoder--> (B, K, H, W) --tail--> logits
+
+The encoder may start from a copy of the head's last blocks (Entropic Student's way: those
+blocks are fine-tuned on the edge while the server's tail stays frozen, so several tails can
+share one bitstream). :class:`EdgeModel` and :class:`ServerModel` are what a deployment runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .entropy_model import EntropyBottleneck
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride, 1)
+
+
+class Bottleneck(nn.Module):
+    """Encoder, entropy model and decoder around a crossing tensor of ``in_channels``.
+
+    ``channels``: latent channels C; ``stride``: spatial reduction (1 or 2); ``hidden``: the
+    width of the convolutions (default ``in_channels``).
+    """
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 2,
+                 hidden: int | None = None) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError("stride must be 1 or 2")
+        hidden = hidden or in_channels
+        self.in_channels, self.channels, self.stride, self.hidden = (
+            in_channels, channels, stride, hidden)
+        self.encoder = nn.Sequential(
+            _conv(in_channels, hidden, stride), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            _conv(hidden, channels))
+        self.entropy = EntropyBottleneck(channels)
+        up = (nn.ConvTranspose2d(channels, hidden, 4, 2, 1) if stride == 2
+              else _conv(channels, hidden))
+        self.decoder = nn.Sequential(
+            up, nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            _conv(hidden, hidden), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            _conv(hidden, in_channels), nn.ReLU())
+
+    def config(self) -> dict[str, int]:
+        return {"in_channels": self.in_channels, "channels": self.channels,
+                "stride": self.stride, "hidden": self.hidden}
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstructed features, likelihoods of the latent)."""
+        y_hat, likelihoods = self.entropy(self.encoder(features))
+        return self.decoder(y_hat), likelihoods
+
+
+class EdgeModel(nn.Module):
+    """What the edge runs: the head, then the encoder: input -> latent y (float; the codec
+    quantizes it)."""
+
+    def __init__(self, head: nn.Module, encoder: nn.Module) -> None:
+        super().__init__()
+        self.head, self.encoder = head, encoder
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        (features,) = self.head(*inputs)
+        return self.encoder(features)
+
+
+class ServerModel(nn.Module):
+    """What the server runs for one tail: decoder, then the tail: y_hat -> outputs."""
+
+    def __init__(self, decoder: nn.Module, tail: nn.Module) -> None:
+        super().__init__()
+        self.decoder, self.tail = decoder, tail
+
+    def forward(self, y_hat: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.decoder(y_hat))
+
+
+def trainable_head(head: nn.Module, tune_last: int) -> tuple[nn.Module, list[str]]:
+    """A copy of ``head`` whose last ``tune_last`` parameterised blocks train (the rest
+    frozen); returns (copy, names of the blocks that train). A block is a module two levels
+    below the model (``layer2.2``) or one (``conv1``), in the head's own order."""
+    head = copy.deepcopy(head)
+    blocks: list[str] = []
+    for name, _ in head.named_parameters():
+        parts = name.split(".")
+        block = ".".join(parts[:2]) if len(parts) > 2 else parts[0]
+        if block not in blocks:
+            blocks.append(block)
+    tuned = blocks[len(blocks) - tune_last:] if tune_last > 0 else []
+    for name, p in head.named_parameters():
+        p.requires_grad_(any(name == b or name.startswith(b + ".") for b in tuned))
+    return head, tuned
+
+
+def freeze(*modules: nn.Module) -> None:
+    for m in modules:
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+
+
+def parameters(*modules: nn.Module) -> Sequence[nn.Parameter]:
+    return [p for m in modules for p in m.parameters() if p.requires_grad]

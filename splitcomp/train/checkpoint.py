@@ -1,0 +1,129 @@
+"""Checkpoints of trained split components: a folder of plain files.
+
+    CKPT_DIR/checkpoint.json    what it is: model, weights, cut, bottleneck shape, tuned head
+                                blocks, training settings, step, history, figures, table id
+    CKPT_DIR/weights.safetensors the tensors: the edge's head copy (``head.*``), the bottleneck
+                                (``bottleneck.*``: encoder, entropy model, decoder), the optimiser
+                                state is not kept (``resume`` restarts it with the schedule)
+    CKPT_DIR/split.json         the data split (:class:`~.splits.SplitRecord`)
+    CKPT_DIR/tables.sbnt        the ``bottleneck`` codec's tables (its session context)
+
+Nothing is pickled: a checkpoint from someone else is data, not code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .bottleneck import Bottleneck, EdgeModel, ServerModel, trainable_head
+from .splits import SplitRecord
+from .trainer import Student, TrainConfig
+
+FORMAT = "splitcomp-bottleneck"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, of another format or inconsistent."""
+
+
+@dataclass
+class Checkpoint:
+    """A trained bottleneck at a cut of a zoo model, with what it was trained on."""
+
+    model: str
+    weights: str | None
+    cut: str
+    student: Student
+    config: TrainConfig
+    split: SplitRecord
+    step: int = 0
+    total_steps: int = 0
+    tables: bytes = b""
+    info: dict[str, Any] = field(default_factory=dict)  #: figures, history, timings
+
+    @property
+    def bottleneck(self) -> Bottleneck:
+        return self.student.bottleneck
+
+    def edge_model(self) -> EdgeModel:
+        """Input -> latent: what the edge runs before the ``bottleneck`` codec."""
+        return EdgeModel(self.student.head, self.bottleneck.encoder).eval()
+
+    def server_model(self, tail: nn.Module) -> ServerModel:
+        """Latent -> outputs through ``tail`` (the frozen original tail)."""
+        return ServerModel(self.bottleneck.decoder, tail).eval()
+
+
+def save_checkpoint(ckpt: Checkpoint, folder: str | Path) -> Path:
+    """Write ``ckpt`` into ``folder`` (created); returns the folder."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"head.{k}": v.detach().contiguous().cpu()
+               for k, v in ckpt.student.head.state_dict().items()}
+    tensors.update({f"bottleneck.{k}": v.detach().contiguous().cpu()
+                    for k, v in ckpt.bottleneck.state_dict().items()})
+    save_file(tensors, str(out / "weights.safetensors"))
+    meta = {"format": FORMAT, "version": VERSION, "model": ckpt.model, "weights": ckpt.weights,
+            "cut": ckpt.cut, "bottleneck": ckpt.bottleneck.config(),
+            "tuned_blocks": ckpt.student.tuned_blocks, "config": ckpt.config.to_json(),
+            "step": ckpt.step, "total_steps": ckpt.total_steps, "info": ckpt.info}
+    (out / "checkpoint.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (out / "split.json").write_text(json.dumps(ckpt.split.to_json()) + "\n")
+    (out / "tables.sbnt").write_bytes(ckpt.tables)
+    return out
+
+
+def load_checkpoint(folder: str | Path, head: nn.Module) -> Checkpoint:
+    """Read a checkpoint; ``head`` is the original model's head at the checkpoint's cut (the
+    structure the saved head copy fills)."""
+    src = Path(folder)
+    try:
+        meta = json.loads((src / "checkpoint.json").read_text())
+        split = SplitRecord.from_json(json.loads((src / "split.json").read_text()))
+        tensors = load_file(str(src / "weights.safetensors"))
+        tables = (src / "tables.sbnt").read_bytes()
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise CheckpointError(f"{src}: not a readable checkpoint ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or (
+            meta.get("version") != VERSION):
+        got = meta if not isinstance(meta, dict) else meta.get("format")
+        raise CheckpointError(f"{src}: format {got!r}, expected {FORMAT!r} {VERSION}")
+    try:
+        cfg = TrainConfig(**meta["config"])
+        s_head, tuned = trainable_head(head, cfg.tune_head)
+        bn = Bottleneck(**meta["bottleneck"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{src}: bad checkpoint.json ({e!r})") from None
+    try:
+        s_head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+        bn.load_state_dict({k[11:]: v for k, v in tensors.items()
+                            if k.startswith("bottleneck.")})
+    except RuntimeError as e:
+        raise CheckpointError(f"{src}: weights do not fit the model ({e})") from None
+    bn.eval()
+    return Checkpoint(meta["model"], meta["weights"], meta["cut"], Student(s_head, bn, tuned),
+                      cfg, split, int(meta["step"]), int(meta["total_steps"]), tables,
+                      dict(meta.get("info", {})))
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """``checkpoint.json`` alone (model, cut, ...), to build the head before loading."""
+    try:
+        return json.loads((Path(folder) / "checkpoint.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder}: not a readable checkpoint ({e})") from None
+
+
+def state_equal(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two modules hold the same tensors (tests, resume checks)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

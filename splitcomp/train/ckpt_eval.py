@@ -1,0 +1,147 @@
+"""Evaluating a trained bottleneck on the eval part of its split, through the real codec.
+
+Every eval image is run through the checkpoint's edge model (tuned head, encoder), its latent
+encoded as its own compact ``bottleneck`` bitstream (header and CRC included in the byte count;
+the self-describing size is reported too),
+decoded with :func:`splitcomp.codecs.decode` and run through the decoder and the frozen tail.
+The baseline is the unsplit teacher (head, tail) on the same images. The codec's tables are
+the checkpoint's own (``tables.sbnt``), registered and passed to the decoder explicitly, so
+the figures do not depend on what a training run left in the process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import codecs
+from ..codecs.bottleneck import BottleneckTables, register_tables
+from ..data import ImageFolderDataset
+from .checkpoint import Checkpoint
+from .entropy_model import EntropyBottleneck
+from .splits import eval_part
+
+_COUNTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
+@torch.no_grad()
+def count_macs(module: nn.Module, *inputs: torch.Tensor) -> int:
+    """Multiply-accumulates of the convolutions and linear layers of ``module`` on ``inputs``
+    (give it one sample), counted by forward hooks."""
+    total = 0
+
+    def hook(m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+        elif isinstance(m, nn.ConvTranspose2d):
+            total += args[0].numel() * (m.out_channels // m.groups) * math.prod(m.kernel_size)
+        else:
+            total += out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook) for m in module.modules()
+               if isinstance(m, _COUNTED)]
+    try:
+        module(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def model_tables(entropy: EntropyBottleneck) -> BottleneckTables:
+    """The ``bottleneck`` codec's tables of a trained entropy model."""
+    return BottleneckTables.from_model_tables(*entropy.frequency_tables())
+
+
+def checkpoint_tables(ckpt: Checkpoint) -> BottleneckTables:
+    """The checkpoint's saved tables (what a deployment ships), else its entropy model's."""
+    return (BottleneckTables.from_bytes(ckpt.tables) if ckpt.tables
+            else model_tables(ckpt.bottleneck.entropy))
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@torch.no_grad()
+def evaluate_checkpoint(ckpt: Checkpoint, head: nn.Module, tail: nn.Module,
+                        eval_ds: ImageFolderDataset, batch_size: int = 128, *,
+                        limit: int | None = None, device: str = "cpu",
+                        progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Top-1 of the teacher (``head`` + ``tail``, the original halves at ``ckpt.cut``) and of
+    the checkpoint through the codec, on the eval part of ``eval_ds`` under the checkpoint's
+    split (:func:`~.splits.eval_part`: :class:`~.splits.TrainedOnError` if ``eval_ds`` holds
+    train-part images). ``limit``: that many eval images, spread evenly. ``progress`` gets
+    the number of images of each batch done. Returns the JSON figures."""
+    held = eval_part(eval_ds, ckpt.split)
+    if limit is not None and limit < len(held):
+        held = held.subset(limit)
+    tables = checkpoint_tables(ckpt)
+    tid = register_tables(tables)
+    codec = codecs.get("bottleneck", tables=tid)
+    dev = torch.device(device)
+    head, tail = head.eval().to(dev), tail.eval().to(dev)
+    ckpt.student.head.to(dev), ckpt.bottleneck.to(dev)  # the entropy model too
+    edge, server = ckpt.edge_model(), ckpt.server_model(tail)
+    n = base_ok = ok = agree = wire = wire_full = 0
+    est_bits = 0.0
+    elements = 0
+    for x, y in held.batches(batch_size):
+        x, y = x.to(dev), y.to(dev)
+        (feat,) = head(x)
+        elements = feat[0].numel()
+        t_logits = tail(feat)
+        latent = edge(x)
+        _, lik = ckpt.bottleneck.entropy(latent, training=False)
+        est_bits += float(EntropyBottleneck.bits(lik))
+        y_hats = []
+        for z in latent.cpu().split(1):
+            data = codec.encode(z, compact=True)  # the header agreed per deployment
+            wire += len(data)
+            wire_full += len(codec.encode(z))
+            (y_hat,) = codecs.decode(data, contexts={tid: tables})
+            y_hats.append(y_hat)
+        s_logits = server(torch.cat(y_hats).to(dev))
+        base_ok += int((t_logits.argmax(-1) == y).sum())
+        ok += int((s_logits.argmax(-1) == y).sum())
+        agree += int((s_logits.argmax(-1) == t_logits.argmax(-1)).sum())
+        n += x.shape[0]
+        if progress is not None:
+            progress(x.shape[0])
+    if n == 0:
+        raise ValueError("evaluate_checkpoint: the eval part is empty")
+    one = held[0][0].unsqueeze(0).to(dev)
+    (crossing,) = head(one)
+    enc, dec = ckpt.bottleneck.encoder, ckpt.bottleneck.decoder
+    latent_shape = list(edge(one).shape[1:])
+    top1_base, top1 = 100.0 * base_ok / n, 100.0 * ok / n
+    return {
+        "model": ckpt.model, "split": ckpt.cut, "codec": "bottleneck",
+        "n_train": ckpt.split.n_train, "n_eval": n,
+        "top1_baseline": top1_base, "top1": top1, "drop_pp": top1_base - top1,
+        "bytes_per_sample": wire / n, "bits_per_element": 8.0 * wire / (n * elements),
+        "bytes_per_sample_full_header": wire_full / n,
+        "header_note": "bytes_per_sample: compact streams (9 bytes of header and CRC a sample, "
+                       "the template agreed once per deployment, docs/bitstream.md); "
+                       "bytes_per_sample_full_header: self-describing streams",
+        "encoder_params": _params(enc),
+        "encoder_mflops": 2 * count_macs(enc, crossing) / 1e6,
+        "head_mflops": 2 * count_macs(head, one) / 1e6,
+        "train_seconds": float(ckpt.info.get("train_seconds", 0.0)),
+        "weights": ckpt.weights, "tables_id": tid, "channels": ckpt.bottleneck.channels,
+        "stride": ckpt.bottleneck.stride, "beta": ckpt.config.beta,
+        "tuned_blocks": ckpt.student.tuned_blocks, "latent_shape": latent_shape,
+        "cut_elements": elements, "agreement_pct": 100.0 * agree / n,
+        "estimated_bytes_per_sample": est_bits / 8 / n,
+        "decoder_params": _params(dec), "decoder_mflops": 2 * count_macs(dec, edge(one)) / 1e6,
+        "steps": ckpt.step,
+        "n_eval_note": f"one image of {n} is {100.0 / n:.3f} pp of top-1",
+        "flops_note": "a multiply-add counts 2 FLOPs (convolutions and linear layers), per "
+                      "sample, as in `splitcomp candidates`; the edge runs the head (its "
+                      "tuned copy) plus the encoder",
+    }

@@ -1,0 +1,107 @@
+"""A fixed, seeded split of a labelled dataset into a train part and a disjoint eval part.
+
+Trained components learn on the train part; every figure they report comes from the eval part.
+The split is recorded in each checkpoint (:class:`SplitRecord`): seed, sizes, a digest of the
+eval file list, and a fingerprint of every train image's pixels, so an evaluation can refuse
+images the checkpoint trained on even when they come from another folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import ImageFolderDataset
+
+
+class TrainedOnError(ValueError):
+    """An evaluation was asked to report on images a checkpoint trained on."""
+
+
+def image_fingerprint(img: torch.Tensor) -> str:
+    """16 hex digits of the SHA-256 of an image's decoded uint8 pixels (and its shape)."""
+    arr = img.contiguous().numpy()
+    return hashlib.sha256(str(arr.shape).encode() + arr.tobytes()).hexdigest()[:16]
+
+
+def _list_digest(names: list[str]) -> str:
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+@dataclass
+class SplitRecord:
+    """How a dataset was split: enough to rebuild the split and to check an eval set."""
+
+    seed: int
+    n_train: int
+    n_eval: int
+    eval_digest: str  #: SHA-256 of the eval part's relative file names, in order
+    train_fingerprints: list[str] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SplitRecord:
+        return cls(int(d["seed"]), int(d["n_train"]), int(d["n_eval"]), str(d["eval_digest"]),
+                   [str(f) for f in d.get("train_fingerprints", [])])
+
+    def check_disjoint(self, ds: ImageFolderDataset) -> None:
+        """Raise :class:`TrainedOnError` if any image of ``ds`` is one the split trained on."""
+        trained = set(self.train_fingerprints)
+        hits = [i for i in range(len(ds)) if image_fingerprint(ds.image_uint8(i)) in trained]
+        if hits:
+            raise TrainedOnError(f"{len(hits)} of {len(ds)} images were in the checkpoint's "
+                                 f"train part (e.g. {ds.samples[hits[0]][0]}): evaluate on "
+                                 "the eval part only")
+
+
+def _relative_names(ds: ImageFolderDataset, indices: list[int]) -> list[str]:
+    root = ds.root
+    out = []
+    for i in indices:
+        p = ds.samples[i][0]
+        out.append(str(p.relative_to(root)) if root is not None and p.is_relative_to(root)
+                   else p.name)
+    return out
+
+
+def split_dataset(ds: ImageFolderDataset, n_train: int | None = None, seed: int = 0
+                  ) -> tuple[ImageFolderDataset, ImageFolderDataset, SplitRecord]:
+    """(train part, eval part, record): a seeded, class-stratified split. ``n_train``: images
+    in the train part (default half); the rest is the eval part."""
+    n = len(ds)
+    n_train = n // 2 if n_train is None else n_train
+    if not 0 < n_train < n:
+        raise ValueError(f"n_train={n_train}: need 0 < n_train < {n} (the dataset's size)")
+    rng = np.random.default_rng(seed)
+    labels = ds.labels.numpy()
+    order = []
+    for c in np.unique(labels):  # interleave classes so any prefix is balanced
+        members = np.flatnonzero(labels == c)
+        order.append(rng.permutation(members))
+    width = max(len(m) for m in order)
+    flat = [int(m[k]) for k in range(width) for m in order if k < len(m)]
+    train_idx, eval_idx = sorted(flat[:n_train]), sorted(flat[n_train:])
+    train, held = ds.subset(train_idx), ds.subset(eval_idx)
+    train.preload()
+    record = SplitRecord(seed, len(train_idx), len(eval_idx),
+                         _list_digest(_relative_names(ds, eval_idx)),
+                         [image_fingerprint(train.image_uint8(i)) for i in range(len(train))])
+    return train, held, record
+
+
+def eval_part(ds: ImageFolderDataset, record: SplitRecord) -> ImageFolderDataset:
+    """The eval part of ``ds`` under ``record`` (the same data as at training: checked by the
+    file list digest), else ``ds`` itself after checking it shares no image with the train
+    part (another folder)."""
+    if len(ds) == record.n_train + record.n_eval:
+        _, held, again = split_dataset(ds, record.n_train, record.seed)
+        if again.eval_digest == record.eval_digest:
+            return held
+    record.check_disjoint(ds)
+    return ds

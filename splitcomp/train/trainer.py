@@ -1,0 +1,195 @@
+"""Training a learned bottleneck around a frozen model (feature distillation, then KD on logits).
+
+Two stages, as Entropic Student (Matsubara et al. 2022) trains its bottleneck:
+
+1. *feature distillation* (the first ``feature_share`` of the steps): the decoder's output
+   should equal the teacher's crossing tensor (MSE, normalised by the teacher's energy), with
+   the rate term ramping up;
+2. *KD on logits*: the student's logits through the frozen tail should match the teacher's
+   (KL at ``temperature``), a small feature term kept, plus ``label_weight`` x cross-entropy
+   when labels are given.
+
+The rate term is ``beta`` x (bits of the latent per element of the original cut). Every step
+draws a new view of each image (crop, flip, optional mixup/CutMix) and runs the teacher on that
+same view, so 5,000 images give many distinct targets. The schedule (cosine learning rate)
+fits a step count from ``epochs``, or from ``minutes`` after timing the first steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import crop_flip, mix
+from .bottleneck import Bottleneck, freeze, parameters, trainable_head
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one bottleneck training run (recorded in the checkpoint)."""
+
+    channels: int = 16
+    stride: int = 2
+    hidden: int | None = None
+    beta: float = 1.0
+    tune_head: int = 1  #: the head's last blocks fine-tuned on the edge (0: head frozen)
+    epochs: float | None = None
+    minutes: float | None = None
+    batch_size: int = 128
+    lr: float = 2e-3
+    aux_lr: float = 1e-2
+    weight_decay: float = 1e-4
+    feature_share: float = 0.25
+    temperature: float = 4.0
+    feature_weight: float = 0.1  #: of the feature term in stage 2
+    label_weight: float = 0.0
+    pad: int = 4
+    mix_alpha: float = 1.0  #: 0 turns mixing off
+    seed: int = 0
+    device: str = "cpu"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class History:
+    """Per-logged-step figures of a run."""
+
+    step: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    bits_per_sample: list[float] = field(default_factory=list)
+    agree: list[float] = field(default_factory=list)  #: student == teacher top-1 on the batch
+    seconds: float = 0.0
+    steps: int = 0
+
+
+@dataclass
+class Student:
+    """What training produces: the edge's head copy and the bottleneck."""
+
+    head: nn.Module
+    bottleneck: Bottleneck
+    tuned_blocks: list[str]
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's KD: KL(teacher || student) at ``temperature``, scaled by T^2."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1),
+                    log_target=True, reduction="batchmean") * t * t
+
+
+def train_bottleneck(head: nn.Module, tail: nn.Module, images: torch.Tensor,
+                     normalize: Callable[[torch.Tensor], torch.Tensor], cfg: TrainConfig,
+                     labels: torch.Tensor | None = None, student: Student | None = None,
+                     progress: Callable[[dict[str, float]], None] | None = None,
+                     start_step: int = 0, total_steps: int | None = None,
+                     on_checkpoint: Callable[[Student, int, int], None] | None = None,
+                     checkpoint_every: float = 300.0) -> tuple[Student, History]:
+    """Train a bottleneck between ``head`` and ``tail`` (both frozen; the head is copied for
+    fine-tuning) on ``images`` (N, C, H, W uint8, the train part) normalised by ``normalize``.
+
+    ``student``/``start_step``/``total_steps`` resume a run. Returns the student and its
+    history; ``progress`` gets the figures of every logged step; ``on_checkpoint(student,
+    step, total_steps)`` is called every ``checkpoint_every`` seconds (not at the end), so a
+    killed run can resume from what it saved (``total_steps`` is 0 while still unknown).
+    """
+    device = torch.device(cfg.device)
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    freeze(head, tail)
+    head, tail = head.to(device), tail.to(device)
+    with torch.no_grad():
+        (probe,) = head(normalize(images[:2]).to(device))
+    if probe.dim() != 4:
+        raise ValueError(f"a bottleneck needs one 4-d crossing tensor, got {tuple(probe.shape)}")
+    elements = probe[0].numel()
+    if student is None:
+        s_head, tuned = trainable_head(head, cfg.tune_head)
+        student = Student(s_head, Bottleneck(probe.shape[1], cfg.channels, cfg.stride,
+                                             cfg.hidden), tuned)
+    s_head, bn = student.head.to(device), student.bottleneck.to(device)
+    main_params = parameters(s_head, bn.encoder, bn.decoder) + [
+        p for n, p in bn.entropy.named_parameters() if n != "quantiles"]
+    opt = torch.optim.AdamW(main_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    aux = torch.optim.Adam([bn.entropy.quantiles], lr=cfg.aux_lr)
+    n = images.shape[0]
+    steps_per_epoch = max(n // cfg.batch_size, 1)
+    hist = History()
+    t0 = time.perf_counter()
+    total = total_steps or (round(cfg.epochs * steps_per_epoch) if cfg.epochs else None)
+    step = start_step
+    last_save = t0
+    order = torch.randperm(n, generator=g)
+    pos = 0
+    while total is None or step < total:
+        if total is None and step - start_step == 20:  # fit the schedule to the time budget
+            per_step = (time.perf_counter() - t0) / 20
+            total = start_step + max(int(cfg.minutes * 60 / per_step), 40)
+        if pos + cfg.batch_size > n:
+            order, pos = torch.randperm(n, generator=g), 0
+        idx = order[pos:pos + cfg.batch_size]
+        pos += cfg.batch_size
+        x = crop_flip(images[idx], cfg.pad, g)
+        x = normalize(x).to(device)
+        if cfg.mix_alpha > 0:
+            x = mix(x, g, cfg.mix_alpha)
+        frac = step / total if total else 0.0
+        lr_scale = 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_scale
+        with torch.no_grad():
+            (t_feat,) = head(x)
+            t_logits = tail(t_feat)
+        s_head.train(False)
+        bn.train(True)
+        (s_feat,) = s_head(x)
+        recon, lik = bn(s_feat)
+        bits = bn.entropy.bits(lik) / x.shape[0]
+        feat = F.mse_loss(recon, t_feat) / t_feat.pow(2).mean().clamp(min=1e-8)
+        stage1 = frac < cfg.feature_share
+        if stage1:
+            ramp = frac / cfg.feature_share if cfg.feature_share > 0 else 1.0
+            loss = feat + cfg.beta * ramp * bits / elements
+            s_logits = None
+        else:
+            s_logits = tail(recon)
+            loss = (kd_loss(s_logits, t_logits, cfg.temperature)
+                    + cfg.feature_weight * feat + cfg.beta * bits / elements)
+            if labels is not None and cfg.label_weight > 0 and cfg.mix_alpha <= 0:
+                loss = loss + cfg.label_weight * F.cross_entropy(s_logits, labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(main_params, 5.0)
+        opt.step()
+        aux.zero_grad(set_to_none=True)
+        bn.entropy.aux_loss().backward()
+        aux.step()
+        step += 1
+        if step % 10 == 0 or step == total:
+            agree = float("nan") if s_logits is None else float(
+                (s_logits.argmax(-1) == t_logits.argmax(-1)).float().mean())
+            hist.step.append(step)
+            hist.loss.append(float(loss.detach()))
+            hist.bits_per_sample.append(float(bits.detach()))
+            hist.agree.append(agree)
+            if progress is not None:
+                progress({"step": step, "total": total or 0, "loss": hist.loss[-1],
+                          "bits": hist.bits_per_sample[-1], "agree": agree,
+                          "stage": 1 if stage1 else 2})
+        if (on_checkpoint is not None and step != total
+                and time.perf_counter() - last_save >= checkpoint_every):
+            on_checkpoint(student, step, total or 0)
+            last_save = time.perf_counter()
+    hist.seconds = time.perf_counter() - t0
+    hist.steps = step - start_step
+    bn.eval()
+    return student, hist
