@@ -18,36 +18,16 @@ naming neither is refused with :class:`~splitcomp.codecs.errors.BitstreamError`.
 
 from __future__ import annotations
 
-import hashlib
-import struct
-import threading
-import zlib
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 
-from ._tokenwise_context import context_id as tables_id
-from .bytes_io import Reader, put_varint, unzigzag, zigzag
-from .contexts import scoped_context
+from .bytes_io import put_varint, unzigzag, zigzag
+from .contexts import ContextRegistry, seal, unseal
 from .entropy import Model, categorical, put_varints, read_varints
 from .errors import BitstreamError, require
-
-__all__ = [
-    "BottleneckTables",
-    "find_tables",
-    "get_tables",
-    "load_tables_file",
-    "local_tables",
-    "register_tables",
-    "registered_tables",
-    "save_tables",
-    "tables_filename",
-    "tables_id",
-]
 
 MAGIC = b"SBNT"
 VERSION = 1
@@ -141,8 +121,7 @@ class BottleneckTables:
             put_varint(out, row.size)
             out += put_varints(row)
         out += self.medians.astype("<f4").tobytes()
-        out += struct.pack("<I", zlib.crc32(out))
-        return bytes(out)
+        return seal(out)
 
     @cached_property
     def table_id(self) -> int:
@@ -153,13 +132,7 @@ class BottleneckTables:
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> BottleneckTables:
         """Parse and validate table bytes (a peer's: untrusted); anything malformed, out of
         bounds or not written as :meth:`to_bytes` writes it raises BitstreamError."""
-        view = memoryview(data).cast("B")
-        require(len(view) >= len(MAGIC) + 13, "bottleneck tables: truncated")
-        require(bytes(view[:4]) == MAGIC, "bottleneck tables: bad magic")
-        (crc,) = struct.unpack("<I", view[-4:])
-        require(zlib.crc32(view[:-4]) == crc, "bottleneck tables: CRC mismatch")
-        r = Reader(view, 4, len(view) - 4)
-        require(r.u8() == VERSION, "bottleneck tables: unsupported version")
+        view, r = unseal(data, MAGIC, VERSION, len(MAGIC) + 13, "bottleneck tables")
         c = r.varint()
         # each channel takes at least 3 bytes of row (offset, length, a frequency) + a median
         require(1 <= c <= MAX_CHANNELS and 7 * c <= r.remaining(),
@@ -189,86 +162,14 @@ class BottleneckTables:
         return tables
 
 
-#: registered tables, least recently used first (at most :data:`MAX_TABLES`)
-_STORE: OrderedDict[int, BottleneckTables] = OrderedDict()
-_LOCK = threading.Lock()
-#: table sets the process-wide registry keeps; registering one more forgets the least
-#: recently used (a server must not grow without limit)
-MAX_TABLES = 64
-#: largest tables file :func:`load_tables_file` reads
-MAX_TABLES_FILE = 1 << 26
+#: the tables this process holds (64 at most, least recently used forgotten first: a server
+#: must not grow without limit; files up to 64 MiB), under 20-bit ids: the first 20 bits of
+#: their SHA-256
+TABLES: ContextRegistry[BottleneckTables] = ContextRegistry(
+    "bottleneck tables", BottleneckTables, id_bits=20, max_items=64, file_ext="sbnt")
 
-
-def tables_filename(tid: int) -> str:
-    return f"bottleneck-{tid:05x}.sbnt"
-
-
-def save_tables(tables: BottleneckTables, directory: str | Path) -> Path:
-    """Write ``tables`` as ``bottleneck-<id hex>.sbnt`` in ``directory``."""
-    data = tables.to_bytes()
-    path = Path(directory) / tables_filename(tables_id(data))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-def register_tables(tables: BottleneckTables | bytes | bytearray | memoryview) -> int:
-    """Make tables known to this process (both ends of a session do it); returns their id.
-
-    Raises BitstreamError for malformed bytes, ValueError if other tables have the id."""
-    if not isinstance(tables, BottleneckTables):
-        tables = BottleneckTables.from_bytes(tables)
-    data = tables.to_bytes()
-    tid = tables_id(data)
-    with _LOCK:
-        old = _STORE.get(tid)
-        if old is not None and old.to_bytes() != data:
-            raise ValueError(f"bottleneck tables id {tid} already holds other tables")
-        _STORE[tid] = old or tables
-        _STORE.move_to_end(tid)
-        while len(_STORE) > max(MAX_TABLES, 1):
-            _STORE.popitem(last=False)
-    return tid
-
-
-def load_tables_file(path: str | Path) -> int:
-    """Read a tables file (as :func:`save_tables` writes it; any name), register it and
-    return its id. OSError if unreadable, BitstreamError if not valid tables (or over
-    :data:`MAX_TABLES_FILE` bytes), ValueError if other tables are registered under its id."""
-    with open(path, "rb") as f:
-        data = f.read(MAX_TABLES_FILE + 1)
-    require(len(data) <= MAX_TABLES_FILE, f"bottleneck tables file {path}: too large")
-    return register_tables(data)
-
-
-def registered_tables(tid: int) -> BottleneckTables | None:
-    """The tables registered here under ``tid`` (their LRU place refreshed), else None."""
-    with _LOCK:
-        hit = _STORE.get(tid)
-        if hit is not None:
-            _STORE.move_to_end(tid)
-        return hit
-
-
-def local_tables(digest: bytes) -> BottleneckTables | None:
-    """The registered tables whose bytes have the SHA-256 ``digest``, else None."""
-    hit = registered_tables((int.from_bytes(digest[:3], "little") & 0xFFFFF) or 1)
-    if hit is None or hashlib.sha256(hit.to_bytes()).digest() != bytes(digest):
-        return None  # other tables under that 20-bit id: not the ones asked for
-    return hit
-
-
-def find_tables(tid: int) -> BottleneckTables | None:
-    """The tables ``tid`` in scope, else those registered here, else None."""
-    hit = scoped_context(tid)
-    if isinstance(hit, BottleneckTables):
-        return hit
-    return registered_tables(tid)
-
-
-def get_tables(tid: int) -> BottleneckTables:
-    """The tables ``tid`` in scope or registered; BitstreamError if there are none."""
-    hit = find_tables(tid)
-    if hit is None:
-        raise BitstreamError(f"bottleneck tables {tid} are not registered here")
-    return hit
+# the functions of old are the registry's methods (see ContextRegistry)
+tables_id, tables_filename, save_tables = TABLES.id_of, TABLES.filename, TABLES.save
+register_tables, load_tables_file = TABLES.register, TABLES.load_file
+registered_tables, local_tables = TABLES.get, TABLES.by_digest
+find_tables, get_tables = TABLES.find, TABLES.require

@@ -24,20 +24,15 @@ symbol ``2K + 1`` of a group is the escape (the value follows as a varint).
 
 from __future__ import annotations
 
-import hashlib
 import struct
-import threading
-import zlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from .bytes_io import Reader, put_varint
+from .bytes_io import put_varint
+from .contexts import ContextRegistry, seal, unseal
 from .contexts import context_scope as context_scope  # its old home; splitcomp.codecs has it
-from .contexts import scoped_context
-from .errors import BitstreamError, require
+from .errors import require
 
 MAGIC = b"SCTX"
 VERSION = 1
@@ -115,8 +110,7 @@ class TokenwiseContext:
         out += self.w_code.astype(np.uint8).tobytes()
         out += np.rint(self.delta * 256).astype(np.uint8).tobytes()
         out += self.knots.astype("<f2").tobytes()
-        out += struct.pack("<I", zlib.crc32(out))
-        return bytes(out)
+        return seal(out)
 
     @property
     def context_id(self) -> int:
@@ -126,13 +120,7 @@ class TokenwiseContext:
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> TokenwiseContext:
         """Parse and validate context bytes; anything malformed raises BitstreamError."""
-        view = memoryview(data).cast("B")
-        require(len(view) >= len(MAGIC) + 1 + 4, "tokenwise context: truncated")
-        require(bytes(view[:4]) == MAGIC, "tokenwise context: bad magic")
-        (crc,) = struct.unpack("<I", view[-4:])
-        require(zlib.crc32(view[:-4]) == crc, "tokenwise context: CRC mismatch")
-        r = Reader(view, 4, len(view) - 4)
-        require(r.u8() == VERSION, "tokenwise context: unsupported version")
+        _, r = unseal(data, MAGIC, VERSION, len(MAGIC) + 1 + 4, "tokenwise context")
         c, m = r.varint(), r.varint()
         require(1 <= c <= _MAX_CHANNELS and 3 <= m <= 255, "tokenwise context: bad sizes")
         size = 6 + 2 * m + 256 + 4 * c + 2 * c * m
@@ -211,89 +199,18 @@ class TokenwiseContext:
         return out
 
 
-def context_id(data: bytes) -> int:
-    """The 20-bit id of context bytes (never 0, which means "no context"): the first 20 bits
-    of their SHA-256 (their CRC32 would not do: a CRC over bytes ending in it is a constant)."""
-    return (int.from_bytes(hashlib.sha256(data).digest()[:3], "little") & 0xFFFFF) or 1
+#: the contexts this process holds (64 at most, least recently used forgotten first: a server
+#: must not grow without limit; files up to 64 MiB, the largest valid context being ~34 MB),
+#: under 20-bit ids: the first 20 bits of their SHA-256 (not their CRC32: a CRC over bytes
+#: ending in it is a constant)
+CONTEXTS: ContextRegistry[TokenwiseContext] = ContextRegistry(
+    "tokenwise context", TokenwiseContext, id_bits=20, max_items=64, file_ext="sctx")
+_STORE = CONTEXTS._items  # its old name: id -> context, least recently used first
 
-
-#: registered contexts, least recently used first (at most :data:`MAX_CONTEXTS`)
-_STORE: OrderedDict[int, TokenwiseContext] = OrderedDict()
-_LOCK = threading.Lock()
-#: contexts the process-wide registry keeps; registering one more forgets the least recently
-#: used (a server must not grow without limit)
-MAX_CONTEXTS = 64
-#: largest context file :func:`load_context_file` reads (the largest valid context is ~34 MB)
-MAX_CONTEXT_FILE = 1 << 26
-
-
-def context_filename(cid: int) -> str:
-    return f"tokenwise-{cid:05x}.sctx"
-
-
-def save_context(ctx: TokenwiseContext, directory: str | Path) -> Path:
-    """Write ``ctx`` as ``tokenwise-<id>.sctx`` in ``directory`` (for :func:`load_context_file`)."""
-    data = ctx.to_bytes()
-    path = Path(directory) / context_filename(context_id(data))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-def register_context(ctx: TokenwiseContext | bytes | bytearray | memoryview) -> int:
-    """Make a context known to this process (both ends of a session do it); returns its id.
-
-    Raises BitstreamError for malformed bytes, ValueError if another context has the id."""
-    if not isinstance(ctx, TokenwiseContext):
-        ctx = TokenwiseContext.from_bytes(ctx)
-    data = ctx.to_bytes()
-    cid = context_id(data)
-    with _LOCK:
-        old = _STORE.get(cid)
-        if old is not None and old.to_bytes() != data:
-            raise ValueError(f"tokenwise context id {cid} already holds another context")
-        _STORE[cid] = old or ctx
-        _STORE.move_to_end(cid)
-        while len(_STORE) > max(MAX_CONTEXTS, 1):
-            _STORE.popitem(last=False)
-    return cid
-
-
-def load_context_file(path: str | Path) -> int:
-    """Read a context file (as :func:`save_context` writes it; any name), register it and
-    return its id. Raises OSError if the file cannot be read, BitstreamError if it is not a
-    valid context (or over :data:`MAX_CONTEXT_FILE` bytes), ValueError if another context is
-    registered under its id."""
-    with open(path, "rb") as f:
-        data = f.read(MAX_CONTEXT_FILE + 1)
-    require(len(data) <= MAX_CONTEXT_FILE, f"tokenwise context file {path}: too large")
-    return register_context(data)
-
-
-def registered_context(cid: int) -> TokenwiseContext | None:
-    """The context registered here under ``cid`` (its LRU place refreshed), else None."""
-    with _LOCK:
-        hit = _STORE.get(cid)
-        if hit is not None:
-            _STORE.move_to_end(cid)
-        return hit
-
-
-def find_context(cid: int) -> TokenwiseContext | None:
-    """The context ``cid`` in scope (:func:`~splitcomp.codecs.contexts.context_scope`), else
-    the one registered here, else None."""
-    hit = scoped_context(cid)
-    if isinstance(hit, TokenwiseContext):
-        return hit
-    return registered_context(cid)
-
-
-def get_context(cid: int) -> TokenwiseContext:
-    """The context ``cid`` in scope or registered; BitstreamError if there is none."""
-    hit = find_context(cid)
-    if hit is None:
-        raise BitstreamError(f"tokenwise context {cid} is not registered here")
-    return hit
+# the functions of old are the registry's methods (see ContextRegistry)
+context_id, context_filename, save_context = CONTEXTS.id_of, CONTEXTS.filename, CONTEXTS.save
+register_context, load_context_file = CONTEXTS.register, CONTEXTS.load_file
+registered_context, find_context, get_context = CONTEXTS.get, CONTEXTS.find, CONTEXTS.require
 
 
 def calibrate(hidden: np.ndarray, sensitivity: np.ndarray | None = None, alpha: float = 0.0,

@@ -10,12 +10,15 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from .errors import DEFAULT_LIMITS, BitstreamError, DecodeLimits
+
+if TYPE_CHECKING:
+    from .contexts import ContextRegistry
 
 
 @dataclass(frozen=True)
@@ -160,3 +163,50 @@ class Codec(abc.ABC):
     def error_bound(self, x: np.ndarray) -> float:
         """Largest absolute error this codec allows itself on ``x`` (0 for lossless codecs)."""
         return 0.0
+
+
+class SessionContextCodec(Codec):
+    """A codec whose streams name a session context by the integer parameter
+    ``context_param`` (0: none, a self-contained mode), found in scope or in the registry
+    ``context_registry`` (whose item type is the context class): the hooks above, from it.
+
+    The context a codec instance codes against is :attr:`context` (None when the parameter
+    is 0); naming one that is neither in scope nor registered is a ValueError."""
+
+    has_session_context = True
+    #: the parameter that names the context by its key
+    context_param: ClassVar[str]
+    #: the contexts registered in this process
+    context_registry: ClassVar[ContextRegistry[Any]]
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        key = self.params[self.context_param]
+        try:
+            self.context = self.context_registry.require(key) if key else None
+        except BitstreamError as e:
+            raise ValueError(str(e)) from None
+
+    @classmethod
+    def with_context(cls, context: Any, **params: Any) -> Any:
+        """Register ``context`` (or its bytes) here and build the codec that names it."""
+        return cls(**{cls.context_param: cls.context_registry.register(context)}, **params)
+
+    def session_context(self) -> bytes | None:
+        return None if self.context is None else self.context_registry.to_bytes(self.context)
+
+    @classmethod
+    def load_context(cls, data: bytes | bytearray | memoryview) -> Any:
+        return cls.context_registry.parse(data)
+
+    @classmethod
+    def context_key(cls, context: object) -> int:
+        reg = cls.context_registry
+        if not isinstance(context, reg.item_type):
+            raise TypeError(f"{cls.name}: not a {reg.item_type.__name__}: "
+                            f"{type(context).__name__}")
+        return reg.key_of(context)
+
+    @classmethod
+    def local_context(cls, digest: bytes) -> Any:
+        return cls.context_registry.by_digest(digest)

@@ -30,6 +30,7 @@ import numpy as np
 
 from ._bottleneck_tables import (
     Q_MAX,
+    TABLES,
     BottleneckTables,
     find_tables,
     get_tables,
@@ -41,7 +42,7 @@ from ._bottleneck_tables import (
     tables_filename,
     tables_id,
 )
-from .base import Codec, Param
+from .base import Param, SessionContextCodec
 from .bytes_io import Reader, put_varint
 from .entropy import (
     AnsReader,
@@ -53,15 +54,17 @@ from .entropy import (
     put_varints,
     read_varints,
 )
-from .errors import BitstreamError, DecodeLimits, require
+from .errors import DecodeLimits, require
 from .registry import register_codec
 
 __all__ = [
+    "TABLES",
     "BottleneckCodec",
     "BottleneckTables",
     "find_tables",
     "get_tables",
     "load_tables_file",
+    "local_tables",
     "register_tables",
     "registered_tables",
     "save_tables",
@@ -89,7 +92,7 @@ def _rounded(x: np.ndarray) -> np.ndarray:
 
 
 @register_codec("bottleneck", codec_id=10)
-class BottleneckCodec(Codec):
+class BottleneckCodec(SessionContextCodec):
     """A learned bottleneck's latent under its trained per-channel tables (a session
     context); without tables, integer rounding with a table in the stream."""
 
@@ -97,49 +100,26 @@ class BottleneckCodec(Codec):
         Param("tables", int, 0, low=0, high=(1 << 20) - 1,
               doc="id of the trained tables (0: self-contained, a table in every stream)"),
     )
-    has_session_context = True
+    context_param = "tables"
+    context_registry = TABLES
 
-    def __init__(self, **params) -> None:
-        super().__init__(**params)
-        tid = self.params["tables"]
-        try:
-            self.tables: BottleneckTables | None = get_tables(tid) if tid else None
-        except BitstreamError as e:
-            raise ValueError(str(e)) from None
+    context: BottleneckTables | None  # None: self-contained mode
 
     @classmethod
     def with_tables(cls, tables: BottleneckTables | bytes) -> BottleneckCodec:
         """Register ``tables`` here and build the codec that names them."""
-        return cls(tables=register_tables(tables))
-
-    # -- session context hook (see Codec) ----------------------------------------------------
-    def session_context(self) -> bytes | None:
-        return None if self.tables is None else self.tables.to_bytes()
-
-    @classmethod
-    def load_context(cls, data: bytes | bytearray | memoryview) -> BottleneckTables:
-        return BottleneckTables.from_bytes(data)
-
-    @classmethod
-    def context_key(cls, context: object) -> int:
-        if not isinstance(context, BottleneckTables):
-            raise TypeError(f"bottleneck: not BottleneckTables: {type(context).__name__}")
-        return context.table_id
-
-    @classmethod
-    def local_context(cls, digest: bytes) -> BottleneckTables | None:
-        return local_tables(digest)
+        return cls.with_context(tables)
 
     # -- tables mode -------------------------------------------------------------------------
     def _check_shape(self, shape: tuple[int, ...]) -> bool:
-        t = self.tables
+        t = self.context
         assert t is not None
         return len(shape) >= 2 and shape[1] == t.channels
 
     def _channels(self, x: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Per channel of ``x`` (B, C, ...): its symbols (int32, (b, then raster) order: row
         indices or the escape) and its escaped values (int64)."""
-        t = self.tables
+        t = self.context
         assert t is not None
         x3 = x.reshape(x.shape[0], t.channels, -1)
         for j in range(t.channels):
@@ -152,7 +132,7 @@ class BottleneckCodec(Codec):
             yield np.where(esc, t.lengths[j], idx).astype(np.int32), q[esc]
 
     def _encode_tables(self, x: np.ndarray) -> bytes:
-        t = self.tables
+        t = self.context
         assert t is not None
         writer = AnsWriter()
         escaped = []
@@ -165,7 +145,7 @@ class BottleneckCodec(Codec):
         return bytes(out) + writer.finish() + tail
 
     def _decode_tables(self, payload: memoryview, shape: tuple[int, ...], n: int) -> np.ndarray:
-        t = self.tables
+        t = self.context
         assert t is not None
         c, b = t.channels, shape[0]
         r = Reader(payload)
@@ -204,22 +184,22 @@ class BottleneckCodec(Codec):
     def encode_array(self, x: np.ndarray) -> bytes:
         if not np.all(np.isfinite(x)):
             raise ValueError("bottleneck: input contains NaN or inf")
-        if self.tables is not None:
+        if self.context is not None:
             if not self._check_shape(x.shape):
                 raise ValueError(f"bottleneck: shape {x.shape}: axis 1 must hold the "
-                                 f"{self.tables.channels} channels of the tables")
+                                 f"{self.context.channels} channels of the tables")
             return self._encode_tables(x) if x.size else b""
         return encode_symbols(_rounded(x)) if x.size else b""
 
     def decode_array(self, payload, shape, limits: DecodeLimits) -> np.ndarray:
-        if self.tables is not None:
+        if self.context is not None:
             require(self._check_shape(shape), f"bottleneck: shape {shape}, the tables have "
-                                              f"{self.tables.channels} channels")
+                                              f"{self.context.channels} channels")
         n = int(np.prod(shape, dtype=np.int64))
         if n == 0:
             require(len(payload) == 0, "bottleneck: payload for an empty tensor")
             return np.zeros(shape, np.float32)
-        if self.tables is not None:
+        if self.context is not None:
             return self._decode_tables(payload, shape, n)
         u = decode_symbols(payload, n, max_symbol=2 * Q_MAX)
         return _unzigzag(u).astype(np.float32).reshape(shape)
@@ -227,9 +207,9 @@ class BottleneckCodec(Codec):
     def error_bound(self, x: np.ndarray) -> float:
         if x.size == 0:
             return 0.0
-        if self.tables is None:
+        if self.context is None:
             return 0.5
-        top = float(np.abs(x).max()) + float(np.abs(self.tables.medians).max()) + 1.0
+        top = float(np.abs(x).max()) + float(np.abs(self.context.medians).max()) + 1.0
         return 0.5 + top * 2.0**-22
 
     def estimate_bits(self, x: np.ndarray) -> float:
@@ -239,7 +219,7 @@ class BottleneckCodec(Codec):
         x = np.asarray(x, np.float32)
         if x.size == 0:
             return 0.0
-        if self.tables is None:
+        if self.context is None:
             if not np.all(np.isfinite(x)):
                 raise ValueError("bottleneck: input contains NaN or inf")
             alphabet, counts = histogram(_rounded(x))
@@ -247,7 +227,7 @@ class BottleneckCodec(Codec):
         if not self._check_shape(x.shape):
             raise ValueError(f"bottleneck: shape {x.shape} does not fit the tables")
         bits, escaped = 0.0, []
-        for cost, (sym, esc) in zip(self.tables.costs, self._channels(x), strict=True):
+        for cost, (sym, esc) in zip(self.context.costs, self._channels(x), strict=True):
             bits += float(cost[sym].sum())
             escaped.append(esc)
         return bits + 8.0 * len(put_varints(_zigzag(np.concatenate(escaped))))

@@ -12,52 +12,29 @@ CRC32 still covers every byte, and a stream naming an unknown template is a
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
-
-from .errors import require
+from .contexts import ContextRegistry
 
 #: magic of a compact stream (a full one starts with ``SC``)
 COMPACT_MAGIC = b"SK"
 #: bytes before the payload: magic and the template id (u24 LE)
 PREFIX_BYTES = 5
-#: templates this process keeps (least recently used forgotten first)
+#: templates this process keeps at first (least recently used forgotten first; the live bound:
+#: ``TEMPLATES.max_items``)
 MAX_TEMPLATES = 256
 
-_STORE: OrderedDict[int, bytes] = OrderedDict()
-_LOCK = threading.Lock()
+#: the templates this process holds, under 24-bit ids: the first 3 bytes of their SHA-256
+TEMPLATES: ContextRegistry[bytes] = ContextRegistry(
+    "compact stream template", bytes, id_bits=24, max_items=MAX_TEMPLATES, parse=bytes,
+    to_bytes=bytes, scoped=False, key_format="06x",
+    hint=" (both ends register a deployment's template)")
 
-
-def template_id(template: bytes) -> int:
-    """The 24-bit id of a template (never 0): the first 3 bytes of its SHA-256."""
-    return int.from_bytes(hashlib.sha256(template).digest()[:3], "little") or 1
-
-
-def register_template(template: bytes) -> int:
-    """Make a template known to this process; returns its id (ValueError if another
-    template has that id: make one of them differ, e.g. by the shape)."""
-    tid = template_id(template)
-    with _LOCK:
-        old = _STORE.get(tid)
-        if old is not None and old != template:
-            raise ValueError(f"compact stream template {tid:06x} already holds another")
-        _STORE[tid] = template
-        _STORE.move_to_end(tid)
-        while len(_STORE) > MAX_TEMPLATES:
-            _STORE.popitem(last=False)
-    return tid
-
-
-def find_template(tid: int) -> bytes:
-    """The template registered under ``tid``; BitstreamError if none is."""
-    with _LOCK:
-        hit = _STORE.get(tid)
-        if hit is not None:
-            _STORE.move_to_end(tid)
-    require(hit is not None, f"compact stream names template {tid:06x}, which is not "
-            "registered here (both ends register a deployment's template)")
-    return hit  # type: ignore[return-value]
+#: the 24-bit id (never 0) of a template
+template_id = TEMPLATES.id_of
+#: make a template known here; its id (ValueError if another template has it: make one of
+#: them differ, e.g. by the shape)
+register_template = TEMPLATES.register
+#: the template registered under an id; BitstreamError if none is
+find_template = TEMPLATES.require
 
 
 def prefix(tid: int) -> bytes:

@@ -1,4 +1,4 @@
-"""Per-session codec contexts in scope while streams decode.
+"""Per-session codec contexts in scope while streams decode, and the process-wide registries.
 
 Some codecs code against a *session context* sent once per session
 (:attr:`~splitcomp.codecs.base.Codec.has_session_context`); their streams name it by a key
@@ -7,15 +7,33 @@ contexts decodes that session's streams inside :func:`context_scope` (or passes 
 ``contexts=`` to :func:`splitcomp.codecs.decode`), and the codec finds a context there before
 the ones registered process-wide: two clients' contexts under the same key never mix.
 The scope is a :class:`~contextvars.ContextVar`: per thread and per asyncio task.
+
+What a process holds is a :class:`ContextRegistry` per kind of item (the ``tokenwise``
+contexts, the ``bottleneck`` tables, the compact streams' header templates): bounded,
+thread-safe, least recently used forgotten first, each item under a small id derived from the
+SHA-256 of its bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import hashlib
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
+from pathlib import Path
+from typing import Generic, TypeVar
 
-__all__ = ["context_scope", "scoped_context"]
+from .bytes_io import Reader
+from .errors import BitstreamError, require
+
+__all__ = ["ContextRegistry", "context_scope", "scoped_context", "seal", "unseal"]
+
+T = TypeVar("T")
+BytesLike = bytes | bytearray | memoryview
 
 _SCOPE: ContextVar[Mapping[int, object] | None] = ContextVar("codec_contexts", default=None)
 
@@ -36,3 +54,176 @@ def scoped_context(key: int) -> object | None:
     """The context in scope under ``key``, else None."""
     scope = _SCOPE.get()
     return None if scope is None else scope.get(key)
+
+
+def seal(out: bytearray) -> bytes:
+    """A context's bytes: ``out`` (magic, version, body) and the CRC32 of it (u32 LE)."""
+    out += struct.pack("<I", zlib.crc32(out))
+    return bytes(out)
+
+
+def unseal(data: BytesLike, magic: bytes, version: int, min_size: int,
+           what: str) -> tuple[memoryview, Reader]:
+    """Check what :func:`seal` made: at least ``min_size`` bytes, ``magic``, the CRC32,
+    ``version``; BitstreamError ("<what>: ...") if not. Returns the bytes and a reader of the
+    body (from after the version to before the CRC)."""
+    view = memoryview(data).cast("B")
+    require(len(view) >= max(min_size, len(magic) + 5), f"{what}: truncated")
+    require(bytes(view[: len(magic)]) == magic, f"{what}: bad magic")
+    (crc,) = struct.unpack("<I", view[-4:])
+    require(zlib.crc32(view[:-4]) == crc, f"{what}: CRC mismatch")
+    r = Reader(view, len(magic), len(view) - 4)
+    require(r.u8() == version, f"{what}: unsupported version")
+    return view, r
+
+
+class ContextRegistry(Generic[T]):
+    """Items of one kind this process knows, each under the id of its bytes.
+
+    ``kind`` names the items in messages ("tokenwise context"). An item's id is the first
+    ``id_bits`` bits (little-endian) of the SHA-256 of its bytes, never 0 (0 means "none").
+    ``item_type``: what :meth:`register` keeps; ``parse`` turns bytes into one (default
+    ``item_type.from_bytes``, raising BitstreamError) and ``to_bytes`` back (default
+    ``item_type.to_bytes``). At most ``max_items`` are kept (the attribute is the live bound):
+    registering one more forgets the least recently used. ``scoped``: :meth:`find` looks in
+    the :func:`context_scope` first. ``file_prefix`` and ``file_ext`` name files
+    (``<prefix>-<id hex>.<ext>``, :meth:`save`); :meth:`load_file` reads at most
+    ``max_file_bytes``. ``key_format`` formats ids in messages; ``hint`` ends the message of a
+    missing item. The ids are part of the wire format: ``id_bits`` never changes for a kind.
+    """
+
+    def __init__(self, kind: str, item_type: type[T], *, id_bits: int = 20,
+                 max_items: int = 64, parse: Callable[[BytesLike], T] | None = None,
+                 to_bytes: Callable[[T], bytes] | None = None, scoped: bool = True,
+                 file_prefix: str = "", file_ext: str = "", max_file_bytes: int = 1 << 26,
+                 key_format: str = "d", hint: str = "") -> None:
+        if not 1 <= id_bits <= 256:
+            raise ValueError("id_bits must be 1 .. 256")
+        self.kind = kind
+        self.item_type = item_type
+        self.id_bits = id_bits
+        self.max_items = max_items
+        #: bytes -> item (BitstreamError if malformed), item -> bytes
+        self.parse: Callable[[BytesLike], T] = parse or item_type.from_bytes
+        self.to_bytes: Callable[[T], bytes] = to_bytes or item_type.to_bytes
+        self.scoped = scoped
+        self.file_prefix, self.file_ext = file_prefix or kind.split()[0], file_ext
+        self.max_file_bytes = max_file_bytes
+        self.key_format, self.hint = key_format, hint
+        #: id -> item, least recently used first
+        self._items: OrderedDict[int, T] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ContextRegistry({self.kind!r}, {len(self)}/{self.max_items} items)"
+
+    # -- ids ---------------------------------------------------------------------------------
+    def id_of_digest(self, digest: bytes) -> int:
+        """The id of the bytes whose SHA-256 is ``digest``."""
+        n = (self.id_bits + 7) // 8
+        return (int.from_bytes(digest[:n], "little") & ((1 << self.id_bits) - 1)) or 1
+
+    def id_of(self, data: BytesLike) -> int:
+        """The id (never 0) of an item's bytes."""
+        return self.id_of_digest(hashlib.sha256(data).digest())
+
+    def key_of(self, item: T) -> int:
+        """The id of ``item``."""
+        return self.id_of(self.to_bytes(item))
+
+    def _name(self, key: int) -> str:
+        return f"{self.kind} {key:{self.key_format}}"
+
+    # -- the registry ------------------------------------------------------------------------
+    def register(self, item: T | BytesLike) -> int:
+        """Make an item (or its bytes, parsed) known to this process; returns its id.
+
+        Raises BitstreamError for malformed bytes, ValueError if another item has the id."""
+        if not isinstance(item, self.item_type):
+            item = self.parse(item)  # type: ignore[arg-type]
+        data = self.to_bytes(item)  # type: ignore[arg-type]
+        key = self.id_of(data)
+        with self._lock:
+            old = self._items.get(key)
+            if old is not None and self.to_bytes(old) != data:
+                raise ValueError(f"{self._name(key)}: another {self.kind} already has this id")
+            self._items[key] = item if old is None else old  # type: ignore[assignment]
+            self._items.move_to_end(key)
+            while len(self._items) > max(self.max_items, 1):
+                self._items.popitem(last=False)
+        return key
+
+    def get(self, key: int) -> T | None:
+        """The item registered under ``key`` (its LRU place refreshed), else None."""
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
+
+    def find(self, key: int) -> T | None:
+        """The item ``key`` in scope (when ``scoped``), else the one registered, else None."""
+        if self.scoped:
+            hit = scoped_context(key)
+            if isinstance(hit, self.item_type):
+                return hit
+        return self.get(key)
+
+    def require(self, key: int) -> T:
+        """The item ``key`` :meth:`find` finds; BitstreamError if there is none."""
+        hit = self.find(key)
+        if hit is None:
+            raise BitstreamError(f"{self._name(key)}: not registered here{self.hint}")
+        return hit
+
+    def by_digest(self, digest: bytes) -> T | None:
+        """The registered item whose bytes have the SHA-256 ``digest``, else None."""
+        hit = self.get(self.id_of_digest(digest))
+        if hit is None or hashlib.sha256(self.to_bytes(hit)).digest() != bytes(digest):
+            return None  # another item under that id: not the one asked for
+        return hit
+
+    def remove(self, key: int) -> T | None:
+        """Forget the item ``key``; returns it (None if there was none)."""
+        with self._lock:
+            return self._items.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def keys(self) -> list[int]:
+        """The registered ids, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    # -- files -------------------------------------------------------------------------------
+    def filename(self, key: int) -> str:
+        """``<prefix>-<id hex>.<ext>``: the name :meth:`save` gives the item ``key``."""
+        return f"{self.file_prefix}-{key:0{(self.id_bits + 3) // 4}x}.{self.file_ext}"
+
+    def save(self, item: T, directory: str | Path) -> Path:
+        """Write ``item`` as :meth:`filename` in ``directory`` (for :meth:`load_file`)."""
+        data = self.to_bytes(item)
+        path = Path(directory) / self.filename(self.id_of(data))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    def load_file(self, path: str | Path) -> int:
+        """Read an item's file (as :meth:`save` writes it; any name), register it and return
+        its id. Raises OSError if the file cannot be read, BitstreamError if it does not parse
+        (or is over ``max_file_bytes``), ValueError if another item is registered under its
+        id."""
+        with open(path, "rb") as f:
+            data = f.read(self.max_file_bytes + 1)
+        require(len(data) <= self.max_file_bytes, f"{self.kind} file {path}: too large")
+        return self.register(data)

@@ -29,12 +29,12 @@ Payload layout of both modes: ``docs/bitstream.md``, section "tokenwise".
 
 from __future__ import annotations
 
-import hashlib
 import struct
 
 import numpy as np
 
 from ._tokenwise_context import (
+    CONTEXTS,
     TokenwiseContext,
     calibrate,
     context_id,
@@ -45,7 +45,7 @@ from ._tokenwise_context import (
     registered_context,
     save_context,
 )
-from .base import Codec, Param
+from .base import Param, SessionContextCodec
 from .bytes_io import Reader
 from .entropy import (
     AnsReader,
@@ -55,10 +55,11 @@ from .entropy import (
     put_varints,
     read_varints,
 )
-from .errors import BitstreamError, DecodeLimits, require
+from .errors import DecodeLimits, require
 from .registry import register_codec
 
 __all__ = [
+    "CONTEXTS",
     "TokenwiseCodec",
     "TokenwiseContext",
     "calibrate",
@@ -67,6 +68,7 @@ __all__ = [
     "get_context",
     "load_context_file",
     "register_context",
+    "registered_context",
     "save_context",
 ]
 
@@ -94,7 +96,7 @@ def _unzigzag(u: np.ndarray) -> np.ndarray:
 
 
 @register_codec("tokenwise", codec_id=9)
-class TokenwiseCodec(Codec):
+class TokenwiseCodec(SessionContextCodec):
     """Per-channel static entropy model from a session context; tiny per-token streams."""
 
     params_spec = (
@@ -105,42 +107,15 @@ class TokenwiseCodec(Codec):
     )
     quality_param = "level"
     quality_grid = (16, 12, 8, 6, 4, 3, 2, 1, 0, -2, -4, -8)
-    has_session_context = True
+    context_param = "context"
+    context_registry = CONTEXTS
 
-    def __init__(self, **params) -> None:
-        super().__init__(**params)
-        cid = self.params["context"]
-        try:
-            self.ctx: TokenwiseContext | None = get_context(cid) if cid else None
-        except BitstreamError as e:
-            raise ValueError(str(e)) from None
-        self.step = float(2.0 ** (self.params["level"] / 8.0))
+    context: TokenwiseContext | None  # None: self-contained rows
 
-    @classmethod
-    def with_context(cls, ctx: TokenwiseContext | bytes, level: int = 0) -> TokenwiseCodec:
-        """Register ``ctx`` here and build the codec that names it."""
-        return cls(context=register_context(ctx), level=level)
-
-    # -- session context hook (see Codec) ----------------------------------------------------
-    def session_context(self) -> bytes | None:
-        return None if self.ctx is None else self.ctx.to_bytes()
-
-    @classmethod
-    def load_context(cls, data: bytes | bytearray | memoryview) -> TokenwiseContext:
-        return TokenwiseContext.from_bytes(data)
-
-    @classmethod
-    def context_key(cls, context: object) -> int:
-        if not isinstance(context, TokenwiseContext):
-            raise TypeError(f"tokenwise: not a TokenwiseContext: {type(context).__name__}")
-        return context.context_id
-
-    @classmethod
-    def local_context(cls, digest: bytes) -> TokenwiseContext | None:
-        ctx = registered_context((int.from_bytes(digest[:3], "little") & 0xFFFFF) or 1)
-        if ctx is None or hashlib.sha256(ctx.to_bytes()).digest() != bytes(digest):
-            return None  # another context under that 20-bit id: not the one asked for
-        return ctx
+    @property
+    def step(self) -> float:
+        """The step factor ``2**(level / 8)``."""
+        return float(2.0 ** (self.params["level"] / 8.0))
 
     # -- self-contained rows -----------------------------------------------------------------
     def _row_steps(self, x2: np.ndarray) -> np.ndarray:
@@ -165,7 +140,7 @@ class TokenwiseCodec(Codec):
 
     # -- context mode ------------------------------------------------------------------------
     def _quantize(self, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        ctx = self.ctx
+        ctx = self.context
         assert ctx is not None
         codes = ctx.token_codes(x2)
         d = ctx.steps(self.step, codes)
@@ -176,13 +151,13 @@ class TokenwiseCodec(Codec):
         return codes, d, q.astype(np.int64)
 
     def _reconstruct(self, q: np.ndarray, d: np.ndarray) -> np.ndarray:
-        ctx = self.ctx
+        ctx = self.context
         assert ctx is not None
         qf = q.astype(np.float32)
         return (ctx.mu + (qf - np.sign(qf) * ctx.delta) * d).astype(np.float32)
 
     def _encode_context(self, x2: np.ndarray) -> bytes:
-        ctx = self.ctx
+        ctx = self.context
         assert ctx is not None
         if not np.all(np.isfinite(x2)):
             raise ValueError("tokenwise: input contains NaN or inf")
@@ -209,7 +184,7 @@ class TokenwiseCodec(Codec):
         return bytes(out)
 
     def _decode_context(self, payload: memoryview, r: int, c: int) -> np.ndarray:
-        ctx = self.ctx
+        ctx = self.context
         assert ctx is not None
         require(c == ctx.channels, f"tokenwise: {c} channels, the context has {ctx.channels}")
         require(r <= ROWS_PER_BYTE * len(payload), "tokenwise: more rows than the payload holds")
@@ -262,12 +237,12 @@ class TokenwiseCodec(Codec):
         if r * c == 0:
             return b""
         x2 = x.reshape(r, c)
-        if self.ctx is None:
+        if self.context is None:
             if not np.all(np.isfinite(x2)):
                 raise ValueError("tokenwise: input contains NaN or inf")
             return self._encode_plain(x2)
-        if c != self.ctx.channels:
-            raise ValueError(f"tokenwise: last dim {c}, the context has {self.ctx.channels}")
+        if c != self.context.channels:
+            raise ValueError(f"tokenwise: last dim {c}, the context has {self.context.channels}")
         return self._encode_context(x2)
 
     def decode_array(self, payload, shape, limits: DecodeLimits) -> np.ndarray:
@@ -275,7 +250,7 @@ class TokenwiseCodec(Codec):
         if r * c == 0:
             require(len(payload) == 0, "tokenwise: payload for an empty tensor")
             return np.zeros(shape, np.float32)
-        if self.ctx is None:
+        if self.context is None:
             out = self._decode_plain(payload, r, c)
         else:
             out = self._decode_context(payload, r, c)
@@ -287,8 +262,8 @@ class TokenwiseCodec(Codec):
             return 0.0
         x2 = np.asarray(x, np.float32).reshape(r, c)
         top = float(np.abs(x2).max())
-        if self.ctx is None:
+        if self.context is None:
             return float(self._row_steps(x2).max()) * 0.5 * (1 + 1e-5) + top * 2.0**-22
         _, d, _ = self._quantize(x2)
-        half = 0.5 + float(self.ctx.delta.max())
+        half = 0.5 + float(self.context.delta.max())
         return float(d.max()) * half * (1 + 1e-5) + top * 2.0**-22 + 1e-30

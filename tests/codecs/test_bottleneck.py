@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from splitcomp import codecs
 from splitcomp.codecs import BitstreamError, DecodeLimits, context_scope
-from splitcomp.codecs import _bottleneck_tables as bt
 from splitcomp.codecs import bottleneck as bn
 from splitcomp.codecs.container import encode_params
-from splitcomp.codecs.contexts import scoped_context
+
+from .registries import emptied, unregistered
 
 C = 8
 SCALES = np.linspace(0.5, 4.0, C)
@@ -138,33 +138,20 @@ def test_fuzz_tables_bytes(tables: bn.BottleneckTables, data: st.DataObject) -> 
         assert codecs.decode(stream)[0].shape == x.shape
 
 
-def test_tables_file_and_registry(tables: bn.BottleneckTables, tmp_path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tables_registry(tables: bn.BottleneckTables) -> None:
+    """Files, scope and the registry's bounds: ``test_session_contexts``; here, tables."""
     data = tables.to_bytes()
     tid = bn.tables_id(data)
-    path = bn.save_tables(tables, tmp_path)
-    assert path.name == f"bottleneck-{tid:05x}.sbnt" == bn.tables_filename(tid)
-    saved = dict(bt._STORE)
-    try:
-        bt._STORE.clear()
-        with pytest.raises(BitstreamError, match="not registered"):
+    with emptied(bn.TABLES):
+        with pytest.raises(BitstreamError, match="bottleneck tables .*not registered"):
             bn.get_tables(tid)
-        assert bn.load_tables_file(path) == tid
+        assert bn.register_tables(data) == tid  # bytes: parsed
+        assert bn.register_tables(tables) == tid  # the same tables again: fine
         assert bn.registered_tables(tid).to_bytes() == data
-        assert bn.register_tables(data) == tid  # the same bytes again: fine
-        monkeypatch.setattr(bt, "MAX_TABLES", 3)
+        bn.TABLES.max_items = 3
         others = [bn.register_tables(laplace_tables(channels=2, seed=s)) for s in range(4)]
-        assert len(bt._STORE) == 3 and list(bt._STORE) == others[1:]  # least recent forgotten
+        assert bn.TABLES.keys() == others[1:]  # the least recently used forgotten
         assert bn.registered_tables(tid) is None
-    finally:
-        bt._STORE.clear()
-        bt._STORE.update(saved)
-    bad = tmp_path / "bad.sbnt"
-    bad.write_bytes(data[:-1])
-    with pytest.raises(BitstreamError):
-        bn.load_tables_file(bad)
-    with pytest.raises(OSError):
-        bn.load_tables_file(tmp_path / "missing.sbnt")
 
 
 # -- streams -----------------------------------------------------------------------------
@@ -213,53 +200,11 @@ def test_stream_naming_other_tables(codec: bn.BottleneckCodec) -> None:
 def test_unknown_tables_are_a_typed_error(codec: bn.BottleneckCodec) -> None:
     data = codec.encode(torch.zeros(1, C, 2))
     tid = codec.params["tables"]
-    saved = bt._STORE.pop(tid)
-    try:
+    with unregistered(bn.TABLES, tid):
         with pytest.raises(BitstreamError, match="not registered"):
             codecs.decode(data)
         with pytest.raises(ValueError, match="not registered"):
             codecs.get("bottleneck", tables=tid)
-    finally:
-        bt._STORE[tid] = saved
-
-
-def test_session_context_hook_round_trip(codec: bn.BottleneckCodec,
-                                         tables: bn.BottleneckTables) -> None:
-    """What a runtime does: send session_context(), load_context() it at the peer, decode
-    with contexts={key: tables}, no registration involved; the scope wins over the registry."""
-    cls = type(codec)
-    assert cls.has_session_context
-    y = torch.from_numpy(latent(tables, (1, C, 4, 4), seed=6))
-    stream = codec.encode(y)
-    registered = codecs.decode(stream)[0]
-    sent = codec.session_context()
-    assert sent == tables.to_bytes()
-    loaded = cls.load_context(sent)
-    key = cls.context_key(loaded)
-    assert key == codec.params["tables"]
-    digest = hashlib.sha256(sent).digest()
-    assert cls.local_context(digest).to_bytes() == sent
-    assert cls.local_context(hashlib.sha256(b"other").digest()) is None
-    with pytest.raises(BitstreamError):
-        cls.load_context(sent[:-1])
-    with pytest.raises(TypeError):
-        cls.context_key(object())
-    wrong = laplace_tables(channels=4, seed=7)  # 4 channels under the stream's key
-    with pytest.raises(BitstreamError, match="channels"):
-        codecs.decode(stream, contexts={key: wrong})
-    assert scoped_context(key) is None  # the scope ends with the call
-    saved = bt._STORE.pop(key)
-    try:
-        assert cls.local_context(digest) is None
-        with pytest.raises(BitstreamError, match="not registered"):
-            codecs.decode(stream)
-        for out in (codecs.decode(stream, contexts={key: loaded}),
-                    codec.decode(stream, contexts={key: loaded})):
-            assert torch.equal(out[0], registered)
-        assert key not in bt._STORE  # decoding in scope registers nothing
-    finally:
-        bt._STORE[key] = saved
-    assert codecs.get("bottleneck").session_context() is None
 
 
 def test_payload_is_the_ideal_code_length(codec: bn.BottleneckCodec,

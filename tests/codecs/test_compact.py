@@ -11,6 +11,8 @@ from splitcomp import codecs
 from splitcomp.codecs import BitstreamError, compact
 from splitcomp.codecs.container import template
 
+from .registries import emptied
+
 NAMES = [n for n in codecs.available() if not codecs.codec_class(n).has_session_context]
 
 
@@ -33,13 +35,9 @@ def test_unknown_template_and_shapes() -> None:
     a = template(codec, (1, 16, 8, 8))
     assert compact.template_id(a) != compact.template_id(template(codec, (2, 16, 8, 8)))
     data = codec.encode(torch.ones(1, 3), compact=True)
-    saved = dict(compact._STORE)
-    compact._STORE.clear()
-    try:
-        with pytest.raises(BitstreamError, match="not registered"):
+    with emptied(compact.TEMPLATES):
+        with pytest.raises(BitstreamError, match="template .*: not registered here"):
             codecs.decode(data)
-    finally:
-        compact._STORE.update(saved)
     with pytest.raises(ValueError, match="one tensor"):
         codec.encode([torch.ones(2), torch.ones(2)], compact=True)
 

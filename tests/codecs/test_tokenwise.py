@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from splitcomp import codecs
 from splitcomp.codecs import BitstreamError, DecodeLimits, context_scope
 from splitcomp.codecs import tokenwise as tw
-from splitcomp.codecs._tokenwise_context import _STORE
 from splitcomp.codecs.container import encode_params
-from splitcomp.codecs.contexts import scoped_context
+
+from .registries import unregistered
 
 C = 64
 OUTLIERS = (5, 40)
@@ -112,14 +112,11 @@ def test_levels_trade_rate(ctx: tw.TokenwiseContext) -> None:
 def test_unknown_context_is_a_typed_error(codec: tw.TokenwiseCodec) -> None:
     data = codec.encode(torch.from_numpy(hidden(2, seed=7)))
     cid = codec.params["context"]
-    saved = _STORE.pop(cid)
-    try:
+    with unregistered(tw.CONTEXTS, cid):
         with pytest.raises(BitstreamError, match="not registered"):
             codecs.decode(data)
         with pytest.raises(ValueError):
             codecs.get("tokenwise", context=cid)
-    finally:
-        _STORE[cid] = saved
 
 
 def test_context_mismatch_is_a_typed_error(codec: tw.TokenwiseCodec) -> None:
@@ -135,75 +132,6 @@ def test_context_mismatch_is_a_typed_error(codec: tw.TokenwiseCodec) -> None:
     body = data[:4] + new + data[4 + len(old) : -4]
     with pytest.raises(BitstreamError, match="channels"):
         codecs.decode(_refresh_crc(body))
-
-
-def test_context_loaded_from_file(ctx: tw.TokenwiseContext, tmp_path) -> None:
-    data = ctx.to_bytes()
-    cid = tw.context_id(data)
-    path = tw.save_context(ctx, tmp_path)
-    saved = _STORE.pop(cid, None)
-    try:
-        with pytest.raises(BitstreamError, match="not registered"):
-            tw.get_context(cid)
-        assert tw.load_context_file(path) == cid
-        assert tw.get_context(cid).to_bytes() == data
-    finally:
-        _STORE.pop(cid, None)
-        if saved is not None:
-            _STORE[cid] = saved
-    bad = tmp_path / "bad.sctx"
-    bad.write_bytes(data[:-1])
-    with pytest.raises(BitstreamError):
-        tw.load_context_file(bad)
-    with pytest.raises(OSError):
-        tw.load_context_file(tmp_path / "missing.sctx")
-
-
-def test_base_codec_has_no_session_context() -> None:
-    rans = codecs.codec_class("rans")
-    assert not rans.has_session_context
-    assert rans().session_context() is None
-    assert rans.local_context(bytes(32)) is None
-    with pytest.raises(BitstreamError, match="no session context"):
-        rans.load_context(b"SCTX")
-    with pytest.raises(BitstreamError, match="no session context"):
-        rans.context_key(object())
-
-
-def test_session_context_hook_round_trip(codec: tw.TokenwiseCodec) -> None:
-    """What a runtime does: send session_context(), load_context() it at the peer, decode
-    that session's streams with contexts={key: ctx}, no registration involved."""
-    cls = type(codec)
-    assert cls.has_session_context
-    x = torch.from_numpy(hidden(5, seed=13, sink=True)).reshape(1, 5, C)
-    stream = codec.encode(x)
-    registered = codecs.decode(stream)[0]
-    sent = codec.session_context()
-    loaded = cls.load_context(sent)
-    key = cls.context_key(loaded)
-    assert key == codec.params["context"]
-    digest = hashlib.sha256(sent).digest()
-    assert cls.local_context(digest) is not None and cls.local_context(digest).to_bytes() == sent
-    assert cls.local_context(hashlib.sha256(b"other").digest()) is None
-    with pytest.raises(BitstreamError):
-        cls.load_context(sent[:-1])
-    other = tw.calibrate(hidden(300, seed=8)[:, :32])  # 32 channels: the stream has 64
-    with pytest.raises(BitstreamError, match="channels"):  # the scope wins over the registry
-        codecs.decode(stream, contexts={key: other})
-    assert scoped_context(key) is None  # the scope ends with the call
-    saved = _STORE.pop(key)
-    try:
-        assert cls.local_context(digest) is None
-        with pytest.raises(BitstreamError, match="not registered"):
-            codecs.decode(stream)
-        for out in (codecs.decode(stream, contexts={key: loaded}),
-                    codec.decode(stream, contexts={key: loaded})):
-            assert torch.equal(out[0], registered)
-        assert codecs.peek(stream, contexts={key: loaded}).params["context"] == key
-        assert key not in _STORE  # decoding in scope registers nothing
-    finally:
-        _STORE[key] = saved
-    assert tw.TokenwiseCodec(context=0).session_context() is None
 
 
 def test_non_finite_input_refused(codec: tw.TokenwiseCodec) -> None:
@@ -239,8 +167,6 @@ def test_fuzz_context_payloads(codec: tw.TokenwiseCodec, data: st.DataObject) ->
 
 def test_context_mode_bytes_are_pinned() -> None:
     """The golden file covers the self-contained mode; this pins a context and a stream."""
-    import hashlib
-
     ctx = tw.calibrate(hidden(600, seed=1))
     data = ctx.to_bytes()
     assert (ctx.context_id, len(data)) == (135163, 5599)

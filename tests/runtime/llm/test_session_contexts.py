@@ -174,24 +174,29 @@ def test_context_store_is_bounded(tiny_models) -> None:
     assert info.value.code is ErrorCode.CONTEXT_UNKNOWN
 
 
-def test_process_registry_is_an_lru(monkeypatch) -> None:
-    saved = dict(twc._STORE)
-    monkeypatch.setattr(twc, "MAX_CONTEXTS", 2)
+def test_process_registry_is_an_lru() -> None:
+    reg = twc.CONTEXTS
+    saved, bound = [reg.get(k) for k in reg.keys()], reg.max_items  # least recent first
     rng = np.random.default_rng(0)
     made = [twc.calibrate(rng.standard_normal((50, 8)).astype(np.float32)) for _ in range(3)]
     try:
-        twc._STORE.clear()
+        reg.max_items = 2
+        reg.clear()
         ids = [twc.register_context(c) for c in made]
-        assert list(twc._STORE) == ids[1:]
+        assert reg.keys() == ids[1:] and len(reg) == 2
         with pytest.raises(codecs.BitstreamError, match="not registered"):
             twc.get_context(ids[0])
         assert twc.get_context(ids[1]) is made[1]
-        with twc.context_scope({ids[0]: made[0]}):
+        assert reg.keys() == [ids[2], ids[1]]  # a lookup refreshes its place
+        with twc.context_scope({ids[0]: made[0], ids[1]: made[0]}):
             assert twc.get_context(ids[0]) is made[0]
-        assert ids[0] not in twc._STORE
+            assert twc.get_context(ids[1]) is made[0]  # the scope wins over the registry
+        assert ids[0] not in reg
     finally:
-        twc._STORE.clear()
-        twc._STORE.update(saved)
+        reg.max_items = bound
+        reg.clear()
+        for ctx in saved:
+            reg.register(ctx)
 
 
 def test_codec_context_of_codecs() -> None:
