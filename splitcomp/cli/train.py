@@ -32,10 +32,11 @@ from ..train import (
     read_meta,
     save_checkpoint,
     split_dataset,
+    teacher_model,
     train_bottleneck,
 )
 from ..train.ckpt_eval import model_tables
-from ._common import standalone
+from ._common import fail, standalone
 
 #: most points of each training curve kept in the checkpoint's ``info``
 CURVE_POINTS = 100
@@ -57,6 +58,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--stride", type=int, default=2, choices=(1, 2), help="latent downsampling")
     b.add_argument("--tune-head", type=int, default=1, metavar="N",
                    help="the head's last N blocks fine-tuned on the edge (0: frozen)")
+    b.add_argument("--hidden", type=int, help="width of the encoder and decoder convolutions "
+                   "(default: the cut tensor's channels)")
+    b.add_argument("--mix-alpha", type=float, default=1.0, help="mixup/CutMix strength of the "
+                   "training views (0: crops and flips only)")
+    b.add_argument("--temperature", type=float, default=4.0, help="KD temperature")
     length = b.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=float, help="passes over the train part")
     length.add_argument("--minutes", type=float, help="time budget (the schedule is fitted)")
@@ -76,12 +82,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--no-progress", action="store_true")
 
 
-def fail(message: str) -> int:
-    """Print a one-line error; returns the exit status 2."""
-    print(f"splitcomp: error: {message}", file=sys.stderr)
-    return 2
-
-
 def weights_ref(weights: str | None) -> str | None:
     """``--weights`` as a checkpoint records it: an existing file as an absolute path."""
     if weights in (None, "random", "hub") or not Path(weights).exists():
@@ -92,9 +92,8 @@ def weights_ref(weights: str | None) -> str | None:
 def teacher_setup(model: str, weights: str | None, data: str, cut: str, seed: int
                   ) -> EvalSetup:
     """The frozen model (random weights seeded by ``seed``), the dataset, head and tail."""
-    if weights == "random":
-        torch.manual_seed(seed)
-    return load_eval_setup(model, weights, data, cut)
+    return load_eval_setup(model, weights, data, cut,
+                           model=teacher_model(model, weights, seed))
 
 
 def summary(r: dict[str, Any]) -> str:
@@ -163,8 +162,9 @@ def _bottleneck(args: argparse.Namespace) -> int:
             prior = old.info
         else:
             cfg = TrainConfig(channels=args.channels, stride=args.stride, beta=args.beta,
-                              tune_head=args.tune_head, epochs=args.epochs,
+                              hidden=args.hidden, tune_head=args.tune_head, epochs=args.epochs,
                               minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+                              temperature=args.temperature, mix_alpha=args.mix_alpha,
                               seed=args.seed, device=args.device)
             train, _, record = split_dataset(setup.dataset, args.n_train, args.seed)
     except (CheckpointError, ValueError) as e:

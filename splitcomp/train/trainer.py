@@ -126,14 +126,19 @@ def train_bottleneck(head: nn.Module, tail: nn.Module, images: torch.Tensor,
     hist = History()
     t0 = time.perf_counter()
     total = total_steps or (round(cfg.epochs * steps_per_epoch) if cfg.epochs else None)
+    fixed_total = total is not None
     step = start_step
     last_save = t0
     order = torch.randperm(n, generator=g)
     pos = 0
     while total is None or step < total:
-        if total is None and step - start_step == 20:  # fit the schedule to the time budget
-            per_step = (time.perf_counter() - t0) / 20
-            total = start_step + max(int(cfg.minutes * 60 / per_step), 40)
+        done = step - start_step
+        if cfg.minutes and not fixed_total and done >= 20 and done % 20 == 0:
+            # fit the schedule to the time budget, again as the speed changes (a shared
+            # machine): the run ends when the budget does
+            elapsed = time.perf_counter() - t0
+            left = max(cfg.minutes * 60 - elapsed, 0.0)
+            total = step + max(int(left / (elapsed / done)), 1 if done >= 40 else 20)
         if pos + cfg.batch_size > n:
             order, pos = torch.randperm(n, generator=g), 0
         idx = order[pos:pos + cfg.batch_size]
