@@ -8,7 +8,8 @@ the wire per sample, and accuracy. For every cut each codec is swept over its qu
 setting, next to the baselines: the uncompressed accuracy, full offload of the raw uint8
 input, and the input compressed as JPEG, WebP (swept) or PNG (lossless). All rows of a model
 share its images; the feature codecs' bytes are whole bitstreams (header and CRC included),
-the input codecs' bytes whole image files.
+the input codecs' bytes whole image files. Trained checkpoints (:mod:`.sc2_trained`) add
+their rows at their cuts; the report's images are then those none of them trained on.
 
 :func:`build_report` computes, :func:`plot_split` draws one PNG per cut, :func:`write_report`
 writes ``report.md``, ``report.json`` and the PNGs.
@@ -30,7 +31,9 @@ from tqdm import tqdm
 from .. import codecs
 from ..data import ImageFolderDataset, load_dataset
 from ..partition import candidates, split
+from ..train import Trained
 from ..zoo import load_model
+from . import sc2_trained
 from .codec_eval import EvalResult, collect_features, evaluate_codec, top1
 from .input_compression import (
     DEFAULT_QUALITIES,
@@ -60,7 +63,8 @@ class EncoderCost:
 
 @dataclass
 class SplitReport:
-    """One cut: its crossing tensors, encoder cost and one result per codec setting."""
+    """One cut: its crossing tensors, encoder cost, one result per codec setting and the
+    figures of each trained checkpoint at this cut."""
 
     split: str
     shapes: list[list[int]]
@@ -68,6 +72,7 @@ class SplitReport:
     encoder: EncoderCost
     baseline: float
     features: list[EvalResult] = field(default_factory=list)
+    trained: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -86,6 +91,7 @@ class ModelReport:
     splits: list[SplitReport] = field(default_factory=list)
     command: str = ""
     threads: int = 0  #: torch intra-op threads the times were measured with
+    images_note: str = ""  #: which images, when checkpoints restrict them
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -95,8 +101,11 @@ class ModelReport:
 
 
 def load_images(model_name: str, model: torch.nn.Module, data: Sequence[str | Path],
-                limit: int | None = None) -> ImageFolderDataset:
-    """The model's preprocessing over one or more sources, concatenated, ``limit`` spread evenly.
+                limit: int | None = None, trained: Sequence[Trained] = ()
+                ) -> tuple[ImageFolderDataset, str]:
+    """The model's preprocessing over one or more sources, concatenated, without any image of
+    the ``trained`` checkpoints' train parts, ``limit`` spread evenly; and a line saying which
+    images they are when there are checkpoints.
 
     Sources must share a label space (e.g. ``imagenet`` and ``foolbox-imagenet``).
     """
@@ -104,13 +113,11 @@ def load_images(model_name: str, model: torch.nn.Module, data: Sequence[str | Pa
     parts = [load_dataset(d, prep) for d in data]
     if not parts:
         raise ValueError(f"no data for {model_name}")
-    ds = parts[0]
-    if len(parts) > 1:
-        ds = ImageFolderDataset([s for p in parts for s in p.samples], prep, classes=ds.classes,
-                                format="+".join(p.format for p in parts))
-    if limit is not None and limit < len(ds):
-        ds = ds.subset(limit)
-    return ds.preload()
+    if trained:
+        ds, note = sc2_trained.report_images(parts, trained, limit)
+        return ds.preload(), note
+    ds = ImageFolderDataset.concat(parts)
+    return (ds.subset(limit) if limit is not None and limit < len(ds) else ds).preload(), ""
 
 
 def codec_settings(name: str) -> list[dict[str, Any]]:
@@ -140,10 +147,17 @@ def build_report(
     limit: int | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    model: torch.nn.Module | None = None,
+    trained: Sequence[Trained] = (),
 ) -> ModelReport:
-    """Sweep every codec at every cut, and the input codecs once, on the same images."""
-    model = load_model(model_name, weights)
-    ds = load_images(model_name, model, data, limit)
+    """Sweep every codec at every cut, and the input codecs once, on the same images.
+
+    ``trained``: checkpoints opened beside ``model`` (their teacher, which the report then
+    uses): a row each at its cut (added to ``splits`` when missing), every row on images none
+    of them trained on (:func:`.sc2_trained.report_images`)."""
+    model = load_model(model_name, weights) if model is None else model
+    ds, note = load_images(model_name, model, data, limit, trained)
+    splits = list(dict.fromkeys([*splits, *(t.ckpt.cut for t in trained)]))
     images = torch.stack([ds.image_uint8(i) for i in range(len(ds))])
     labels = ds.labels
     example = ds[0][0].unsqueeze(0)
@@ -159,6 +173,7 @@ def build_report(
         input_shape=list(images.shape[1:]), raw_input_bytes=raw_bytes_per_sample(images),
         baseline=baseline, total_params=sum(p.numel() for p in model.parameters()),
         total_flops=cands[0].total_flops if cands else 0, threads=torch.get_num_threads(),
+        images_note=note,
     )
     log(f"{model_name}: {len(ds)} images, top-1 {baseline:.2f} %")
     for fmt in input_codecs:
@@ -183,6 +198,10 @@ def build_report(
                 sr.features.append(res)
                 log(f"  {cut} {name} {params}: {res.wire_bytes_per_sample:.0f} B, "
                     f"{res.top1:.2f} %")
+        sr.trained = sc2_trained.evaluate_at(trained, cut, ds, batch_size)
+        for r in sr.trained:
+            log(f"  {cut} {sc2_trained.LABEL} {r['name']}: {r['bytes_per_sample']:.0f} B, "
+                f"{r['top1']:.2f} %")
         rep.splits.append(sr)
     return rep
 
@@ -219,6 +238,10 @@ def matched(rep: ModelReport, drop: float) -> list[tuple[str, dict[str, Any] | N
         for name in dict.fromkeys(r.codec for r in sr.features):
             out.append((f"split {sr.split}, {name}",
                         match_accuracy(_feature_rows(sr, name), sr.baseline, drop, monotone=True)))
+        if sr.trained:
+            out.append((f"split {sr.split}, {sc2_trained.LABEL}",
+                        match_accuracy(sc2_trained.matched_rows(sr.trained), sr.baseline, drop,
+                                       monotone=True)))
     return out
 
 
@@ -269,6 +292,7 @@ def plot_split(rep: ModelReport, sr: SplitReport, path: Path) -> Path:
                 knob = codecs.codec_class(name).quality_param
                 ax.plot(xs, ys, ls="-", marker="o", ms=4, lw=1.6, color=color,
                         label=f"{name} features (swept {knob})")
+        sc2_trained.plot(ax, sr.trained)
         ax.set_xscale("log")
         ax.set_xlabel("bytes per sample on the wire (log scale)")
         ax.set_ylabel("top-1 accuracy (%)")
@@ -282,8 +306,9 @@ def plot_split(rep: ModelReport, sr: SplitReport, path: Path) -> Path:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     shapes = " + ".join("x".join(map(str, s)) for s in sr.shapes)
+    held = ", none trained on" if rep.images_note else ""
     fig.suptitle(f"{rep.model} cut at {sr.split} ({shapes}): top-1 vs bytes per sample, "
-                 f"{rep.n_images} images ({'+'.join(rep.data)})", fontsize=11)
+                 f"{rep.n_images} images ({'+'.join(rep.data)}{held})", fontsize=11)
     fig.tight_layout(rect=(0, 0.17, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -322,9 +347,10 @@ def _highlight(best: dict[str, dict[str, Any] | None], drop: float, rep: ModelRe
     if feat:
         cut = feat[0].removeprefix("split ").split(",")[0]
         sr = next(s for s in rep.splits if s.split == cut)
+        mflops = feat[1].get("edge_mflops", sr.encoder.head_flops / 1e6)
         parts.append(f"the best split needs {_fmt_int(feat[1]['bytes_per_sample'])} B "
                      f"({feat[0].removeprefix('split ')}, {feat[1].get('setting', '-')}) and "
-                     f"{sr.encoder.head_flops / 1e6:,.1f} MFLOPs of head on the device")
+                     f"{mflops:,.1f} MFLOPs on the device")
     return f"**At <= {drop:g} pp:** " + "; ".join(parts) + "." if parts else ""
 
 
@@ -337,6 +363,8 @@ def model_markdown(rep: ModelReport) -> list[str]:
              f"(one image = {100 / rep.n_images:.2f} pp). Whole model: "
              f"{rep.total_params:,} parameters, {rep.total_flops / 1e6:,.1f} MFLOPs. "
              f"Times: {rep.threads or '?'} torch thread(s).")
+    if rep.images_note:
+        L += ["", f"**{rep.images_note[0].upper()}{rep.images_note[1:]}.**"]
     if rep.command:
         L += ["", f"`{rep.command}`"]
     L += ["", "### Encoder on the device (SC2: encoder size and FLOPs)", ""]
@@ -347,6 +375,8 @@ def model_markdown(rep: ModelReport) -> list[str]:
         rows.append((f"split {sr.split} (+ feature codec)", f"{e.head_params:,}",
                      f"{e.head_bytes:,}", f"{e.head_bytes / 1e6:.3f}",
                      f"{e.head_flops / 1e6:,.2f} ({share:.0f} %)"))
+        rows += sc2_trained.encoder_rows(sr.split, e.head_params, e.head_bytes, e.head_flops,
+                                         e.total_flops, sr.trained)
     rows.append(("whole model on the device", f"{rep.total_params:,}",
                  f"{4 * rep.total_params:,}", f"{4 * rep.total_params / 1e6:.3f}",
                  f"{rep.total_flops / 1e6:,.2f} (100 %)"))
@@ -376,6 +406,7 @@ def model_markdown(rep: ModelReport) -> list[str]:
                  f"{r.encode_ms:.2f}", f"{r.decode_ms:.2f}") for r in sr.features]
         L += _table(("codec", "setting", "B/sample", "bits/element", "top-1 %", "drop pp",
                      "enc ms", "dec ms"), rows)
+        L += sc2_trained.table_lines(sr.trained)
     L += ["", "### Input compression (full offload; the server runs the whole model)", ""]
     elements = math.prod(rep.input_shape)
     rows = [("raw uint8", "-", _fmt_int(rep.raw_input_bytes), "8.000", f"{rep.baseline:.2f}",

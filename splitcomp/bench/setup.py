@@ -32,9 +32,11 @@ def load_eval_setup(
     cut: str,
     *,
     limit: int | None = None,
+    model: nn.Module | None = None,
 ) -> EvalSetup:
-    """Model (eval mode, weights loaded), its dataset preprocessed its way, head and tail."""
-    model = load_model(model_name, weights)
+    """Model (eval mode, weights loaded), its dataset preprocessed its way, head and tail.
+    ``model``: the model already built (``weights`` is then not read)."""
+    model = load_model(model_name, weights) if model is None else model
     dataset = load_dataset(data, model.default_cfg.preprocess(), limit=limit)
     dataset.preload()
     example = dataset[0][0].unsqueeze(0)

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 
+from torch import nn
+
 from ..codecs import codec_class
+from ..train import CheckpointError, Trained, open_checkpoints, read_meta
+
+
+def fail(message: str) -> int:
+    """Print a one-line error; returns the exit status 2."""
+    print(f"splitcomp: error: {message}", file=sys.stderr)
+    return 2
 
 
 def split_param(item: str) -> tuple[str, str]:
@@ -24,6 +36,26 @@ def quality_params(codec: str, quality: float | None) -> dict:
     if not knob:
         raise SystemExit(f"codec {codec!r} has no quality knob")
     return {knob: quality}
+
+
+def model_checkpoints(model: str, folders: Sequence[Path] | None, weights: str | None
+                      ) -> tuple[nn.Module | None, list[Trained]]:
+    """``--checkpoint`` folders of ``report`` and ``plan``: those trained around ``model``
+    opened beside their teacher (the others skipped with a note on stderr), or (None, [])
+    without any. :class:`~splitcomp.train.CheckpointError` when none is of ``model``."""
+    if not folders:
+        return None, []
+    mine = []
+    for f in dict.fromkeys(Path(f).resolve() for f in folders):
+        of = read_meta(f).get("model")
+        if of == model:
+            mine.append(f)
+        else:
+            print(f"splitcomp: note: --checkpoint {f} was trained around {of}, not {model}: "
+                  "skipped", file=sys.stderr)
+    if not mine:
+        raise CheckpointError(f"no --checkpoint was trained around {model}")
+    return open_checkpoints(mine, weights)
 
 
 def standalone(command: str, module: ModuleType, argv: list[str] | None) -> int:

@@ -1,7 +1,8 @@
 """Evaluate a codec at a cut: top-1 baseline vs compressed on the same images, exact wire bits.
 
 With ``--checkpoint``: a trained bottleneck (``splitcomp train bottleneck``) on the eval part
-of its split; model, cut and codec come from the checkpoint.
+of its split; model, cut and codec come from the checkpoint (extra tails: each scored on the
+same decoded latent, their models rebuilt from the checkpoint's record).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from ..bench.codec_eval import (
     summarize,
 )
 from ..bench.setup import load_eval_setup
-from ..train import CheckpointError, TrainedOnError, evaluate_checkpoint, load_checkpoint, read_meta
-from ._common import split_param, standalone
-from .train import fail, summary, teacher_setup, write_json
+from ..data import load_dataset
+from ..train import CheckpointError, TrainedOnError, open_checkpoints
+from ._common import fail, split_param, standalone
+from .train import summary, write_json
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -70,21 +72,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_checkpoint(args: argparse.Namespace) -> int:
     """``--checkpoint``: the trained bottleneck on the eval part of its split."""
     try:
-        meta = read_meta(args.checkpoint)
-        model, cut, seed = meta["model"], meta["cut"], int(meta["config"]["seed"])
-        setup = teacher_setup(model, args.weights or meta["weights"], args.data, cut, seed)
-        ckpt = load_checkpoint(args.checkpoint, setup.head)
-    except (CheckpointError, KeyError) as e:
+        model, (trained,) = open_checkpoints([args.checkpoint], args.weights)
+    except CheckpointError as e:
         return fail(f"--checkpoint: {e}")
-    bar = tqdm(total=ckpt.split.n_eval, desc="eval", disable=args.no_progress, file=sys.stderr)
+    dataset = load_dataset(args.data, model.default_cfg.preprocess())
+    bar = tqdm(total=trained.ckpt.split.n_eval, desc="eval", disable=args.no_progress,
+               file=sys.stderr)
     try:
-        result = evaluate_checkpoint(ckpt, setup.head, setup.tail, setup.dataset,
-                                     args.batch_size, limit=args.limit, progress=bar.update)
-    except TrainedOnError as e:
+        result = trained.evaluate(dataset, args.batch_size, limit=args.limit,
+                                  progress=bar.update)
+    except (TrainedOnError, CheckpointError) as e:  # CheckpointError: an extra tail's model
         return fail(str(e))
     finally:
         bar.close()
-    result["checkpoint"] = str(args.checkpoint)
     print(summary(result))
     write_json(result, args.json)
     return 0

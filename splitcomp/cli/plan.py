@@ -4,6 +4,8 @@
 --objective latency --edge-profile phone`` profiles cuts, codecs and input compression on a
 calibration subset, costs each option on the channel (docs/planner.md) and prints the Pareto
 table and the chosen plan; ``--plan-out`` writes it for ``splitcomp serve``.
+``--checkpoint CKPT_DIR`` (repeatable) adds trained bottlenecks of the model as candidates at
+their cuts; the calibration images are then drawn from outside their train parts.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ from pathlib import Path
 import torch
 
 from .. import codecs
-from ..data import load_dataset
+from ..data import ImageFolderDataset, load_dataset
 from ..plan.channel import Channel
 from ..plan.devices import available_devices, get_device
 from ..plan.input_codec import INPUT_FORMATS
 from ..plan.planfile import plan_from_row, save_plan
 from ..plan.planner import OBJECTIVES, PlanRow, build_rows, choose, format_table, shown_rows
 from ..plan.profile import DEFAULT_CODECS, ModelProfile, Profiler
+from ..train import CheckpointError, Trained, TrainedOnError, check_untrained, untrained_part
 from ..zoo import load_model, model_config
-from ._common import standalone
+from ._common import fail, model_checkpoints, standalone
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated feature codecs")
     p.add_argument("--input-codecs", default=",".join(INPUT_FORMATS),
                    help="comma-separated input image formats ('' for none)")
+    p.add_argument("--checkpoint", action="append", default=[], type=Path, metavar="CKPT_DIR",
+                   help="a trained bottleneck of --model (repeatable): one more candidate at "
+                   "its cut; calibration images then come from the eval part of its split")
     p.add_argument("--repeats", type=int, default=10, help="timing repeats (median)")
     p.add_argument("--threads", type=int, default=1, help="torch threads while timing")
     p.add_argument("--profile-in", type=Path, help="reuse a profile (from --profile-out)")
@@ -65,30 +71,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan-out", type=Path, help="write the chosen plan here")
 
 
-def _calibration(args: argparse.Namespace, preprocess) -> tuple[torch.Tensor, torch.Tensor]:
-    """``--calib`` images shared as evenly as the sources allow (a small one gives all it has)."""
-    images, labels = [], []
+def _calibration(args: argparse.Namespace, preprocess, trained: list[Trained]
+                 ) -> ImageFolderDataset:
+    """``--calib`` images shared as evenly as the sources allow (a small one gives all it has),
+    none from a checkpoint's train part (its own dataset: the eval part of its split)."""
+    parts = []
+    records = [t.ckpt.split for t in trained]
     sources = [s for s in args.data.split(",") if s]
     left = args.calib
     for k, src in enumerate(sources):
-        ds = load_dataset(src, preprocess)
+        ds, _ = untrained_part(load_dataset(src, preprocess), records)
         want = min(len(ds), left // (len(sources) - k))
-        ds = ds.subset(want).preload()
-        images += [ds.image_uint8(i) for i in range(len(ds))]
-        labels.append(ds.labels)
-        left -= len(ds)
-    return torch.stack(images), torch.cat(labels)
+        parts.append(ds.subset(want))
+        left -= len(parts[-1])
+    calib = ImageFolderDataset.concat(parts).preload()
+    check_untrained(calib, records)
+    return calib
 
 
 def measure(args: argparse.Namespace, log=None) -> ModelProfile:
     """Profile the model as the arguments say (or load a saved profile)."""
     if args.profile_in:
+        if args.checkpoint:
+            raise SystemExit("--checkpoint is measured: not with --profile-in (its profile "
+                             "keeps the checkpoints it was measured with)")
         return ModelProfile.from_json(json.loads(args.profile_in.read_text()))
     if not args.data:
         raise SystemExit("--data is needed (or --profile-in)")
     cfg = model_config(args.model)
-    model = load_model(args.model, args.weights)
-    images, labels = _calibration(args, cfg.preprocess())
+    model, trained = model_checkpoints(args.model, args.checkpoint, args.weights)
+    model = load_model(args.model, args.weights) if model is None else model
+    calib = _calibration(args, cfg.preprocess(), trained)
+    images = torch.stack([calib.image_uint8(i) for i in range(len(calib))])
+    labels = calib.labels
     names = [c for c in args.codecs.split(",") if c]
     for c in names:
         codecs.codec_class(c)
@@ -96,7 +111,7 @@ def measure(args: argparse.Namespace, log=None) -> ModelProfile:
                     input_formats=[f for f in args.input_codecs.split(",") if f],
                     max_drop=args.max_drop, repeats=args.repeats, log=log)
     splits = [s for s in args.splits.split(",") if s] if args.splits else None
-    out = prof.profile(splits, args.max_splits)
+    out = prof.profile(splits, args.max_splits, trained, calib)
     out.data = args.data
     return out
 
@@ -118,7 +133,10 @@ def run(args: argparse.Namespace) -> int:
     channel = Channel.parse(args.bandwidth, args.rtt, loss=args.loss, ber=args.ber,
                             downlink=args.downlink, trace=args.trace)
     device = get_device(args.edge_profile, args.edge_slowdown)
-    prof = measure(args, log)
+    try:
+        prof = measure(args, log)
+    except (CheckpointError, TrainedOnError) as e:
+        return fail(f"--checkpoint: {e}")
     if args.profile_out:
         args.profile_out.write_text(json.dumps(prof.to_json(), indent=1) + "\n")
     rows = build_rows(prof, channel, device, max_drop=args.max_drop, queue_ms=args.queue_ms,
@@ -132,10 +150,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"{prof.model}: channel {channel.describe()}; edge {device.name} "
           f"({device.slowdown:g}x this machine); accuracy budget {args.max_drop} pp on "
           f"{prof.n_calib} images (top-1 {prof.top1:.2f}); {len(rows)} plans")
+    if prof.trained:
+        print(f"{len(prof.trained)} trained checkpoint(s): the calibration images are outside "
+              "their train parts (bytes: compact bottleneck streams)")
     print(format_table(rows if args.all else shown_rows(rows, [*winners.values(),
                                                                *offload.values()])))
-    print("(Pareto front over end-to-end, server, uplink, energy and drop, plus the extremes "
-          "and the best input compression; * = over the accuracy budget)\n")
+    print("(Pareto front over end-to-end, server, uplink, energy and drop, plus the extremes, "
+          "the best input compression and every trained checkpoint; * = over the accuracy "
+          "budget)\n")
     for o, r in winners.items():
         mark = "  <- chosen" if o == args.objective else ""
         print(f"best for {o:8s}: {_describe(r)}{mark}")

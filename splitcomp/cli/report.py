@@ -3,7 +3,9 @@
     splitcomp report --model resnet20 --split layer1 --split layer2 --limit 1000 --out DIR
 
 Each codec is swept over its quality grid at each cut; JPEG / WebP / PNG input compression,
-raw full offload and the uncompressed accuracy are the baselines. Writes ``DIR/report.md``,
+raw full offload and the uncompressed accuracy are the baselines. ``--checkpoint CKPT_DIR``
+(repeatable) adds trained bottlenecks of the model at their cuts; the whole report then runs
+on images none of them trained on (the eval part of their split). Writes ``DIR/report.md``,
 ``DIR/report.json`` and one PNG per cut. A model already in ``DIR/report.json`` is replaced and
 the other models are kept, so one report can hold several models (one command each).
 """
@@ -25,15 +27,20 @@ from ..bench.sc2_report import (
     load_report_json,
     write_report,
 )
+from ..train import CheckpointError, TrainedOnError
 from ..zoo import model_config
-from ._common import standalone
+from ._common import fail, model_checkpoints, standalone
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="zoo name, e.g. resnet20, mobilenet_v2")
     p.add_argument("--weights", help="weights file, 'hub', or 'random' (default: offline ones)")
-    p.add_argument("--split", action="append", required=True, metavar="S",
-                   help="cut point (repeatable): module path or graph node name")
+    p.add_argument("--split", action="append", default=[], metavar="S",
+                   help="cut point (repeatable): module path or graph node name (required "
+                   "unless --checkpoint)")
+    p.add_argument("--checkpoint", action="append", default=[], type=Path, metavar="CKPT_DIR",
+                   help="a trained bottleneck of --model (repeatable; `splitcomp train "
+                   "bottleneck`): a row at its cut, and every row on the eval part of its split")
     p.add_argument("--codecs", nargs="+", default=list(DEFAULT_CODECS),
                    choices=codecs.available(), metavar="CODEC",
                    help=f"feature codecs to sweep, of: {' '.join(codecs.available())} "
@@ -57,10 +64,17 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("splitcomp report needs matplotlib (pip install 'splitcomp[plot]')") \
             from None
     torch.set_grad_enabled(False)
+    if not args.split and not args.checkpoint:
+        return fail("--split is required (or --checkpoint)")
     data = args.data or [model_config(args.model).dataset]
-    rep = build_report(args.model, data, args.split, codec_names=args.codecs,
-                       input_codecs=args.input_codecs, weights=args.weights, limit=args.limit,
-                       batch_size=args.batch_size, progress=not args.no_progress)
+    try:
+        model, trained = model_checkpoints(args.model, args.checkpoint, args.weights)
+        rep = build_report(args.model, data, args.split, codec_names=args.codecs,
+                           input_codecs=args.input_codecs, weights=args.weights,
+                           limit=args.limit, batch_size=args.batch_size,
+                           progress=not args.no_progress, model=model, trained=trained)
+    except (CheckpointError, TrainedOnError) as e:
+        return fail(f"--checkpoint: {e}")
     rep.command = _command(args, data)
     existing = args.out / "report.json"
     reports = [r for r in load_report_json(existing) if r.model != rep.model] \
@@ -75,6 +89,8 @@ def _command(args: argparse.Namespace, data: list[str]) -> str:
     words = ["splitcomp", "report", "--model", args.model]
     for s in args.split:
         words += ["--split", s]
+    for c in args.checkpoint:
+        words += ["--checkpoint", str(c)]
     for d in data:
         words += ["--data", str(d)]
     words += ["--codecs", *args.codecs, "--input-codecs", *args.input_codecs]

@@ -110,6 +110,9 @@ def _plan_spec(args: argparse.Namespace) -> tuple[str, str, str, list[str] | Non
     from ..plan.planfile import load_plan
 
     plan = load_plan(args.plan)
+    if plan.checkpoint or plan.kind == "trained":
+        raise SystemExit(f"--plan {args.plan}: the plan chose the trained checkpoint "
+                         f"{plan.checkpoint}; serving trained checkpoints is not supported yet")
     if plan.kind != "split" or not plan.split or not plan.codec:
         raise SystemExit(f"--plan {args.plan}: a {plan.kind!r} plan has no split to serve")
     if plan.weights:

@@ -2,7 +2,8 @@
 
 ``splitcomp train bottleneck``: a learned bottleneck (encoder, entropy model, decoder) at a
 cut, the head's last blocks fine-tuned; the checkpoint folder gets the weights, the split, the
-codec tables and the figures (``docs/training.md``).
+codec tables and the figures (``docs/training.md``). ``--also``: more models cut at the same
+place, each tail served from the same latent by a decoder of its own.
 """
 
 from __future__ import annotations
@@ -25,10 +26,14 @@ from ..train import (
     CheckpointError,
     History,
     Student,
+    TailRecord,
+    Teacher,
     TrainConfig,
     TrainedOnError,
+    crossing_shapes,
     evaluate_checkpoint,
     load_checkpoint,
+    open_tails,
     read_meta,
     save_checkpoint,
     split_dataset,
@@ -52,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "default: the model's offline default weights")
     b.add_argument("--data", required=True, help="'cifar10' or an image folder")
     b.add_argument("--split", required=True, help="cut point: module path or graph node name")
+    b.add_argument("--also", action="append", default=[], metavar="MODEL[:WEIGHTS]",
+                   help="another zoo model cut at --split, whose tail is served from the same "
+                   "latent by a decoder of its own (repeatable; default: its offline weights)")
     b.add_argument("--beta", type=float, help="rate weight (loss per bit per element of the "
                    "cut tensor); required unless --resume")
     b.add_argument("--channels", type=int, default=16, help="latent channels")
@@ -96,6 +104,18 @@ def teacher_setup(model: str, weights: str | None, data: str, cut: str, seed: in
                            model=teacher_model(model, weights, seed))
 
 
+def also_records(args: argparse.Namespace) -> list[TailRecord]:
+    """``--also MODEL[:WEIGHTS]`` as the checkpoint records them (ValueError: a model twice)."""
+    out = []
+    for item in args.also:
+        name, _, weights = item.partition(":")
+        out.append(TailRecord(name, weights_ref(weights or None), args.split))
+    names = [args.model, *(r.model for r in out)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--also: each model once, and not --model ({', '.join(names)})")
+    return out
+
+
 def summary(r: dict[str, Any]) -> str:
     """A few lines of the figures of :func:`~splitcomp.train.evaluate_checkpoint`."""
     return "\n".join([
@@ -107,6 +127,9 @@ def summary(r: dict[str, Any]) -> str:
         f"bits/element (model estimate {r['estimated_bytes_per_sample']:.1f} bytes)",
         f"  encoder    {r['encoder_params']:,} params, {r['encoder_mflops']:.2f} MFLOPs "
         f"(head {r['head_mflops']:.2f})",
+        *(f"  tail {name}: top-1 {t['top1']:.2f} % (teacher {t['top1_baseline']:.2f} %, "
+          f"drop {t['drop_pp']:.2f} pp), the same bytes"
+          for name, t in r.get("tails", {}).items() if name != r["model"]),
     ])
 
 
@@ -159,7 +182,7 @@ def _bottleneck(args: argparse.Namespace) -> int:
             if again.eval_digest != record.eval_digest:
                 return fail(f"--resume: --data is not what {args.out} was split from")
             student, start, total = old.student, old.step, old.total_steps or None
-            prior = old.info
+            prior, records = old.info, old.tails
         else:
             cfg = TrainConfig(channels=args.channels, stride=args.stride, beta=args.beta,
                               hidden=args.hidden, tune_head=args.tune_head, epochs=args.epochs,
@@ -167,15 +190,19 @@ def _bottleneck(args: argparse.Namespace) -> int:
                               temperature=args.temperature, mix_alpha=args.mix_alpha,
                               seed=args.seed, device=args.device)
             train, _, record = split_dataset(setup.dataset, args.n_train, args.seed)
-    except (CheckpointError, ValueError) as e:
-        return fail(str(e))
+            records = also_records(args)
+        extra = open_tails(records, seed, setup.model)
+        crossing_shapes([Teacher(args.model, setup.head, setup.tail), *extra],
+                        setup.dataset[0][0].unsqueeze(0))
+    except (CheckpointError, ValueError, KeyError, OSError) as e:
+        return fail(str(e).strip("'\""))
     seconds_before = float(prior.get("train_seconds", 0.0))
     t0 = time.perf_counter()
 
     def checkpoint(s: Student, step: int, total_steps: int, info: dict[str, Any]) -> None:
         tables = model_tables(s.bottleneck.entropy).to_bytes()
         save_checkpoint(Checkpoint(args.model, weights, args.split, s, cfg, record, step,
-                                   total_steps, tables, info), args.out)
+                                   total_steps, tables, info, records), args.out)
 
     def partial(s: Student, step: int, total_steps: int) -> None:
         checkpoint(s, step, total_steps, {
@@ -196,22 +223,23 @@ def _bottleneck(args: argparse.Namespace) -> int:
     student, hist = train_bottleneck(
         setup.head, setup.tail, images, train.preprocess.normalize, cfg, labels=train.labels,
         student=student, progress=show, start_step=start, total_steps=total,
-        on_checkpoint=partial, checkpoint_every=args.checkpoint_minutes * 60)
+        on_checkpoint=partial, checkpoint_every=args.checkpoint_minutes * 60, extra=extra)
     bar.close()
     step = start + hist.steps
     info = {"train_seconds": seconds_before + hist.seconds, "steps": step,
             "device": cfg.device, "threads": torch.get_num_threads(),
             "curves": _curves(hist, prior.get("curves", {}))}
     checkpoint(student, step, max(total or 0, step), info)
-    return _evaluate_saved(args, setup, info)
+    return _evaluate_saved(args, setup, extra, info)
 
 
-def _evaluate_saved(args: argparse.Namespace, setup: EvalSetup, info: dict[str, Any]) -> int:
+def _evaluate_saved(args: argparse.Namespace, setup: EvalSetup, extra: list[Teacher],
+                    info: dict[str, Any]) -> int:
     """Evaluate the checkpoint as saved (read back from disk), record and print the figures."""
     ckpt = load_checkpoint(args.out, setup.head)
     bar = tqdm(total=ckpt.split.n_eval, desc="eval", file=sys.stderr, disable=args.no_progress)
     result = evaluate_checkpoint(ckpt, setup.head, setup.tail, setup.dataset, args.batch_size,
-                                 device=args.device, progress=bar.update)
+                                 device=args.device, progress=bar.update, extra=extra)
     bar.close()
     result["checkpoint"] = str(args.out)
     ckpt.info = {**info, "figures": result}
@@ -223,7 +251,8 @@ def _evaluate_saved(args: argparse.Namespace, setup: EvalSetup, info: dict[str, 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return {"bottleneck": _bottleneck}[args.component](args)
+        with torch.enable_grad():  # whatever an earlier command in this process turned off
+            return {"bottleneck": _bottleneck}[args.component](args)
     except TrainedOnError as e:
         return fail(str(e))
 

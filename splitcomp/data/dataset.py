@@ -120,6 +120,20 @@ class ImageFolderDataset(Dataset):
         sub._decoded = [self._decoded[i] for i in indices]
         return sub
 
+    @classmethod
+    def concat(cls, parts: Sequence[ImageFolderDataset]) -> ImageFolderDataset:
+        """The samples of ``parts`` one after another (the first's preprocessing and classes:
+        they must share a label space), decoded images kept; one part is returned as is."""
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            raise ValueError("concat: no datasets")
+        out = cls([s for p in parts for s in p.samples], parts[0].preprocess,
+                  classes=parts[0].classes, format="+".join(p.format for p in parts),
+                  cache=parts[0].cache)
+        out._decoded = [img for p in parts for img in p._decoded]
+        return out
+
     def with_preprocess(self, preprocess: Preprocess) -> ImageFolderDataset:
         """The same samples under another preprocessing; decoded images are reused when the
         geometry (resize and crop) is unchanged, since only the normalisation differs."""

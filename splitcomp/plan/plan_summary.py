@@ -22,8 +22,8 @@ def rows_from_json(d: dict[str, Any]) -> list[PlanRow]:
 def _what(r: PlanRow) -> str:
     what = {"device": "all on edge", "offload": "raw input"}.get(r.kind)
     if what is None:
-        what = f"{r.split} {r.codec} {r.setting}".strip() if r.kind == "split" else (
-            f"input {r.codec} {r.setting}")
+        what = f"{r.split} {r.codec} {r.setting}".strip() if r.kind in ("split", "trained") \
+            else f"input {r.codec} {r.setting}"
     return (f"{what} ({r.end_to_end_ms:.1f} ms, {r.server_ms:.2f} ms server, "
             f"{r.uplink_bytes:,} B, {1e3 * r.energy_j:.1f} mJ, drop {r.drop_pp:.2f})")
 

@@ -21,7 +21,9 @@ PLAN_VERSION = 1
 @dataclass
 class Plan:
     """A chosen plan. ``kind``: ``split`` (serve ``split`` with ``codec``), ``offload`` (raw
-    pixels), ``input`` (compressed image) or ``device`` (nothing to serve).
+    pixels), ``input`` (compressed image), ``trained`` (the trained bottleneck in the
+    ``checkpoint`` folder at ``split``; no runtime deployment yet) or ``device`` (nothing to
+    serve).
     ``predicted``: the latency breakdown in ms and the byte counts of the chosen row.
     ``alternatives``: the other Pareto rows (same keys as ``predicted`` plus split, codec and
     params), fastest first."""
@@ -40,6 +42,7 @@ class Plan:
     deployment: str | None = None
     alternatives: list[dict[str, Any]] = field(default_factory=list)
     version: int = PLAN_VERSION
+    checkpoint: str | None = None
 
     def make_codec(self) -> Codec:
         """The edge's encoder for a ``split`` plan."""
@@ -66,14 +69,17 @@ def row_summary(r: PlanRow) -> dict[str, Any]:
     keep = ("kind", "split", "codec", "params", "bytes_per_sample", "drop_pp", "head_ms",
             "encode_ms", "transfer_ms", "queue_ms", "decode_ms", "tail_ms", "end_to_end_ms",
             "server_ms", "uplink_bytes", "downlink_bytes", "energy_j")
-    return {k: d[k] for k in keep}
+    out = {k: d[k] for k in keep}
+    if r.checkpoint:
+        out["checkpoint"] = r.checkpoint
+    return out
 
 
 def plan_from_row(row: PlanRow, *, model: str, channel: Channel, device: dict[str, Any],
                   objective: str, max_drop: float, weights: str | None = None,
                   alternatives: list[PlanRow] = ()) -> Plan:
     """A :class:`Plan` for ``row``; ``alternatives`` (other rows) go in fastest first."""
-    split = row.split if row.kind == "split" else None
+    split = row.split if row.kind in ("split", "trained") else None
     codec = row.codec if row.kind != "device" else None
     others = sorted((a for a in alternatives if a is not row), key=lambda a: a.end_to_end_ms)
     return Plan(model=model, kind=row.kind, split=split, codec=codec, params=dict(row.params),
@@ -81,7 +87,7 @@ def plan_from_row(row: PlanRow, *, model: str, channel: Channel, device: dict[st
                 max_drop=max_drop, predicted=row_summary(row), weights=weights,
                 deployment=_DEPLOYMENT[row.kind].format(model=model) if row.kind in _DEPLOYMENT
                 else None,
-                alternatives=[row_summary(a) for a in others])
+                alternatives=[row_summary(a) for a in others], checkpoint=row.checkpoint or None)
 
 
 def save_plan(plan: Plan, path: str | Path) -> None:

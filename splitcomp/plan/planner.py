@@ -2,7 +2,9 @@
 :class:`~.devices.DeviceProfile` into costed plans, their Pareto front and a choice.
 
 One row per (split, codec, setting), plus the two extremes (whole model on the edge; raw
-input to the server) and input compression (JPEG / WebP). For each row:
+input to the server), input compression (JPEG / WebP) and trained checkpoints (the head is
+then the checkpoint's edge model, tuned head + encoder; the tail its decoder + the tail). For
+each row:
 
     end-to-end = head + encode (edge speed) + transfer + queue + decode + tail
     transfer   = channel round trip of the request frame up and the result frame down
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from ..codecs import codec_class
@@ -34,8 +37,9 @@ OBJECTIVES: dict[str, str] = {
     "energy": "energy_j",
 }
 PARETO_KEYS = ("end_to_end_ms", "server_ms", "uplink_bytes", "energy_j", "drop_cost")
-#: row kinds: whole model on the edge, raw pixels, compressed input, split + codec
-DEVICE, OFFLOAD, INPUT, SPLIT = "device", "offload", "input", "split"
+#: row kinds: whole model on the edge, raw pixels, compressed input, split + codec, a trained
+#: checkpoint at its split
+DEVICE, OFFLOAD, INPUT, SPLIT, TRAINED = "device", "offload", "input", "split", "trained"
 
 
 def request_wire_bytes(bitstream_bytes: float, deployment: str = "default") -> int:
@@ -72,6 +76,7 @@ class PlanRow:
     feasible: bool = True
     pareto: bool = False
     name: str = ""
+    checkpoint: str = ""  #: the checkpoint folder of a ``trained`` row
 
     @property
     def end_to_end_ms(self) -> float:
@@ -95,6 +100,8 @@ class PlanRow:
             return f"{knob}={self.params[knob]:g}" if knob and knob in self.params else ""
         if self.kind == INPUT:
             return f"quality={self.params.get('quality')}"
+        if self.kind == TRAINED:
+            return f"ckpt={Path(self.checkpoint).name}"
         return ""
 
     def to_json(self) -> dict[str, Any]:
@@ -145,6 +152,10 @@ def build_rows(prof: ModelProfile, channel: Channel, device: DeviceProfile, *,
         rows += [_row(SPLIT, cut.split, o, head_ms=cut.head_ms, tail_ms=cut.tail_ms,
                       head_params=cut.head_params, head_flops=cut.head_flops, **common)
                  for o in cut.options]
+    for t in prof.trained:
+        rows.append(_row(TRAINED, t.split, t.option, head_ms=t.edge_ms, tail_ms=t.server_ms,
+                         head_params=t.edge_params, head_flops=t.edge_flops, **common))
+        rows[-1].checkpoint = t.checkpoint
     for i, r in enumerate(rows):
         r.feasible = r.drop_pp <= max_drop
         r.name = f"P{i}"
@@ -220,8 +231,8 @@ def format_table(rows: Sequence[PlanRow], markdown: bool = False) -> str:
 
 def shown_rows(rows: Sequence[PlanRow], chosen: Iterable[PlanRow] = ()) -> list[PlanRow]:
     """What the table prints: the Pareto front, the two extremes, the best input-compression
-    row of each format (the smallest within budget, else the most accurate), and any chosen
-    row, in row order."""
+    row of each format (the smallest within budget, else the most accurate), every trained
+    checkpoint and any chosen row, in row order."""
     keep = {id(r) for r in chosen}
     best_input: dict[str, PlanRow] = {}
     for r in rows:
@@ -233,4 +244,5 @@ def shown_rows(rows: Sequence[PlanRow], chosen: Iterable[PlanRow] = ()) -> list[
                                   else cur.drop_pp):
             best_input[r.codec] = r
     keep |= {id(r) for r in best_input.values()}
-    return [r for r in rows if r.pareto or r.kind in (DEVICE, OFFLOAD) or id(r) in keep]
+    return [r for r in rows if r.pareto or r.kind in (DEVICE, OFFLOAD, TRAINED)
+            or id(r) in keep]

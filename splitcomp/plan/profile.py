@@ -6,8 +6,12 @@ a quality knob :func:`~splitcomp.bench.codec_eval.search_quality` walks the sett
 lowest rate within ``max_drop`` (every setting it tried is kept: the planner trades them
 off). Bytes are exact container byte counts per sample; drops are top-1 percentage points on
 the calibration images. The two extremes (whole model, raw input) and input compression
-(:mod:`.input_codec`) are profiled too. Nothing here depends on the network or the device:
-see :mod:`.planner` for those.
+(:mod:`.input_codec`) are profiled too. A trained checkpoint (:class:`TrainedProfile`) is
+one more option at its cut, with its own edge model (tuned head + encoder) and server model
+(decoder + tail) timed in the same rounds as the heads and tails, and its compact
+``bottleneck`` stream and drop measured on the calibration images (which must then lie
+outside its train part). Nothing here depends on the network or the device: see
+:mod:`.planner` for those.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from torch import nn
 
 from .. import codecs
 from ..bench.codec_eval import FeatureSet, collect_features, evaluate_codec, search_quality
+from ..data import ImageFolderDataset
 from ..data.dataset import spread_indices
 from ..data.transforms import Preprocess
 from ..partition import CutPoint, Partitioner
 from ..runtime import protocol as P
+from ..train import Trained
+from ..train.ckpt_eval import checkpoint_codec
 from .input_codec import INPUT_FORMATS, sweep_input_codec
 
 DEFAULT_CODECS = ("fp16", "int8", "rans", "slicer")
@@ -61,6 +68,23 @@ class CutProfile:
 
 
 @dataclass
+class TrainedProfile:
+    """A trained bottleneck at a cut (``plan --checkpoint``): ``edge_ms`` is its tuned head
+    and encoder, ``server_ms`` its decoder and the frozen tail (ms, this machine, batch 1);
+    ``option`` its compact ``bottleneck`` stream (bytes, encode and decode times) and its drop
+    on the calibration images; ``edge_params`` / ``edge_flops`` the head plus the encoder."""
+
+    checkpoint: str  #: the checkpoint folder (absolute)
+    split: str
+    edge_ms: float
+    server_ms: float
+    edge_params: int
+    edge_flops: int
+    option: CodecOption
+    n_train: int = 0  #: images it trained on (none of them among the calibration images)
+
+
+@dataclass
 class ModelProfile:
     """Everything the planner needs about one model on this machine."""
 
@@ -73,6 +97,7 @@ class ModelProfile:
     response_bytes: int  #: the result frame (fp32 logits) the server sends back
     cuts: list[CutProfile] = field(default_factory=list)
     inputs: list[CodecOption] = field(default_factory=list)  #: JPEG / WebP of the input
+    trained: list[TrainedProfile] = field(default_factory=list)  #: ``--checkpoint`` options
     threads: int = 1
     repeats: int = 0
     data: str = ""  #: where the calibration images came from
@@ -87,6 +112,8 @@ class ModelProfile:
         d["inputs"] = [CodecOption(**o) for o in d.get("inputs", [])]
         d["cuts"] = [CutProfile(**{**c, "options": [CodecOption(**o) for o in c["options"]]})
                      for c in d.get("cuts", [])]
+        d["trained"] = [TrainedProfile(**{**t, "option": CodecOption(**t["option"])})
+                        for t in d.get("trained", [])]
         d["input_shape"] = tuple(d["input_shape"])
         return cls(**d)
 
@@ -156,15 +183,20 @@ class Profiler:
         return torch.cat(preds)
 
     @torch.inference_mode()
-    def time_compute(self, cuts: Sequence[CutPoint]) -> tuple[float, list[tuple[float, float]]]:
-        """Whole model and each cut's (head, tail) in ms at batch 1, all in the same
-        interleaved rounds so that every figure sees the same background load."""
+    def time_compute(self, cuts: Sequence[CutPoint], trained: Sequence[Trained] = ()
+                     ) -> tuple[float, list[tuple[float, float]]]:
+        """Whole model and each cut's (head, tail), then each checkpoint's (edge model, server
+        model), in ms at batch 1, all in the same interleaved rounds so that every figure
+        sees the same background load."""
         img = self.images[:1]
         fns: list[Callable[[], Any]] = [lambda: self.model(self.preprocess.normalize(img))]
         for cut in cuts:
             head, tail = self.parts.split(cut.name)
             feats = head(self.example)
             fns += [partial(head, self.example), partial(tail, *feats)]
+        for t in trained:
+            edge, server = t.ckpt.edge_model(), t.ckpt.server_model(t.tail)
+            fns += [partial(edge, self.example), partial(server, edge(self.example))]
         ms = median_ms(*fns, repeats=self.repeats)
         return ms[0], [(ms[i], ms[i + 1]) for i in range(1, len(ms), 2)]
 
@@ -191,6 +223,32 @@ class Profiler:
                             r.decode_ms) for r in results]
 
     @torch.inference_mode()
+    def profile_trained(self, t: Trained, data: ImageFolderDataset, cut: CutPoint,
+                        edge_ms: float, server_ms: float) -> TrainedProfile:
+        """A checkpoint's option at ``cut`` (compute times measured by :meth:`time_compute`):
+        its figures on ``data``, the calibration images as a dataset (trained-on images
+        refused), and its codec timed on one sample."""
+        fig = t.evaluate(data, self.batch_size)
+        if fig["n_eval"] != len(self.labels):
+            raise ValueError(f"{t.folder}: evaluated on {fig['n_eval']} images, not the "
+                             f"{len(self.labels)} calibration images")
+        codec, contexts = checkpoint_codec(t.ckpt)
+        latent = t.ckpt.edge_model()(self.example)
+        stream = codec.encode(latent, compact=True)
+        enc_ms, dec_ms = median_ms(partial(codec.encode, latent, compact=True),
+                                   partial(codecs.decode, stream, contexts=contexts),
+                                   repeats=self.repeats)
+        params = {k: fig[k] for k in ("channels", "stride", "beta")}
+        opt = CodecOption("bottleneck", params, fig["bytes_per_sample"],
+                          round(fig["drop_pp"], 4), enc_ms, dec_ms)
+        self.log(f"  {cut.name} checkpoint {t.name}: edge {edge_ms:.2f} ms, server "
+                 f"{server_ms:.2f} ms, {opt.wire_bytes:.0f} B, drop {opt.drop_pp:.2f}")
+        return TrainedProfile(str(t.folder.resolve()), cut.name, edge_ms, server_ms,
+                              cut.head_params + fig["encoder_params"],
+                              cut.head_flops + round(1e6 * fig["encoder_mflops"]), opt,
+                              fig["n_train"])
+
+    @torch.inference_mode()
     def profile_extremes(self) -> tuple[CodecOption, int, float]:
         """The raw-input option, the response size, calibration top-1."""
         img = self.images[:1]
@@ -214,26 +272,34 @@ class Profiler:
         return out
 
     # -- all of it ---------------------------------------------------------------------
-    def profile(self, splits: Sequence[str] | None = None, max_splits: int = 4) -> ModelProfile:
+    def profile(self, splits: Sequence[str] | None = None, max_splits: int = 4,
+                trained: Sequence[Trained] = (), data: ImageFolderDataset | None = None
+                ) -> ModelProfile:
         """Profile the named cuts (or ``max_splits`` spread over the model), the extremes and
-        input compression."""
+        input compression; and the ``trained`` checkpoints (opened beside this model, their
+        cuts profiled too) on ``data``, the calibration images as a dataset."""
         cands = self.candidates()
-        if splits:
-            by_name = {m: c for c in cands for m in (c.name, c.node, *c.modules)}
-            missing = [s for s in splits if s not in by_name]
-            if missing:
-                raise ValueError(f"unknown cut(s) {missing}; see `splitcomp candidates`")
-            cuts = [by_name[s] for s in splits]
-        else:
-            cuts = pick_cuts(cands, max_splits)
-        full_ms, times = self.time_compute(cuts)
+        by_name = {m: c for c in cands for m in (c.name, c.node, *c.modules)}
+        wanted = [*(splits or []), *(t.ckpt.cut for t in trained)]
+        missing = [s for s in wanted if s not in by_name]
+        if missing:
+            raise ValueError(f"unknown cut(s) {missing}; see `splitcomp candidates`")
+        cuts = [by_name[s] for s in splits] if splits else pick_cuts(cands, max_splits)
+        for c in (by_name[t.ckpt.cut] for t in trained):
+            if all(c is not k for k in cuts):
+                cuts.append(c)
+        if trained and data is None:
+            raise ValueError("profiling checkpoints needs the calibration images (data=)")
+        full_ms, times = self.time_compute(cuts, trained)
         raw, response, top1 = self.profile_extremes()
         self.log(f"{self.name}: whole model {full_ms:.2f} ms, top-1 {top1:.2f} on "
                  f"{len(self.labels)} calibration images; profiling {len(cuts)} cuts")
         prof = ModelProfile(self.name, tuple(self.images.shape[1:]), len(self.labels), top1,
                             full_ms, raw, response, threads=torch.get_num_threads(),
                             repeats=self.repeats)
-        prof.cuts = [self.profile_cut(c, *t) for c, t in zip(cuts, times, strict=True)]
+        prof.cuts = [self.profile_cut(c, *t) for c, t in zip(cuts, times, strict=False)]
+        prof.trained = [self.profile_trained(t, data, by_name[t.ckpt.cut], *ms)
+                        for t, ms in zip(trained, times[len(cuts):], strict=True)]
         prof.inputs = self.profile_inputs()
         return prof
 

@@ -6,14 +6,16 @@ on the server that feeds the unchanged tail.
         --decode--> y_hat --decoder--> (B, K, H, W) --tail--> logits
 
 The encoder may start from a copy of the head's last blocks (Entropic Student's way: those
-blocks are fine-tuned on the edge while the server's tail stays frozen, so several tails can
-share one bitstream). :class:`EdgeModel` and :class:`ServerModel` are what a deployment runs.
+blocks are fine-tuned on the edge while the server's tail stays frozen). Several tails can
+share one bitstream: extra decoders, one per extra tail, read the same latent
+(``tails.py``). :class:`EdgeModel` and :class:`ServerModel` are what a deployment runs.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,38 +27,51 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride, 1)
 
 
+def _decoder(channels: int, hidden: int, out: int, stride: int) -> nn.Sequential:
+    """Latent (C channels) -> a crossing tensor of ``out`` channels (upsampled by ``stride``)."""
+    up = nn.ConvTranspose2d(channels, hidden, 4, 2, 1) if stride == 2 else _conv(channels, hidden)
+    return nn.Sequential(
+        up, nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+        _conv(hidden, hidden), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+        _conv(hidden, out), nn.ReLU())
+
+
 class Bottleneck(nn.Module):
     """Encoder, entropy model and decoder around a crossing tensor of ``in_channels``.
 
     ``channels``: latent channels C; ``stride``: spatial reduction (1 or 2); ``hidden``: the
-    width of the convolutions (default ``in_channels``).
+    width of the convolutions (default ``in_channels``). ``tails``: extra tails served from
+    the same latent, name -> the channels of their crossing tensor; each gets a decoder of
+    the same architecture in :attr:`tails`.
     """
 
     def __init__(self, in_channels: int, channels: int, stride: int = 2,
-                 hidden: int | None = None) -> None:
+                 hidden: int | None = None, tails: dict[str, int] | None = None) -> None:
         super().__init__()
         if stride not in (1, 2):
             raise ValueError("stride must be 1 or 2")
         hidden = hidden or in_channels
         self.in_channels, self.channels, self.stride, self.hidden = (
             in_channels, channels, stride, hidden)
+        self.tail_channels = dict(tails or {})
         self.encoder = nn.Sequential(
             _conv(in_channels, hidden, stride), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
             _conv(hidden, channels))
         self.entropy = EntropyBottleneck(channels)
-        up = (nn.ConvTranspose2d(channels, hidden, 4, 2, 1) if stride == 2
-              else _conv(channels, hidden))
-        self.decoder = nn.Sequential(
-            up, nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-            _conv(hidden, hidden), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-            _conv(hidden, in_channels), nn.ReLU())
+        self.decoder = _decoder(channels, hidden, in_channels, stride)
+        self.tails = nn.ModuleDict({name: _decoder(channels, hidden, out, stride)
+                                    for name, out in self.tail_channels.items()})
 
-    def config(self) -> dict[str, int]:
+    def config(self) -> dict[str, Any]:
         return {"in_channels": self.in_channels, "channels": self.channels,
-                "stride": self.stride, "hidden": self.hidden}
+                "stride": self.stride, "hidden": self.hidden, "tails": self.tail_channels}
+
+    def decoder_for(self, name: str | None = None) -> nn.Module:
+        """The decoder of the tail ``name`` (None: the primary model's)."""
+        return self.decoder if name is None else self.tails[name]
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reconstructed features, likelihoods of the latent)."""
+        """(reconstructed features for the primary tail, likelihoods of the latent)."""
         y_hat, likelihoods = self.entropy(self.encoder(features))
         return self.decoder(y_hat), likelihoods
 
@@ -75,7 +90,8 @@ class EdgeModel(nn.Module):
 
 
 class ServerModel(nn.Module):
-    """What the server runs for one tail: decoder, then the tail: y_hat -> outputs."""
+    """What the server runs for one tail (any of a bottleneck's, each with its own decoder):
+    decoder, then the tail: y_hat -> outputs."""
 
     def __init__(self, decoder: nn.Module, tail: nn.Module) -> None:
         super().__init__()

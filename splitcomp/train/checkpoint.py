@@ -1,10 +1,12 @@
 """Checkpoints of trained split components: a folder of plain files.
 
     CKPT_DIR/checkpoint.json    what it is: model, weights, cut, bottleneck shape, tuned head
-                                blocks, training settings, step, history, figures, table id
+                                blocks, extra tails (model, weights, cut), training settings,
+                                step, history, figures, table id
     CKPT_DIR/weights.safetensors the tensors: the edge's head copy (``head.*``), the bottleneck
-                                (``bottleneck.*``: encoder, entropy model, decoder), the optimiser
-                                state is not kept (``resume`` restarts it with the schedule)
+                                (``bottleneck.*``: encoder, entropy model, decoder, the extra
+                                tails' decoders), the optimiser state is not kept (``resume``
+                                restarts it with the schedule)
     CKPT_DIR/split.json         the data split (:class:`~.splits.SplitRecord`)
     CKPT_DIR/tables.sbnt        the ``bottleneck`` codec's tables (its session context)
 
@@ -25,6 +27,7 @@ from torch import nn
 
 from .bottleneck import Bottleneck, EdgeModel, ServerModel, trainable_head
 from .splits import SplitRecord
+from .tails import TailRecord, Teacher, open_tails
 from .trainer import Student, TrainConfig
 
 FORMAT = "splitcomp-bottleneck"
@@ -49,6 +52,7 @@ class Checkpoint:
     total_steps: int = 0
     tables: bytes = b""
     info: dict[str, Any] = field(default_factory=dict)  #: figures, history, timings
+    tails: list[TailRecord] = field(default_factory=list)  #: extra models served, in order
 
     @property
     def bottleneck(self) -> Bottleneck:
@@ -58,9 +62,19 @@ class Checkpoint:
         """Input -> latent: what the edge runs before the ``bottleneck`` codec."""
         return EdgeModel(self.student.head, self.bottleneck.encoder).eval()
 
-    def server_model(self, tail: nn.Module) -> ServerModel:
-        """Latent -> outputs through ``tail`` (the frozen original tail)."""
-        return ServerModel(self.bottleneck.decoder, tail).eval()
+    def server_model(self, tail: nn.Module, name: str | None = None) -> ServerModel:
+        """Latent -> outputs through ``tail``, the frozen original tail of the model ``name``
+        (None or :attr:`model`: the primary; else one of :attr:`tails`)."""
+        name = None if name == self.model else name
+        return ServerModel(self.bottleneck.decoder_for(name), tail).eval()
+
+    def extra_teachers(self) -> list[Teacher]:
+        """The frozen halves of the extra tails' models, rebuilt from :attr:`tails`
+        (:class:`CheckpointError` when one cannot be: weights missing here, ...)."""
+        try:
+            return open_tails(self.tails, self.config.seed)
+        except (KeyError, ValueError, OSError) as e:
+            raise CheckpointError(f"an extra tail's model: {e}") from None
 
 
 def save_checkpoint(ckpt: Checkpoint, folder: str | Path) -> Path:
@@ -75,6 +89,7 @@ def save_checkpoint(ckpt: Checkpoint, folder: str | Path) -> Path:
     meta = {"format": FORMAT, "version": VERSION, "model": ckpt.model, "weights": ckpt.weights,
             "cut": ckpt.cut, "bottleneck": ckpt.bottleneck.config(),
             "tuned_blocks": ckpt.student.tuned_blocks, "config": ckpt.config.to_json(),
+            "tails": [t.to_json() for t in ckpt.tails],
             "step": ckpt.step, "total_steps": ckpt.total_steps, "info": ckpt.info}
     (out / "checkpoint.json").write_text(json.dumps(meta, indent=1) + "\n")
     (out / "split.json").write_text(json.dumps(ckpt.split.to_json()) + "\n")
@@ -101,8 +116,12 @@ def load_checkpoint(folder: str | Path, head: nn.Module) -> Checkpoint:
         cfg = TrainConfig(**meta["config"])
         s_head, tuned = trainable_head(head, cfg.tune_head)
         bn = Bottleneck(**meta["bottleneck"])
+        tails = [TailRecord(**t) for t in meta.get("tails", [])]
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{src}: bad checkpoint.json ({e!r})") from None
+    if [t.model for t in tails] != list(bn.tails):
+        raise CheckpointError(f"{src}: tails {[t.model for t in tails]} but decoders for "
+                              f"{list(bn.tails)}")
     try:
         s_head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
         bn.load_state_dict({k[11:]: v for k, v in tensors.items()
@@ -112,7 +131,7 @@ def load_checkpoint(folder: str | Path, head: nn.Module) -> Checkpoint:
     bn.eval()
     return Checkpoint(meta["model"], meta["weights"], meta["cut"], Student(s_head, bn, tuned),
                       cfg, split, int(meta["step"]), int(meta["total_steps"]), tables,
-                      dict(meta.get("info", {})))
+                      dict(meta.get("info", {})), tails)
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:

@@ -4,7 +4,9 @@ Every eval image is run through the checkpoint's edge model (tuned head, encoder
 encoded as its own compact ``bottleneck`` bitstream (header and CRC included in the byte count;
 the self-describing size is reported too),
 decoded with :func:`splitcomp.codecs.decode` and run through the decoder and the frozen tail.
-The baseline is the unsplit teacher (head, tail) on the same images. The codec's tables are
+The baseline is the unsplit teacher (head, tail) on the same images. A checkpoint with extra
+tails (:mod:`.tails`) is scored for each tail too, on the same decoded latent (the bytes are
+counted once: one bitstream serves all tails). The codec's tables are
 the checkpoint's own (``tables.sbnt``), registered and passed to the decoder explicitly, so
 the figures do not depend on what a training run left in the process.
 """
@@ -12,7 +14,7 @@ the figures do not depend on what a training run left in the process.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ from ..data import ImageFolderDataset
 from .checkpoint import Checkpoint
 from .entropy_model import EntropyBottleneck
 from .splits import eval_part
+from .tails import Teacher
 
 _COUNTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
@@ -64,6 +67,14 @@ def checkpoint_tables(ckpt: Checkpoint) -> BottleneckTables:
             else model_tables(ckpt.bottleneck.entropy))
 
 
+def checkpoint_codec(ckpt: Checkpoint) -> tuple[codecs.Codec, dict[int, BottleneckTables]]:
+    """The ``bottleneck`` codec with the checkpoint's tables registered, and the decode
+    contexts that name them (``codecs.decode(data, contexts=...)``)."""
+    tables = checkpoint_tables(ckpt)
+    tid = register_tables(tables)
+    return codecs.get("bottleneck", tables=tid), {tid: tables}
+
+
 def _params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -72,30 +83,34 @@ def _params(module: nn.Module) -> int:
 def evaluate_checkpoint(ckpt: Checkpoint, head: nn.Module, tail: nn.Module,
                         eval_ds: ImageFolderDataset, batch_size: int = 128, *,
                         limit: int | None = None, device: str = "cpu",
-                        progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                        progress: Callable[[int], None] | None = None,
+                        extra: Sequence[Teacher] | None = None) -> dict[str, Any]:
     """Top-1 of the teacher (``head`` + ``tail``, the original halves at ``ckpt.cut``) and of
     the checkpoint through the codec, on the eval part of ``eval_ds`` under the checkpoint's
     split (:func:`~.splits.eval_part`: :class:`~.splits.TrainedOnError` if ``eval_ds`` holds
     train-part images). ``limit``: that many eval images, spread evenly. ``progress`` gets
-    the number of images of each batch done. Returns the JSON figures."""
+    the number of images of each batch done. ``extra``: the teachers of the checkpoint's
+    extra tails (default: rebuilt from its records). Returns the JSON figures; ``tails``
+    holds each tail's top-1, the primary's first."""
     held = eval_part(eval_ds, ckpt.split)
     if limit is not None and limit < len(held):
         held = held.subset(limit)
-    tables = checkpoint_tables(ckpt)
-    tid = register_tables(tables)
-    codec = codecs.get("bottleneck", tables=tid)
+    codec, contexts = checkpoint_codec(ckpt)
+    (tid,) = contexts
     dev = torch.device(device)
-    head, tail = head.eval().to(dev), tail.eval().to(dev)
     ckpt.student.head.to(dev), ckpt.bottleneck.to(dev)  # the entropy model too
-    edge, server = ckpt.edge_model(), ckpt.server_model(tail)
-    n = base_ok = ok = agree = wire = wire_full = 0
+    teachers = [Teacher(ckpt.model, head, tail), *(
+        ckpt.extra_teachers() if extra is None else extra)]
+    for t in teachers:
+        t.head.eval().to(dev), t.tail.eval().to(dev)
+    edge = ckpt.edge_model()
+    servers = [ckpt.server_model(t.tail, t.name) for t in teachers]
+    base_oks, oks = [0] * len(teachers), [0] * len(teachers)
+    n = agree = wire = wire_full = 0
     est_bits = 0.0
     elements = 0
     for x, y in held.batches(batch_size):
         x, y = x.to(dev), y.to(dev)
-        (feat,) = head(x)
-        elements = feat[0].numel()
-        t_logits = tail(feat)
         latent = edge(x)
         _, lik = ckpt.bottleneck.entropy(latent, training=False)
         est_bits += float(EntropyBottleneck.bits(lik))
@@ -104,12 +119,17 @@ def evaluate_checkpoint(ckpt: Checkpoint, head: nn.Module, tail: nn.Module,
             data = codec.encode(z, compact=True)  # the header agreed per deployment
             wire += len(data)
             wire_full += len(codec.encode(z))
-            (y_hat,) = codecs.decode(data, contexts={tid: tables})
+            (y_hat,) = codecs.decode(data, contexts=contexts)
             y_hats.append(y_hat)
-        s_logits = server(torch.cat(y_hats).to(dev))
-        base_ok += int((t_logits.argmax(-1) == y).sum())
-        ok += int((s_logits.argmax(-1) == y).sum())
-        agree += int((s_logits.argmax(-1) == t_logits.argmax(-1)).sum())
+        y_hat = torch.cat(y_hats).to(dev)
+        for k, (t, server) in enumerate(zip(teachers, servers, strict=True)):
+            (feat,) = t.head(x)
+            t_logits, s_logits = t.tail(feat), server(y_hat)
+            base_oks[k] += int((t_logits.argmax(-1) == y).sum())
+            oks[k] += int((s_logits.argmax(-1) == y).sum())
+            if k == 0:
+                elements = feat[0].numel()
+                agree += int((s_logits.argmax(-1) == t_logits.argmax(-1)).sum())
         n += x.shape[0]
         if progress is not None:
             progress(x.shape[0])
@@ -119,11 +139,12 @@ def evaluate_checkpoint(ckpt: Checkpoint, head: nn.Module, tail: nn.Module,
     (crossing,) = head(one)
     enc, dec = ckpt.bottleneck.encoder, ckpt.bottleneck.decoder
     latent_shape = list(edge(one).shape[1:])
-    top1_base, top1 = 100.0 * base_ok / n, 100.0 * ok / n
+    tails = {t.name: {"top1_baseline": 100.0 * b / n, "top1": 100.0 * o / n,
+                      "drop_pp": 100.0 * b / n - 100.0 * o / n}
+             for t, b, o in zip(teachers, base_oks, oks, strict=True)}
     return {
         "model": ckpt.model, "split": ckpt.cut, "codec": "bottleneck",
-        "n_train": ckpt.split.n_train, "n_eval": n,
-        "top1_baseline": top1_base, "top1": top1, "drop_pp": top1_base - top1,
+        "n_train": ckpt.split.n_train, "n_eval": n, **tails[ckpt.model],
         "bytes_per_sample": wire / n, "bits_per_element": 8.0 * wire / (n * elements),
         "bytes_per_sample_full_header": wire_full / n,
         "header_note": "bytes_per_sample: compact streams (9 bytes of header and CRC a sample, "
@@ -139,7 +160,7 @@ def evaluate_checkpoint(ckpt: Checkpoint, head: nn.Module, tail: nn.Module,
         "cut_elements": elements, "agreement_pct": 100.0 * agree / n,
         "estimated_bytes_per_sample": est_bits / 8 / n,
         "decoder_params": _params(dec), "decoder_mflops": 2 * count_macs(dec, edge(one)) / 1e6,
-        "steps": ckpt.step,
+        "steps": ckpt.step, "tails": tails,
         "n_eval_note": f"one image of {n} is {100.0 / n:.3f} pp of top-1",
         "flops_note": "a multiply-add counts 2 FLOPs (convolutions and linear layers), per "
                       "sample, as in `splitcomp candidates`; the edge runs the head (its "

@@ -70,14 +70,9 @@ def _relative_names(ds: ImageFolderDataset, indices: list[int]) -> list[str]:
     return out
 
 
-def split_dataset(ds: ImageFolderDataset, n_train: int | None = None, seed: int = 0
-                  ) -> tuple[ImageFolderDataset, ImageFolderDataset, SplitRecord]:
-    """(train part, eval part, record): a seeded, class-stratified split. ``n_train``: images
-    in the train part (default half); the rest is the eval part."""
-    n = len(ds)
-    n_train = n // 2 if n_train is None else n_train
-    if not 0 < n_train < n:
-        raise ValueError(f"n_train={n_train}: need 0 < n_train < {n} (the dataset's size)")
+def _split_indices(ds: ImageFolderDataset, n_train: int, seed: int
+                   ) -> tuple[list[int], list[int]]:
+    """(train indices, eval indices) of the seeded, class-stratified split, each sorted."""
     rng = np.random.default_rng(seed)
     labels = ds.labels.numpy()
     order = []
@@ -86,7 +81,18 @@ def split_dataset(ds: ImageFolderDataset, n_train: int | None = None, seed: int 
         order.append(rng.permutation(members))
     width = max(len(m) for m in order)
     flat = [int(m[k]) for k in range(width) for m in order if k < len(m)]
-    train_idx, eval_idx = sorted(flat[:n_train]), sorted(flat[n_train:])
+    return sorted(flat[:n_train]), sorted(flat[n_train:])
+
+
+def split_dataset(ds: ImageFolderDataset, n_train: int | None = None, seed: int = 0
+                  ) -> tuple[ImageFolderDataset, ImageFolderDataset, SplitRecord]:
+    """(train part, eval part, record): a seeded, class-stratified split. ``n_train``: images
+    in the train part (default half); the rest is the eval part."""
+    n = len(ds)
+    n_train = n // 2 if n_train is None else n_train
+    if not 0 < n_train < n:
+        raise ValueError(f"n_train={n_train}: need 0 < n_train < {n} (the dataset's size)")
+    train_idx, eval_idx = _split_indices(ds, n_train, seed)
     train, held = ds.subset(train_idx), ds.subset(eval_idx)
     train.preload()
     record = SplitRecord(seed, len(train_idx), len(eval_idx),
@@ -95,13 +101,21 @@ def split_dataset(ds: ImageFolderDataset, n_train: int | None = None, seed: int 
     return train, held, record
 
 
+def eval_indices(ds: ImageFolderDataset, record: SplitRecord) -> list[int] | None:
+    """The indices of the eval part of ``ds`` under ``record`` when ``ds`` is the dataset the
+    split was made from (same size, same eval file list: nothing is decoded), else None."""
+    if len(ds) != record.n_train + record.n_eval:
+        return None
+    _, eval_idx = _split_indices(ds, record.n_train, record.seed)
+    return eval_idx if _list_digest(_relative_names(ds, eval_idx)) == record.eval_digest else None
+
+
 def eval_part(ds: ImageFolderDataset, record: SplitRecord) -> ImageFolderDataset:
     """The eval part of ``ds`` under ``record`` (the same data as at training: checked by the
     file list digest), else ``ds`` itself after checking it shares no image with the train
     part (another folder)."""
-    if len(ds) == record.n_train + record.n_eval:
-        _, held, again = split_dataset(ds, record.n_train, record.seed)
-        if again.eval_digest == record.eval_digest:
-            return held
+    held = eval_indices(ds, record)
+    if held is not None:
+        return ds.subset(held)
     record.check_disjoint(ds)
     return ds

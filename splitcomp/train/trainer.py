@@ -9,7 +9,9 @@ Two stages, as Entropic Student (Matsubara et al. 2022) trains its bottleneck:
    (KL at ``temperature``), a small feature term kept, plus ``label_weight`` x cross-entropy
    when labels are given.
 
-The rate term is ``beta`` x (bits of the latent per element of the original cut). Every step
+With extra teachers (:mod:`.tails`), every tail's decoder reads the same latent and the loss
+sums these terms over all tails (the primary first), plus one rate term: ``beta`` x (bits of
+the latent per element of the original cut). Every step
 draws a new view of each image (crop, flip, optional mixup/CutMix) and runs the teacher on that
 same view, so 5,000 images give many distinct targets. The schedule (cosine learning rate)
 fits a step count from ``epochs``, or from ``minutes`` after timing the first steps.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +31,7 @@ from torch import nn
 
 from .augment import crop_flip, mix
 from .bottleneck import Bottleneck, freeze, parameters, trainable_head
+from .tails import Teacher, crossing_shapes
 
 
 @dataclass
@@ -87,15 +90,34 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
                     log_target=True, reduction="batchmean") * t * t
 
 
+def tail_loss(recon: torch.Tensor, t_feat: torch.Tensor, t_logits: torch.Tensor,
+              tail: nn.Module, cfg: TrainConfig, stage1: bool,
+              labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(one tail's distillation loss, its student logits; None in stage 1): the feature term
+    (MSE over the teacher's energy), then in stage 2 KD on logits through the frozen ``tail``,
+    ``feature_weight`` x the feature term and, with ``labels``, the label term."""
+    feat = F.mse_loss(recon, t_feat) / t_feat.pow(2).mean().clamp(min=1e-8)
+    if stage1:
+        return feat, None
+    s_logits = tail(recon)
+    loss = kd_loss(s_logits, t_logits, cfg.temperature) + cfg.feature_weight * feat
+    if labels is not None and cfg.label_weight > 0 and cfg.mix_alpha <= 0:
+        loss = loss + cfg.label_weight * F.cross_entropy(s_logits, labels)
+    return loss, s_logits
+
+
 def train_bottleneck(head: nn.Module, tail: nn.Module, images: torch.Tensor,
                      normalize: Callable[[torch.Tensor], torch.Tensor], cfg: TrainConfig,
                      labels: torch.Tensor | None = None, student: Student | None = None,
                      progress: Callable[[dict[str, float]], None] | None = None,
                      start_step: int = 0, total_steps: int | None = None,
                      on_checkpoint: Callable[[Student, int, int], None] | None = None,
-                     checkpoint_every: float = 300.0) -> tuple[Student, History]:
+                     checkpoint_every: float = 300.0,
+                     extra: Sequence[Teacher] = ()) -> tuple[Student, History]:
     """Train a bottleneck between ``head`` and ``tail`` (both frozen; the head is copied for
     fine-tuning) on ``images`` (N, C, H, W uint8, the train part) normalised by ``normalize``.
+    ``extra``: more frozen models cut at the same spatial size, a decoder trained for each
+    tail on the same latent (:attr:`Bottleneck.tails`, by the teacher's name).
 
     ``student``/``start_step``/``total_steps`` resume a run. Returns the student and its
     history; ``progress`` gets the figures of every logged step; ``on_checkpoint(student,
@@ -105,19 +127,22 @@ def train_bottleneck(head: nn.Module, tail: nn.Module, images: torch.Tensor,
     device = torch.device(cfg.device)
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    freeze(head, tail)
-    head, tail = head.to(device), tail.to(device)
-    with torch.no_grad():
-        (probe,) = head(normalize(images[:2]).to(device))
-    if probe.dim() != 4:
-        raise ValueError(f"a bottleneck needs one 4-d crossing tensor, got {tuple(probe.shape)}")
-    elements = probe[0].numel()
+    teachers = [Teacher(None, head, tail), *extra]
+    for t in teachers:
+        freeze(t.head.to(device), t.tail.to(device))
+    shapes = crossing_shapes(teachers, normalize(images[:2]).to(device))
+    elements = shapes[0].numel()
     if student is None:
         s_head, tuned = trainable_head(head, cfg.tune_head)
-        student = Student(s_head, Bottleneck(probe.shape[1], cfg.channels, cfg.stride,
-                                             cfg.hidden), tuned)
+        student = Student(s_head, Bottleneck(
+            shapes[0][0], cfg.channels, cfg.stride, cfg.hidden,
+            {t.name: s[0] for t, s in zip(extra, shapes[1:], strict=True)}), tuned)
     s_head, bn = student.head.to(device), student.bottleneck.to(device)
-    main_params = parameters(s_head, bn.encoder, bn.decoder) + [
+    if set(bn.tails) != {t.name for t in extra}:
+        raise ValueError(f"the bottleneck serves tails {sorted(bn.tails)}, not "
+                         f"{sorted(str(t.name) for t in extra)}")
+    decoders = [bn.decoder_for(t.name) for t in teachers]
+    main_params = parameters(s_head, bn.encoder, *decoders) + [
         p for n, p in bn.entropy.named_parameters() if n != "quantiles"]
     opt = torch.optim.AdamW(main_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     aux = torch.optim.Adam([bn.entropy.quantiles], lr=cfg.aux_lr)
@@ -151,26 +176,24 @@ def train_bottleneck(head: nn.Module, tail: nn.Module, images: torch.Tensor,
         lr_scale = 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_scale
-        with torch.no_grad():
-            (t_feat,) = head(x)
-            t_logits = tail(t_feat)
         s_head.train(False)
         bn.train(True)
         (s_feat,) = s_head(x)
-        recon, lik = bn(s_feat)
+        y_hat, lik = bn.entropy(bn.encoder(s_feat))
         bits = bn.entropy.bits(lik) / x.shape[0]
-        feat = F.mse_loss(recon, t_feat) / t_feat.pow(2).mean().clamp(min=1e-8)
         stage1 = frac < cfg.feature_share
-        if stage1:
-            ramp = frac / cfg.feature_share if cfg.feature_share > 0 else 1.0
-            loss = feat + cfg.beta * ramp * bits / elements
-            s_logits = None
-        else:
-            s_logits = tail(recon)
-            loss = (kd_loss(s_logits, t_logits, cfg.temperature)
-                    + cfg.feature_weight * feat + cfg.beta * bits / elements)
-            if labels is not None and cfg.label_weight > 0 and cfg.mix_alpha <= 0:
-                loss = loss + cfg.label_weight * F.cross_entropy(s_logits, labels[idx].to(device))
+        ramp = frac / cfg.feature_share if stage1 else 1.0
+        loss = cfg.beta * ramp * bits / elements
+        y = labels[idx].to(device) if labels is not None else None
+        for t, dec in zip(teachers, decoders, strict=True):
+            with torch.no_grad():
+                (t_feat,) = t.head(x)
+                t_logits = t.tail(t_feat)
+            part, s_logits = tail_loss(dec(y_hat), t_feat, t_logits, t.tail, cfg, stage1, y)
+            loss = loss + part
+            if t.name is None:  # the primary's logits give the agreement shown
+                shown = s_logits, t_logits
+        s_logits, t_logits = shown
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(main_params, 5.0)

@@ -64,3 +64,26 @@ def test_write_report_markdown_png_and_json(tmp_path: Path) -> None:
     assert "| rans | bits=3 | 300 |" in md and "uncompressed top-1" not in md
     back = load_report_json(tmp_path / "report.json")
     assert back[0].to_json() == rep.to_json()
+
+
+def trained_row(name: str, nbytes: float, acc: float) -> dict:
+    """The figures of ``evaluate_checkpoint`` a report keeps (toy values)."""
+    return {"name": name, "checkpoint": f"/ck/{name}", "channels": 8, "stride": 2,
+            "beta": 1.0, "bytes_per_sample": nbytes, "bytes_per_sample_full_header": nbytes + 11,
+            "bits_per_element": 8 * nbytes / 1000, "top1_baseline": 90.0, "top1": acc,
+            "drop_pp": 90.0 - acc, "encoder_params": 500, "encoder_mflops": 0.5,
+            "head_mflops": 2.0, "tuned_blocks": ["layer2.2"], "n_train": 5000, "n_eval": 100}
+
+
+def test_trained_rows_in_tables_figure_and_json(tmp_path: Path) -> None:
+    rep = toy_report()
+    rep.splits[0].trained = [trained_row("a", 150, 89.8), trained_row("b", 90, 88.0)]
+    rep.images_note = "images: the eval part of the checkpoint's split, 100 images"
+    md = write_report([rep], tmp_path).read_text()
+    assert "| a (C=8, stride 2, beta=1) | 150.0 | 161.0 | 1.200 | 89.80 | +0.20 | 500 |" in md
+    assert "| split s1, trained bottleneck | 150 (a (C=8, stride 2, beta=1)) |" in md
+    assert "| split s1 + trained bottleneck b | 510 | 2,040 |" in md  # head + encoder
+    assert "Images: the eval part of the checkpoint's split, 100 images" in md
+    assert (tmp_path / png_name("toy", "s1")).exists()
+    back = load_report_json(tmp_path / "report.json")
+    assert back[0].to_json() == rep.to_json()

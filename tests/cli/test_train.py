@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from splitcomp.cli import main
-from tests.train.tiny import image_folder
+from tests.train.tiny import image_folder, tiny_checkpoint, train_args
 
 KEYS = {
     "model", "split", "codec", "n_train", "n_eval", "top1_baseline", "top1", "drop_pp",
@@ -24,22 +23,12 @@ SAME = ("top1_baseline", "top1", "drop_pp", "bytes_per_sample", "bits_per_elemen
         "tables_id", "n_eval", "n_train", "encoder_params", "encoder_mflops", "head_mflops")
 
 
-def train_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "bottleneck", "--model", "resnet20", "--weights", "random", "--data",
-            str(data), "--split", "layer2", "--beta", "2", "--channels", "8", "--epochs", "3",
-            "--batch-size", "8", "--n-train", "24", "--no-progress", "--out", str(out), *extra]
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Iterator[tuple[Path, Path, dict]]:
+def trained(tmp_path_factory) -> tuple[Path, Path, dict]:
     """(data folder, checkpoint folder, JSON figures) of one tiny run (9 steps)."""
     root = tmp_path_factory.mktemp("train")
-    data = image_folder(root / "data", classes=4, per_class=12)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    assert main(train_args(data, root / "ck", "--json", str(root / "r.json"))) == 0
-    yield data, root / "ck", json.loads((root / "r.json").read_text())
-    torch.set_num_threads(threads)
+    data, ck = tiny_checkpoint(root, "--json", str(root / "r.json"))
+    return data, ck, json.loads((root / "r.json").read_text())
 
 
 def test_train_writes_consistent_figures_and_a_checkpoint(trained) -> None:
@@ -107,3 +96,36 @@ def test_one_line_errors(argv, message, capsys) -> None:
 def test_device_cuda_without_cuda_is_an_error(tmp_path, capsys) -> None:
     assert main(train_args(tmp_path, tmp_path / "ck", "--device", "cuda")) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def two_tails(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """(data, checkpoint, JSON figures) of a tiny run that also serves a random resnet32."""
+    root = tmp_path_factory.mktemp("tails")
+    data, ck = tiny_checkpoint(root, "--also", "resnet32:random", "--json", str(root / "r.json"))
+    return data, ck, json.loads((root / "r.json").read_text())
+
+
+def test_also_serves_every_tail_from_one_bitstream(two_tails, tmp_path, single_thread) -> None:
+    data, ck, rep = two_tails
+    assert list(rep["tails"]) == ["resnet20", "resnet32"]
+    assert rep["tails"]["resnet20"]["top1"] == rep["top1"]
+    meta = json.loads((ck / "checkpoint.json").read_text())
+    assert meta["tails"] == [{"model": "resnet32", "weights": "random", "cut": "layer2"}]
+    assert meta["bottleneck"]["tails"] == {"resnet32": 32}
+    out = tmp_path / "e.json"
+    assert main(["eval", "--checkpoint", str(ck), "--data", str(data), "--no-progress",
+                 "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["tails"] == rep["tails"]
+
+
+@pytest.mark.parametrize("also, message", [
+    ("resnet20:random", "each model once"),
+    ("no_such_model", "unknown model"),
+    ("mobilenet_v2:random", "takes other inputs"),
+])
+def test_also_errors_are_one_line(trained, tmp_path, also, message, capsys) -> None:
+    data, _, _ = trained
+    assert main(train_args(data, tmp_path / "ck", "--also", also)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

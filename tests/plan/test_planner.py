@@ -10,6 +10,7 @@ from splitcomp.plan import (
     CutProfile,
     ModelProfile,
     PlanRow,
+    TrainedProfile,
     build_rows,
     choose,
     format_table,
@@ -145,3 +146,30 @@ def test_plan_file_round_trip(tmp_path) -> None:
     path.write_text(path.read_text().replace('"version": 1', '"version": 99'))
     with pytest.raises(ValueError):
         load_plan(path)
+
+
+def test_a_trained_checkpoint_is_one_more_candidate(tmp_path) -> None:
+    prof = synthetic_profile()
+    opt = CodecOption("bottleneck", {"channels": 8, "stride": 2, "beta": 1.0}, 120, 0.1, 0.3,
+                      0.2)
+    prof.trained = [TrainedProfile("/ck/run1", "late", 2.5, 8.6, 1_000, 90, opt, 5_000)]
+    assert ModelProfile.from_json(prof.to_json()) == prof
+    dev = DeviceProfile("x", 4.0, 2.0, 1e-6, 5e-7, 0.1)
+    rows = build_rows(prof, Channel(1e6, 0.02), dev, deployment="toy")
+    (t,) = [r for r in rows if r.kind == "trained"]
+    assert (t.split, t.codec, t.setting, t.checkpoint) == ("late", "bottleneck", "ckpt=run1",
+                                                         "/ck/run1")
+    assert t.head_ms == pytest.approx(4 * 2.5) and t.encode_ms == pytest.approx(4 * 0.3)
+    assert t.server_ms == pytest.approx(0.2 + 8.6) and t.uplink_bytes == request_wire_bytes(
+        120, "toy")
+    assert t in shown_rows(rows) and "ckpt=run1" in format_table(shown_rows(rows))
+    best = choose(rows, "uplink", exclude=("device",))
+    assert best is t
+    plan = plan_from_row(best, model="toy", channel=Channel(1e6, 0.02), device=dev.to_json(),
+                         objective="uplink", max_drop=0.5, alternatives=rows)
+    save_plan(plan, tmp_path / "plan.json")
+    back = load_plan(tmp_path / "plan.json")
+    assert (back.kind, back.split, back.checkpoint, back.deployment) == (
+        "trained", "late", "/ck/run1", None)
+    with pytest.raises(ValueError):
+        back.make_codec()

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from splitcomp.cli import main
 from splitcomp.partition import split
 from splitcomp.zoo import load_model
 
@@ -37,3 +38,26 @@ def random_resnet20(cut: str = "layer2", seed: int = 0) -> tuple[nn.Module, nn.M
     torch.manual_seed(seed)
     model = load_model("resnet20", "random")
     return split(model, cut, (torch.zeros(1, 3, 32, 32),))
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """``splitcomp train bottleneck`` on ``data`` into ``out``: random resnet20 cut at
+    layer2, 24 train images, 3 epochs of batches of 8 (9 steps)."""
+    return ["train", "bottleneck", "--model", "resnet20", "--weights", "random", "--data",
+            str(data), "--split", "layer2", "--beta", "2", "--channels", "8", "--epochs", "3",
+            "--batch-size", "8", "--n-train", "24", "--no-progress", "--out", str(out), *extra]
+
+
+def tiny_checkpoint(root: Path, *extra: str) -> tuple[Path, Path]:
+    """(data folder, checkpoint folder): 48 random images in 4 classes under ``root/data``,
+    a :func:`train_args` run into ``root/ck`` (a few seconds on one thread)."""
+    data = root / "data"
+    if not data.exists():
+        image_folder(data, classes=4, per_class=12)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(train_args(data, root / "ck", *extra)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return data, root / "ck"
