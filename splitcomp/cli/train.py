@@ -83,6 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--threads", type=int, help="torch CPU threads")
     b.add_argument("--out", type=Path, required=True, help="checkpoint folder")
     b.add_argument("--json", type=Path, help="write the eval figures here")
+    b.add_argument("--target-drop", type=float, metavar="PP", help="flag the result against "
+                   "this top-1 drop (pp) in the output and the JSON")
+    b.add_argument("--target-bytes", type=float, metavar="B", help="flag the result against "
+                   "this many bytes per sample on the wire")
     b.add_argument("--resume", action="store_true", help="continue the checkpoint in --out "
                    "(its settings and split; the training options here are not used)")
     b.add_argument("--checkpoint-minutes", type=float, default=5.0,
@@ -242,11 +246,28 @@ def _evaluate_saved(args: argparse.Namespace, setup: EvalSetup, extra: list[Teac
                                  device=args.device, progress=bar.update, extra=extra)
     bar.close()
     result["checkpoint"] = str(args.out)
+    targets = check_targets(result, args.target_drop, args.target_bytes)
     ckpt.info = {**info, "figures": result}
     save_checkpoint(ckpt, args.out)
     print(summary(result))
+    if targets:
+        print("  target     " + targets)
     write_json(result, args.json)
     return 0
+
+
+def check_targets(result: dict[str, Any], drop: float | None, size: float | None) -> str:
+    """Compare the figures with the targets given; record them in ``result`` (``target``,
+    ``target_met``) and return a line saying whether they were met ('' without targets)."""
+    if drop is None and size is None:
+        return ""
+    met = ((drop is None or result["drop_pp"] <= drop)
+           and (size is None or result["bytes_per_sample"] <= size))
+    result["target"] = {"drop_pp": drop, "bytes_per_sample": size}
+    result["target_met"] = met
+    want = " and ".join(w for w in (f"<= {drop:g} pp drop" if drop is not None else "",
+                                     f"<= {size:g} B/sample" if size is not None else "") if w)
+    return f"{want}: {'met' if met else 'MISSED'}"
 
 
 def run(args: argparse.Namespace) -> int:

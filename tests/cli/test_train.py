@@ -129,3 +129,15 @@ def test_also_errors_are_one_line(trained, tmp_path, also, message, capsys) -> N
     assert main(train_args(data, tmp_path / "ck", "--also", also)) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_targets_are_flagged() -> None:
+    from splitcomp.cli.train import check_targets
+
+    r = {"drop_pp": 1.5, "bytes_per_sample": 180.0}
+    assert check_targets(dict(r), None, None) == ""
+    out = dict(r)
+    assert check_targets(out, 1.0, 200.0) == "<= 1 pp drop and <= 200 B/sample: MISSED"
+    assert out["target_met"] is False and out["target"] == {"drop_pp": 1.0,
+                                                             "bytes_per_sample": 200.0}
+    assert check_targets(dict(r), 2.0, None).endswith(": met")
