@@ -71,3 +71,12 @@ def single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_restored() -> Iterator[None]:
+    """Commands switch autograd off for their whole process (``torch.set_grad_enabled(False)``);
+    a test that runs one must not leave it off for the tests after it."""
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)

@@ -106,6 +106,7 @@ def tail_loss(recon: torch.Tensor, t_feat: torch.Tensor, t_logits: torch.Tensor,
     return loss, s_logits
 
 
+@torch.enable_grad()  # training needs autograd whatever the caller switched off
 def train_bottleneck(head: nn.Module, tail: nn.Module, images: torch.Tensor,
                      normalize: Callable[[torch.Tensor], torch.Tensor], cfg: TrainConfig,
                      labels: torch.Tensor | None = None, student: Student | None = None,
