@@ -2,8 +2,10 @@
 
 Each deployment is a zoo model cut at a split point; clients run the head, send the codec
 bitstream, and get the tail's output back (protocol: docs/protocol.md). ``--deploy`` adds
-more deployments to the same server. ``--llm smollm2 --llm-split 15`` serves the server half
-of a causal LM to ``splitcomp generate --server`` clients (LLM sessions: docs/protocol.md).
+more deployments to the same server; ``--checkpoint CKPT_DIR`` serves a trained bottleneck
+(``splitcomp train bottleneck``: the edge sends compact ``bottleneck`` streams).
+``--llm smollm2 --llm-split 15`` serves the server half of a causal LM to
+``splitcomp generate --server`` clients (LLM sessions: docs/protocol.md).
 Prometheus metrics: ``GET /metrics`` on the same port.
 """
 
@@ -35,6 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="'default' (offline default weights), 'random', or a weights file")
     p.add_argument("--plan", default=None, metavar="FILE",
                    help="serve what a plan file from `splitcomp plan --plan-out` chose")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="CKPT_DIR",
+                   help="serve a trained bottleneck checkpoint (repeatable), named after its "
+                        "folder; clients run its edge model and send compact bottleneck streams")
+    p.add_argument("--tail", default=None, metavar="NAME",
+                   help="which tail of a multi-tail (--also) checkpoint to serve (default: the "
+                        "primary model's); 'all': one deployment FOLDER.MODEL per tail, each "
+                        "taking the same bitstream")
     p.add_argument("--deploy", action="append", default=[], metavar="NAME=MODEL:SPLIT[:CODECS]",
                    help="another deployment (repeatable), e.g. r20=resnet20:layer2:slicer")
     g = p.add_argument_group("LLM sessions")
@@ -91,7 +100,7 @@ def _deploy_specs(args: argparse.Namespace) -> list[tuple[str, str, str, list[st
             raise SystemExit("--model and --split go together")
         codecs = args.codec.split(",") if args.codec else None
         specs.append((args.deployment or args.model, args.model, args.split, codecs))
-    if getattr(args, "plan", None):
+    if getattr(args, "plan", None) and not _plan_checkpoint(args):
         specs.append(_plan_spec(args))
     for spec in args.deploy:
         name, eq, rest = spec.partition("=")
@@ -100,8 +109,9 @@ def _deploy_specs(args: argparse.Namespace) -> list[tuple[str, str, str, list[st
             raise SystemExit(f"--deploy {spec!r}: expected NAME=MODEL:SPLIT[:CODECS]")
         codecs = parts[2].split(",") if len(parts) == 3 and parts[2] else None
         specs.append((name, parts[0], parts[1], codecs))
-    if not specs and not getattr(args, "llm", None):
-        raise SystemExit("nothing to serve: give --model and --split, --deploy, or --llm")
+    if not specs and not getattr(args, "llm", None) and not _checkpoints(args):
+        raise SystemExit("nothing to serve: give --model and --split, --deploy, --checkpoint "
+                         "or --llm")
     return specs
 
 
@@ -110,14 +120,51 @@ def _plan_spec(args: argparse.Namespace) -> tuple[str, str, str, list[str] | Non
     from ..plan.planfile import load_plan
 
     plan = load_plan(args.plan)
-    if plan.checkpoint or plan.kind == "trained":
-        raise SystemExit(f"--plan {args.plan}: the plan chose the trained checkpoint "
-                         f"{plan.checkpoint}; serving trained checkpoints is not supported yet")
     if plan.kind != "split" or not plan.split or not plan.codec:
         raise SystemExit(f"--plan {args.plan}: a {plan.kind!r} plan has no split to serve")
     if plan.weights:
         args.weights = plan.weights
     return (plan.deployment or plan.model, plan.model, plan.split, [plan.codec])
+
+
+def _plan_checkpoint(args: argparse.Namespace) -> str | None:
+    """The checkpoint folder a ``trained`` plan file chose (None: another plan, or none)."""
+    if not getattr(args, "plan", None):
+        return None
+    from ..plan.planfile import load_plan
+
+    plan = load_plan(args.plan)
+    if plan.kind != "trained" and not plan.checkpoint:
+        return None
+    if not plan.checkpoint:
+        raise SystemExit(f"--plan {args.plan}: a trained plan without its checkpoint folder")
+    return plan.checkpoint
+
+
+def _checkpoints(args: argparse.Namespace) -> list[str]:
+    """``--checkpoint`` folders, then the one a trained ``--plan`` chose."""
+    plan = _plan_checkpoint(args)
+    return [*getattr(args, "checkpoint", []), *([plan] if plan else [])]
+
+
+def _checkpoint_deployments(args: argparse.Namespace) -> list[Deployment]:
+    """One deployment per checkpoint (per tail with ``--tail all``)."""
+    from ..runtime.trained import checkpoint_deployments
+    from ..train import CheckpointError
+
+    tail = getattr(args, "tail", None)
+    if tail and not _checkpoints(args):
+        raise SystemExit("--tail picks a tail of a --checkpoint")
+    out: list[Deployment] = []
+    for folder in _checkpoints(args):
+        try:
+            deps, _edge, _codec = checkpoint_deployments(
+                folder, "all" if tail == "all" else (tail,),
+                max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms)
+        except (CheckpointError, ValueError) as e:
+            raise SystemExit(f"--checkpoint {folder}: {e}") from None
+        out.extend(deps)
+    return out
 
 
 def build_server(args: argparse.Namespace) -> Server:
@@ -130,6 +177,7 @@ def build_server(args: argparse.Namespace) -> Server:
                                     max_batch_size=args.max_batch_size,
                                     max_wait_ms=args.max_wait_ms)
         deployments.append(dep)
+    deployments.extend(_checkpoint_deployments(args))
     return Server(deployments, args.host, args.port, tokens=args.tokens, llm=_llm(args),
                   tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
                   max_frame_bytes=args.max_frame_bytes,
@@ -192,8 +240,14 @@ def run(args: argparse.Namespace) -> int:
                 raise SystemExit("--llm on Ray: LLM sessions live in the replica that opened "
                                  "them; use --num-replicas 1")
             llm = functools.partial(_llm, args)  # built in the replica
+        if _checkpoints(args):
+            raise SystemExit("--checkpoint / a trained --plan: the embedded backend only")
         return run_cli(args, _deploy_specs(args), llm)
-    asyncio.run(build_server(args).serve_forever(announce=True))
+    try:
+        server = build_server(args)
+    except ValueError as e:  # e.g. two deployments under one name
+        raise SystemExit(f"splitcomp serve: {e}") from None
+    asyncio.run(server.serve_forever(announce=True))
     return 0
 
 

@@ -22,8 +22,8 @@ PLAN_VERSION = 1
 class Plan:
     """A chosen plan. ``kind``: ``split`` (serve ``split`` with ``codec``), ``offload`` (raw
     pixels), ``input`` (compressed image), ``trained`` (the trained bottleneck in the
-    ``checkpoint`` folder at ``split``; no runtime deployment yet) or ``device`` (nothing to
-    serve).
+    ``checkpoint`` folder at ``split``; ``serve --plan`` serves it as ``--checkpoint``) or
+    ``device`` (nothing to serve).
     ``predicted``: the latency breakdown in ms and the byte counts of the chosen row.
     ``alternatives``: the other Pareto rows (same keys as ``predicted`` plus split, codec and
     params), fastest first."""

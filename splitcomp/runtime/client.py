@@ -73,7 +73,9 @@ class AsyncSplitClient:
     ``max_inflight``: cap on this client's concurrent requests (None: the server's limit
     applies and answers OVERLOADED). ``head_in_thread``: run head and encoder in a worker
     thread so the event loop stays responsive. ``session``: the dedup namespace kept across
-    reconnections (default: 128 random bits per client object).
+    reconnections (default: 128 random bits per client object). ``compact``: send compact
+    streams (one tensor; the header a template both ends registered, docs/bitstream.md), as
+    for a trained bottleneck's latent (:mod:`.trained`).
     """
 
     def __init__(self, url: str, head: Callable[..., Any] | None = None,
@@ -83,8 +85,9 @@ class AsyncSplitClient:
                  connect_timeout_s: float = 10.0, backoff_s: float = 0.05,
                  max_backoff_s: float = 2.0, max_inflight: int | None = None,
                  head_in_thread: bool = True, session: str | None = None,
-                 max_response_bytes: int = 256 << 20) -> None:
+                 max_response_bytes: int = 256 << 20, compact: bool = False) -> None:
         self.url = url
+        self.compact = compact
         self.head = head
         self.codec = codecs.get(codec) if isinstance(codec, str) else codec
         self.deployment = deployment
@@ -130,7 +133,7 @@ class AsyncSplitClient:
             feats = self.head(*inputs) if self.head is not None else inputs
         if isinstance(feats, torch.Tensor):
             feats = (feats,)
-        return self.codec.encode(list(feats))
+        return self.codec.encode(list(feats), compact=self.compact)
 
     async def infer_encoded(self, bitstream: bytes, request_id: int | None = None) -> InferResult:
         """Send an already encoded bitstream (e.g. precomputed by a load generator)."""

@@ -72,7 +72,7 @@ def test_report_refuses_trained_on_images_and_other_models(trained, tmp_path, ca
     assert "trained around resnet20, not resnet32" in err and "no --checkpoint" in err
 
 
-def test_plan_costs_the_checkpoint_and_serve_refuses_it(trained, tmp_path, single_thread,
+def test_plan_costs_the_checkpoint_and_serve_serves_it(trained, tmp_path, single_thread,
                                                         capsys) -> None:
     data, ck = trained
     out, plan_path = tmp_path / "r.json", tmp_path / "plan.json"
@@ -96,5 +96,6 @@ def test_plan_costs_the_checkpoint_and_serve_refuses_it(trained, tmp_path, singl
     assert res["best"]["uplink"] == row["name"]  # the fewest bytes of all offloading plans
     plan = load_plan(plan_path)
     assert (plan.kind, plan.split, plan.checkpoint) == ("trained", "layer2", str(ck.resolve()))
-    with pytest.raises(SystemExit, match="serving trained checkpoints is not supported yet"):
-        serve.build_server(parse_args(serve, ["--plan", str(plan_path)]))
+    server = serve.build_server(parse_args(serve, ["--plan", str(plan_path)]))
+    (dep,) = server.services.values()  # the trained row is served, named after its folder
+    assert dep.name == "ck" and dep.codecs == {"bottleneck"}
