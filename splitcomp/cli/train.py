@@ -42,6 +42,7 @@ from ..train import (
 )
 from ..train.ckpt_eval import model_tables
 from ._common import fail, standalone
+from ._sweep import SWEEPABLE, sweep
 
 #: most points of each training curve kept in the checkpoint's ``info``
 CURVE_POINTS = 100
@@ -89,6 +90,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "this many bytes per sample on the wire")
     b.add_argument("--resume", action="store_true", help="continue the checkpoint in --out "
                    "(its settings and split; the training options here are not used)")
+    b.add_argument("--sweep", action="append", default=[], metavar="FIELD=V1,V2",
+                   help="train the family of every combination of the swept values (fields: "
+                   f"{', '.join(SWEEPABLE)}; repeatable) into --out/<name>, --minutes split "
+                   "over the runs; --json then gets every run's figures and the Pareto front")
     b.add_argument("--checkpoint-minutes", type=float, default=5.0,
                    help="save the checkpoint this often while training")
     b.add_argument("--no-progress", action="store_true")
@@ -155,7 +160,15 @@ def _curves(hist: History, before: dict[str, Any]) -> dict[str, list]:
     return {k: v[::-1][::keep][::-1] for k, v in out.items()}
 
 
+def _bottleneck_command(args: argparse.Namespace) -> int:
+    """One run, or with ``--sweep`` the family of runs (:mod:`._sweep`)."""
+    if args.sweep:
+        return sweep(args, _bottleneck, write_json)
+    return _bottleneck(args)
+
+
 def _bottleneck(args: argparse.Namespace) -> int:
+    """Train (or resume) one bottleneck into ``args.out``, evaluate and report it."""
     if args.device == "cuda" and not torch.cuda.is_available():
         return fail("--device cuda: CUDA is not available here")
     if args.threads:
@@ -273,7 +286,7 @@ def check_targets(result: dict[str, Any], drop: float | None, size: float | None
 def run(args: argparse.Namespace) -> int:
     try:
         with torch.enable_grad():  # whatever an earlier command in this process turned off
-            return {"bottleneck": _bottleneck}[args.component](args)
+            return {"bottleneck": _bottleneck_command}[args.component](args)
     except TrainedOnError as e:
         return fail(str(e))
 
