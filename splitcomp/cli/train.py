@@ -285,8 +285,7 @@ def check_targets(result: dict[str, Any], drop: float | None, size: float | None
 
 def run(args: argparse.Namespace) -> int:
     try:
-        with torch.enable_grad():  # whatever an earlier command in this process turned off
-            return {"bottleneck": _bottleneck_command}[args.component](args)
+        return {"bottleneck": _bottleneck_command}[args.component](args)
     except TrainedOnError as e:
         return fail(str(e))
 

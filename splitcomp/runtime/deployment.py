@@ -22,7 +22,7 @@ from .. import codecs as _codecs
 from ..codecs import BitstreamError, DecodeLimits, Header
 from . import protocol as P
 from .errors import RequestError
-from .protocol import ErrorCode, check_name
+from .protocol import ErrorCode
 from .service import BatchResult, QueueCheck, Service, Work, register_service
 
 
@@ -106,19 +106,11 @@ class Deployment(Service):
                  input_specs: Sequence[InputSpec] | str | None = "auto",
                  result_codec: str = "fp32",
                  allowed_clients: Iterable[str] | None = None) -> None:
-        check_name(name)
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
-        self.name = name
+        super().__init__(name, codecs=codecs, limits=limits, max_batch_size=max_batch_size,
+                         max_wait_ms=max_wait_ms, allowed_clients=allowed_clients)
         self.tail = tail
         if isinstance(tail, nn.Module):
             tail.eval()
-        self.codecs = frozenset(codecs) if codecs is not None else None
-        for c in self.codecs or ():
-            _ = _codecs.codec_class(c)  # raises KeyError for an unknown name
-        self.limits = limits or _codecs.DEFAULT_LIMITS
-        self.max_batch_size = max_batch_size
-        self.max_wait_ms = max_wait_ms
         self.max_request_samples = max_request_samples
         if input_specs == "auto":
             self.input_specs = specs_from_split(tail) if isinstance(tail, nn.Module) else None
@@ -129,7 +121,6 @@ class Deployment(Service):
         if result_codec not in ("fp32", "fp16"):
             raise ValueError("result_codec must be 'fp32' (lossless) or 'fp16'")
         self.result_codec = _codecs.get(result_codec)
-        self.allowed_clients = frozenset(allowed_clients) if allowed_clients is not None else None
 
     frame_type = P.TYPE_REQUEST
 
@@ -185,10 +176,7 @@ class Deployment(Service):
     # -- one request -----------------------------------------------------------------
     def check_header(self, header: Header) -> int:
         """Validate a bitstream header against this deployment; returns its batch size."""
-        if self.codecs is not None and header.codec_name not in self.codecs:
-            raise RequestError(ErrorCode.CODEC_NOT_ALLOWED,
-                               f"codec {header.codec_name!r} not accepted by {self.name!r} "
-                               f"(accepts {', '.join(sorted(self.codecs))})")
+        self.check_codec(header)
         return self.check_inputs([(t.dtype, tuple(t.shape)) for t in header.tensors])
 
     def check_inputs(self, tensors: Sequence[tuple[torch.dtype, tuple[int, ...]]]) -> int:

@@ -17,12 +17,14 @@ subclass (with its frame type in ``docs/protocol.md``), not a second request pat
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .. import codecs as _codecs
+from ..codecs import DecodeLimits, Header
 from .errors import RequestError
-from .protocol import ErrorCode, frame_type
+from .protocol import ErrorCode, check_name, frame_type
 
 #: what :meth:`Service.admit` calls right before it commits to queueing a request (raises
 #: ``RequestError(OVERLOADED)`` when the service's queue is full)
@@ -58,19 +60,15 @@ class BatchResult:
     worker_cpu_s: float = 0.0  #: the worker thread's CPU over the whole batch
     tokens: int = 0  #: tokens run through the tail (LLM services)
 
-    @classmethod
-    def failed(cls, frames: list[bytes], code: ErrorCode) -> BatchResult:
-        return cls(frames, [code] * len(frames))
-
 
 class Service(abc.ABC):
     """A named unit of work the server batches and runs; see the module docstring.
 
     Subclasses set ``frame_type`` (the request frame type they take) and ``unit`` (what a
     queued item is called in messages), and the attributes ``name``, ``max_batch_size``,
-    ``max_wait_ms`` and ``allowed_clients`` (client ids, None: all). Every method except
-    :meth:`run` is called on the server's event loop; :meth:`run` on the service's own worker
-    thread, one batch at a time.
+    ``max_wait_ms`` and ``allowed_clients`` (client ids, None: all), usually through
+    :meth:`__init__`. Every method except :meth:`run` is called on the server's event loop;
+    :meth:`run` on the service's own worker thread, one batch at a time.
     """
 
     frame_type: ClassVar[int]
@@ -80,6 +78,35 @@ class Service(abc.ABC):
     max_batch_size: int
     max_wait_ms: float
     allowed_clients: frozenset[str] | None
+    codecs: frozenset[str] | None = None
+    limits: DecodeLimits = _codecs.DEFAULT_LIMITS
+
+    def __init__(self, name: str, *, codecs: Iterable[str] | None = None,
+                 limits: DecodeLimits | None = None, max_batch_size: int = 32,
+                 max_wait_ms: float = 2.0, allowed_clients: Iterable[str] | None = None
+                 ) -> None:
+        """What every service has: a wire-safe ``name``, the codecs whose bitstreams it
+        accepts (None: any registered; an unknown name raises KeyError), decode ``limits``
+        per bitstream, its batching and the clients allowed to use it (None: all)."""
+        check_name(name)
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self.name = name
+        self.codecs = frozenset(codecs) if codecs is not None else None
+        for c in self.codecs or ():
+            _codecs.codec_class(c)
+        self.limits = limits or _codecs.DEFAULT_LIMITS
+        self.max_batch_size = max_batch_size
+        self.max_wait_ms = max_wait_ms
+        self.allowed_clients = frozenset(allowed_clients) if allowed_clients is not None else None
+
+    def check_codec(self, header: Header) -> None:
+        """Refuse (``CODEC_NOT_ALLOWED``) a bitstream whose codec is not in :attr:`codecs`,
+        from its header, before any payload is decoded."""
+        if self.codecs is not None and header.codec_name not in self.codecs:
+            raise RequestError(ErrorCode.CODEC_NOT_ALLOWED,
+                               f"codec {header.codec_name!r} not accepted by {self.name!r} "
+                               f"(accepts {', '.join(sorted(self.codecs))})")
 
     # -- routing (class level: before a service is known) -------------------------------
     @staticmethod

@@ -41,12 +41,18 @@ class Teacher:
     tail: nn.Module
 
 
+def teacher_model(name: str, weights: str | None, seed: int) -> nn.Module:
+    """The zoo model ``name`` with ``weights`` (``random``: seeded by ``seed``, as training
+    seeds it)."""
+    if weights == "random":
+        torch.manual_seed(seed)
+    return load_model(name, weights)
+
+
 def open_teacher(rec: TailRecord, seed: int, like: nn.Module | None = None) -> Teacher:
     """The halves of ``rec``'s model (``random`` weights seeded by ``seed``, as the primary).
     ``like``: the primary model, whose inputs it must take (ValueError otherwise)."""
-    if rec.weights == "random":
-        torch.manual_seed(seed)
-    model = load_model(rec.model, rec.weights)
+    model = teacher_model(rec.model, rec.weights, seed)
     cfg = model.default_cfg
     if like is not None and (cfg.preprocess(), cfg.input_size) != (
             like.default_cfg.preprocess(), like.default_cfg.input_size):

@@ -22,18 +22,10 @@ from torch import nn
 
 from ..data import ImageFolderDataset
 from ..partition import SplitError, split
-from ..zoo import load_model
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_meta
 from .ckpt_eval import evaluate_checkpoint
 from .splits import SplitRecord, eval_indices
-
-
-def teacher_model(name: str, weights: str | None, seed: int) -> nn.Module:
-    """The zoo model ``name`` with ``weights`` (``random``: seeded by ``seed``, as training
-    seeds it)."""
-    if weights == "random":
-        torch.manual_seed(seed)
-    return load_model(name, weights)
+from .tails import teacher_model
 
 
 @dataclass

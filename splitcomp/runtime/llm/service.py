@@ -95,19 +95,10 @@ class LLMDeployment(Service):
                  allowed_clients: Iterable[str] | None = None,
                  max_context_bytes: int = 1 << 20, max_contexts: int = 64,
                  local_contexts: bool = True) -> None:
-        P.check_name(name)
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
-        self.name = name
+        super().__init__(name, codecs=codecs, limits=limits, max_batch_size=max_batch_size,
+                         max_wait_ms=max_wait_ms, allowed_clients=allowed_clients)
         self.server = server
-        self.codecs = frozenset(codecs) if codecs is not None else None
-        for c in self.codecs or ():
-            _ = _codecs.codec_class(c)
-        self.limits = limits or _codecs.DEFAULT_LIMITS
-        self.max_batch_size = max_batch_size
-        self.max_wait_ms = max_wait_ms
         self.max_step_tokens = max_step_tokens
-        self.allowed_clients = frozenset(allowed_clients) if allowed_clients is not None else None
         self.sessions = SessionManager(server, max_kv_bytes, idle_timeout_s, max_sessions)
         self.contexts = ContextStore(max_context_bytes, max_contexts, local_contexts)
         self.vocab_size = int(server.part.lm_head.out_features) if hasattr(
@@ -224,10 +215,7 @@ class LLMDeployment(Service):
 
     # -- worker thread -----------------------------------------------------------------
     def _check_header(self, header: Header) -> None:
-        if self.codecs is not None and header.codec_name not in self.codecs:
-            raise RequestError(ErrorCode.CODEC_NOT_ALLOWED,
-                               f"codec {header.codec_name!r} not accepted by {self.name!r} "
-                               f"(accepts {', '.join(sorted(self.codecs))})")
+        self.check_codec(header)
         h = self.server.hidden_size
         if len(header.tensors) != 1 or not header.tensors[0].dtype.is_floating_point or (
                 len(header.tensors[0].shape) != 3 or header.tensors[0].shape[0] != 1
