@@ -20,7 +20,8 @@ from ._common import fail
 
 #: the ``TrainConfig`` fields a sweep may vary, and how their values are read
 SWEEPABLE: dict[str, Callable[[str], Any]] = {
-    "beta": float, "channels": int, "stride": int, "tune_head": int, "hidden": int}
+    "beta": float, "channels": int, "stride": int, "tune_head": int, "tune_tail": int,
+    "hidden": int}
 #: allowed values, where the flag restricts them
 CHOICES = {"stride": (1, 2)}
 

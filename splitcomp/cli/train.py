@@ -67,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--stride", type=int, default=2, choices=(1, 2), help="latent downsampling")
     b.add_argument("--tune-head", type=int, default=1, metavar="N",
                    help="the head's last N blocks fine-tuned on the edge (0: frozen)")
+    b.add_argument("--tune-tail", type=int, default=0, metavar="N",
+                   help="the tail's first N blocks fine-tuned in stage 2, a copy the server "
+                   "runs for this checkpoint (0: the original tail, frozen)")
     b.add_argument("--hidden", type=int, help="width of the encoder and decoder convolutions "
                    "(default: the cut tensor's channels)")
     b.add_argument("--mix-alpha", type=float, default=1.0, help="mixup/CutMix strength of the "
@@ -193,7 +196,7 @@ def _bottleneck(args: argparse.Namespace) -> int:
     start, total = 0, None
     try:
         if args.resume:
-            old = load_checkpoint(args.out, setup.head)
+            old = load_checkpoint(args.out, setup.head, setup.tail)
             cfg, record = replace(old.config, device=args.device), old.split
             train, _, again = split_dataset(setup.dataset, record.n_train, record.seed)
             if again.eval_digest != record.eval_digest:
@@ -202,7 +205,8 @@ def _bottleneck(args: argparse.Namespace) -> int:
             prior, records = old.info, old.tails
         else:
             cfg = TrainConfig(channels=args.channels, stride=args.stride, beta=args.beta,
-                              hidden=args.hidden, tune_head=args.tune_head, epochs=args.epochs,
+                              hidden=args.hidden, tune_head=args.tune_head,
+                              tune_tail=args.tune_tail, epochs=args.epochs,
                               minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                               temperature=args.temperature, mix_alpha=args.mix_alpha,
                               seed=args.seed, device=args.device)
@@ -253,7 +257,7 @@ def _bottleneck(args: argparse.Namespace) -> int:
 def _evaluate_saved(args: argparse.Namespace, setup: EvalSetup, extra: list[Teacher],
                     info: dict[str, Any]) -> int:
     """Evaluate the checkpoint as saved (read back from disk), record and print the figures."""
-    ckpt = load_checkpoint(args.out, setup.head)
+    ckpt = load_checkpoint(args.out, setup.head, setup.tail)
     bar = tqdm(total=ckpt.split.n_eval, desc="eval", file=sys.stderr, disable=args.no_progress)
     result = evaluate_checkpoint(ckpt, setup.head, setup.tail, setup.dataset, args.batch_size,
                                  device=args.device, progress=bar.update, extra=extra)

@@ -5,7 +5,9 @@ the ``bottleneck`` codec's tables (``tables.sbnt``) and the compact-stream templ
 batch of one latent are registered in this process, so the server decodes the 9-byte-header
 streams an edge sends with ``compact=True``. Each deployment runs one tail's decoder and
 frozen tail (:meth:`~splitcomp.train.Checkpoint.server_model`); the tails of a multi-tail
-(``--also``) checkpoint all take the same bitstream. The edge runs the returned
+(``--also``) checkpoint all take the same bitstream, and one deployment can run several of
+them on one decoded latent (a tail group ``A+B``: one request, one decode, one answer with
+every named tail's output, in order). The edge runs the returned
 :class:`~splitcomp.train.EdgeModel` (tuned head + encoder) and the returned codec.
 """
 
@@ -30,8 +32,25 @@ def tail_names(trained: Trained) -> list[str]:
     return [trained.ckpt.model, *(t.model for t in trained.ckpt.tails)]
 
 
+class JointTails(torch.nn.Module):
+    """Several tails' server models on one latent: decoded once, each decoder and tail run,
+    their outputs returned in order (a tuple: the answer's tensors)."""
+
+    def __init__(self, servers: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.servers = torch.nn.ModuleList(servers)
+
+    def forward(self, y_hat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(s(y_hat) for s in self.servers)
+
+
 def _server_model(trained: Trained, tail: str | None) -> torch.nn.Module:
     ckpt = trained.ckpt
+    if tail is not None and "+" in tail:
+        names = tail.split("+")
+        if len(set(names)) != len(names) or not all(names):
+            raise ValueError(f"tail group {tail!r}: name each tail once")
+        return JointTails([_server_model(trained, t) for t in names]).eval()
     if tail is None or tail == ckpt.model:
         return ckpt.server_model(trained.tail)
     for t in ckpt.extra_teachers():
@@ -45,8 +64,9 @@ def checkpoint_deployments(ckpt_dir: str | Path, tails: Sequence[str | None] | s
                            **options: Any) -> tuple[list[Deployment], EdgeModel, Codec]:
     """(one deployment per tail of ``tails``, the edge model, the edge's codec).
 
-    ``tails``: tail names (None: the primary model's) or ``"all"``. Deployments are named
-    ``name`` (default: the checkpoint folder's name) for one tail, ``NAME.MODEL`` for several.
+    ``tails``: tail names (None: the primary model's; ``A+B``: a group run together on one
+    decoded latent) or ``"all"``. Deployments are named ``name`` (default: the checkpoint
+    folder's name) for one entry, ``NAME.MODEL`` (``NAME.A+B``) for several.
     ``weights``: the teacher's weights where the checkpoint's are elsewhere. ``options`` go to
     :class:`Deployment`; it accepts the ``bottleneck`` codec and the latent's shape only.
     """

@@ -101,21 +101,39 @@ class ServerModel(nn.Module):
         return self.tail(self.decoder(y_hat))
 
 
-def trainable_head(head: nn.Module, tune_last: int) -> tuple[nn.Module, list[str]]:
-    """A copy of ``head`` whose last ``tune_last`` parameterised blocks train (the rest
-    frozen); returns (copy, names of the blocks that train). A block is a module two levels
-    below the model (``layer2.2``) or one (``conv1``), in the head's own order."""
-    head = copy.deepcopy(head)
+def _blocks(module: nn.Module) -> list[str]:
+    """The parameterised blocks of ``module`` in order: a module two levels below the model
+    (``layer2.2``) or one (``conv1``)."""
     blocks: list[str] = []
-    for name, _ in head.named_parameters():
+    for name, _ in module.named_parameters():
         parts = name.split(".")
         block = ".".join(parts[:2]) if len(parts) > 2 else parts[0]
         if block not in blocks:
             blocks.append(block)
-    tuned = blocks[len(blocks) - tune_last:] if tune_last > 0 else []
-    for name, p in head.named_parameters():
+    return blocks
+
+
+def _trainable_copy(module: nn.Module, tuned: list[str]) -> nn.Module:
+    module = copy.deepcopy(module)
+    for name, p in module.named_parameters():
         p.requires_grad_(any(name == b or name.startswith(b + ".") for b in tuned))
-    return head, tuned
+    return module
+
+
+def trainable_head(head: nn.Module, tune_last: int) -> tuple[nn.Module, list[str]]:
+    """A copy of ``head`` whose last ``tune_last`` parameterised blocks train (the rest
+    frozen); returns (copy, names of the blocks that train)."""
+    blocks = _blocks(head)
+    tuned = blocks[len(blocks) - tune_last:] if tune_last > 0 else []
+    return _trainable_copy(head, tuned), tuned
+
+
+def trainable_tail(tail: nn.Module, tune_first: int) -> tuple[nn.Module, list[str]]:
+    """A copy of ``tail`` whose first ``tune_first`` parameterised blocks train (all of
+    them when it has fewer); returns (copy, names of the blocks that train). The copy is
+    the server's: the original tail stays the teacher."""
+    tuned = _blocks(tail)[:max(tune_first, 0)]
+    return _trainable_copy(tail, tuned), tuned
 
 
 def freeze(*modules: nn.Module) -> None:

@@ -5,7 +5,8 @@
                                 step, history, figures, table id
     CKPT_DIR/weights.safetensors the tensors: the edge's head copy (``head.*``), the bottleneck
                                 (``bottleneck.*``: encoder, entropy model, decoder, the extra
-                                tails' decoders), the optimiser state is not kept (``resume``
+                                tails' decoders), with ``tune_tail`` the server's tail copy
+                                (``tail.*``); the optimiser state is not kept (``resume``
                                 restarts it with the schedule)
     CKPT_DIR/split.json         the data split (:class:`~.splits.SplitRecord`)
     CKPT_DIR/tables.sbnt        the ``bottleneck`` codec's tables (its session context)
@@ -25,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .bottleneck import Bottleneck, EdgeModel, ServerModel, trainable_head
+from .bottleneck import Bottleneck, EdgeModel, ServerModel, trainable_head, trainable_tail
 from .splits import SplitRecord
 from .tails import TailRecord, Teacher, open_tails
 from .trainer import Student, TrainConfig
@@ -64,8 +65,11 @@ class Checkpoint:
 
     def server_model(self, tail: nn.Module, name: str | None = None) -> ServerModel:
         """Latent -> outputs through ``tail``, the frozen original tail of the model ``name``
-        (None or :attr:`model`: the primary; else one of :attr:`tails`)."""
+        (None or :attr:`model`: the primary; else one of :attr:`tails`). The primary runs
+        the checkpoint's fine-tuned tail copy instead where it has one (``tune_tail``)."""
         name = None if name == self.model else name
+        if name is None and self.student.tail is not None:
+            tail = self.student.tail
         return ServerModel(self.bottleneck.decoder_for(name), tail).eval()
 
     def extra_teachers(self) -> list[Teacher]:
@@ -85,10 +89,14 @@ def save_checkpoint(ckpt: Checkpoint, folder: str | Path) -> Path:
                for k, v in ckpt.student.head.state_dict().items()}
     tensors.update({f"bottleneck.{k}": v.detach().contiguous().cpu()
                     for k, v in ckpt.bottleneck.state_dict().items()})
+    if ckpt.student.tail is not None:
+        tensors.update({f"tail.{k}": v.detach().contiguous().cpu()
+                        for k, v in ckpt.student.tail.state_dict().items()})
     save_file(tensors, str(out / "weights.safetensors"))
     meta = {"format": FORMAT, "version": VERSION, "model": ckpt.model, "weights": ckpt.weights,
             "cut": ckpt.cut, "bottleneck": ckpt.bottleneck.config(),
-            "tuned_blocks": ckpt.student.tuned_blocks, "config": ckpt.config.to_json(),
+            "tuned_blocks": ckpt.student.tuned_blocks,
+            "tuned_tail_blocks": ckpt.student.tuned_tail_blocks, "config": ckpt.config.to_json(),
             "tails": [t.to_json() for t in ckpt.tails],
             "step": ckpt.step, "total_steps": ckpt.total_steps, "info": ckpt.info}
     (out / "checkpoint.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -97,9 +105,11 @@ def save_checkpoint(ckpt: Checkpoint, folder: str | Path) -> Path:
     return out
 
 
-def load_checkpoint(folder: str | Path, head: nn.Module) -> Checkpoint:
-    """Read a checkpoint; ``head`` is the original model's head at the checkpoint's cut (the
-    structure the saved head copy fills)."""
+def load_checkpoint(folder: str | Path, head: nn.Module,
+                    tail: nn.Module | None = None) -> Checkpoint:
+    """Read a checkpoint; ``head`` and ``tail`` are the original model's halves at the
+    checkpoint's cut (the structures the saved copies fill; ``tail`` is needed only by a
+    checkpoint with a fine-tuned tail)."""
     src = Path(folder)
     try:
         meta = json.loads((src / "checkpoint.json").read_text())
@@ -115,6 +125,11 @@ def load_checkpoint(folder: str | Path, head: nn.Module) -> Checkpoint:
     try:
         cfg = TrainConfig(**meta["config"])
         s_head, tuned = trainable_head(head, cfg.tune_head)
+        s_tail, tuned_tail = None, []
+        if cfg.tune_tail > 0:
+            if tail is None:
+                raise ValueError("it has a fine-tuned tail: pass the model's tail")
+            s_tail, tuned_tail = trainable_tail(tail, cfg.tune_tail)
         bn = Bottleneck(**meta["bottleneck"])
         tails = [TailRecord(**t) for t in meta.get("tails", [])]
     except (KeyError, TypeError, ValueError) as e:
@@ -126,10 +141,15 @@ def load_checkpoint(folder: str | Path, head: nn.Module) -> Checkpoint:
         s_head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
         bn.load_state_dict({k[11:]: v for k, v in tensors.items()
                             if k.startswith("bottleneck.")})
+        if s_tail is not None:
+            s_tail.load_state_dict({k[5:]: v for k, v in tensors.items()
+                                    if k.startswith("tail.")})
+            s_tail.eval()
     except RuntimeError as e:
         raise CheckpointError(f"{src}: weights do not fit the model ({e})") from None
     bn.eval()
-    return Checkpoint(meta["model"], meta["weights"], meta["cut"], Student(s_head, bn, tuned),
+    return Checkpoint(meta["model"], meta["weights"], meta["cut"],
+                      Student(s_head, bn, tuned, s_tail, tuned_tail),
                       cfg, split, int(meta["step"]), int(meta["total_steps"]), tables,
                       dict(meta.get("info", {})), tails)
 

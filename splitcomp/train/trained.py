@@ -89,7 +89,7 @@ def open_checkpoints(folders: Sequence[str | Path], weights: str | None = None
             head, tail = split(model, cut, (example,))
         except (SplitError, TypeError) as e:
             raise CheckpointError(f"{p}: cut {cut!r} ({e})") from None
-        out.append(Trained(p, load_checkpoint(p, head), head, tail))
+        out.append(Trained(p, load_checkpoint(p, head, tail), head, tail))
     return model, out
 
 

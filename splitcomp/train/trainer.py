@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import crop_flip, mix
-from .bottleneck import Bottleneck, freeze, parameters, trainable_head
+from .bottleneck import Bottleneck, freeze, parameters, trainable_head, trainable_tail
 from .tails import Teacher, crossing_shapes
 
 
@@ -43,6 +43,9 @@ class TrainConfig:
     hidden: int | None = None
     beta: float = 1.0
     tune_head: int = 1  #: the head's last blocks fine-tuned on the edge (0: head frozen)
+    #: the primary tail's first blocks fine-tuned in stage 2, as a server-side copy (0: the
+    #: tail stays the original, frozen; extra tails always do)
+    tune_tail: int = 0
     epochs: float | None = None
     minutes: float | None = None
     batch_size: int = 128
@@ -76,11 +79,14 @@ class History:
 
 @dataclass
 class Student:
-    """What training produces: the edge's head copy and the bottleneck."""
+    """What training produces: the edge's head copy and the bottleneck (and, with
+    ``tune_tail``, the server's copy of the primary tail)."""
 
     head: nn.Module
     bottleneck: Bottleneck
     tuned_blocks: list[str]
+    tail: nn.Module | None = None
+    tuned_tail_blocks: list[str] = field(default_factory=list)
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -94,7 +100,8 @@ def tail_loss(recon: torch.Tensor, t_feat: torch.Tensor, t_logits: torch.Tensor,
               tail: nn.Module, cfg: TrainConfig, stage1: bool,
               labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(one tail's distillation loss, its student logits; None in stage 1): the feature term
-    (MSE over the teacher's energy), then in stage 2 KD on logits through the frozen ``tail``,
+    (MSE over the teacher's energy), then in stage 2 KD on logits through ``tail`` (frozen,
+    or the server's fine-tuned copy),
     ``feature_weight`` x the feature term and, with ``labels``, the label term."""
     feat = F.mse_loss(recon, t_feat) / t_feat.pow(2).mean().clamp(min=1e-8)
     if stage1:
@@ -138,12 +145,17 @@ def train_bottleneck(head: nn.Module, tail: nn.Module, images: torch.Tensor,
         student = Student(s_head, Bottleneck(
             shapes[0][0], cfg.channels, cfg.stride, cfg.hidden,
             {t.name: s[0] for t, s in zip(extra, shapes[1:], strict=True)}), tuned)
+        if cfg.tune_tail > 0:
+            student.tail, student.tuned_tail_blocks = trainable_tail(tail, cfg.tune_tail)
     s_head, bn = student.head.to(device), student.bottleneck.to(device)
+    s_tails = [t.tail for t in teachers]  # what the student's logits go through
+    if student.tail is not None:
+        s_tails[0] = student.tail.to(device).eval()  # BatchNorm statistics stay the teacher's
     if set(bn.tails) != {t.name for t in extra}:
         raise ValueError(f"the bottleneck serves tails {sorted(bn.tails)}, not "
                          f"{sorted(str(t.name) for t in extra)}")
     decoders = [bn.decoder_for(t.name) for t in teachers]
-    main_params = parameters(s_head, bn.encoder, *decoders) + [
+    main_params = parameters(s_head, bn.encoder, *decoders, *s_tails[:1]) + [
         p for n, p in bn.entropy.named_parameters() if n != "quantiles"]
     opt = torch.optim.AdamW(main_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     aux = torch.optim.Adam([bn.entropy.quantiles], lr=cfg.aux_lr)
@@ -186,11 +198,11 @@ def train_bottleneck(head: nn.Module, tail: nn.Module, images: torch.Tensor,
         ramp = frac / cfg.feature_share if stage1 else 1.0
         loss = cfg.beta * ramp * bits / elements
         y = labels[idx].to(device) if labels is not None else None
-        for t, dec in zip(teachers, decoders, strict=True):
+        for t, dec, s_tail in zip(teachers, decoders, s_tails, strict=True):
             with torch.no_grad():
                 (t_feat,) = t.head(x)
                 t_logits = t.tail(t_feat)
-            part, s_logits = tail_loss(dec(y_hat), t_feat, t_logits, t.tail, cfg, stage1, y)
+            part, s_logits = tail_loss(dec(y_hat), t_feat, t_logits, s_tail, cfg, stage1, y)
             loss = loss + part
             if t.name is None:  # the primary's logits give the agreement shown
                 shown = s_logits, t_logits

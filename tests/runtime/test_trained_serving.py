@@ -97,3 +97,23 @@ def test_serve_checkpoint_builds_one_deployment_per_tail(ck) -> None:
     assert names("--tail", "resnet32") == ["ck"]
     with pytest.raises(SystemExit, match="no tail 'resnet56'"):
         names("--tail", "resnet56")
+
+
+def test_one_request_runs_a_group_of_tails_on_one_decode(ck, start_server) -> None:
+    """``A+B``: one deployment, one bitstream, one decode, an answer with both outputs."""
+    dep, edge, codec = checkpoint_deployment(ck, "resnet20+resnet32", max_batch_size=2)
+    assert dep.name == "ck"
+    servers = _local(ck)
+    srv = start_server(dep)
+    with SplitClient(srv.url, edge, codec, dep.name, compact=True) as client:
+        x = _images(1)[0]
+        stream = client.encode(x)
+        with torch.inference_mode():
+            y_hat = codecs.decode(stream)[0]
+            wants = [s(y_hat) for s in servers]
+        res = client.infer_encoded(stream)
+        assert len(res.outputs) == 2
+        for out, want in zip(res.outputs, wants, strict=True):
+            assert torch.equal(out, want)
+    with pytest.raises(ValueError, match="name each tail once"):
+        checkpoint_deployment(ck, "resnet20+resnet20")

@@ -55,3 +55,32 @@ def test_a_few_steps_on_cuda() -> None:
     assert next(student.bottleneck.parameters()).device.type == "cuda"
     medians, _, rows = student.bottleneck.entropy.frequency_tables()
     assert medians.shape == (8,) and len(rows) == 8
+
+
+def test_tune_tail_trains_a_server_copy_and_round_trips(tmp_path) -> None:
+    """``tune_tail``: the tail's first block trains as a copy (the original stays the
+    teacher), the checkpoint keeps it and the primary's server model runs it."""
+    from splitcomp.train import Checkpoint, SplitRecord, load_checkpoint, save_checkpoint
+    from splitcomp.train.ckpt_eval import model_tables
+
+    head, tail = random_resnet20()
+    before = copy.deepcopy(tail)
+    cfg = TrainConfig(channels=8, beta=5.0, epochs=2, batch_size=16, feature_share=0.0,
+                      tune_tail=1)
+    student, _ = train_bottleneck(head, tail, random_images(32), CIFAR_EVAL.normalize, cfg)
+    assert state_equal(before, tail)
+    assert student.tail is not None and student.tuned_tail_blocks == ["layer3.0"]
+    moved = {n.split(".")[0] for n, p in student.tail.named_parameters()
+             if not torch.equal(p, dict(before.named_parameters())[n])}
+    assert moved == {"layer3"}
+    ckpt = Checkpoint("resnet20", "random", "layer2", student, cfg,
+                      SplitRecord(0, 32, 0, "", []), tables=model_tables(
+                          student.bottleneck.entropy).to_bytes())
+    folder = save_checkpoint(ckpt, tmp_path / "ck")
+    with pytest.raises(ValueError, match="fine-tuned tail"):
+        load_checkpoint(folder, head)
+    back = load_checkpoint(folder, head, tail)
+    assert state_equal(back.student.tail, student.tail)
+    assert back.student.tuned_tail_blocks == ["layer3.0"]
+    assert back.server_model(tail).tail is back.student.tail
+    assert back.server_model(tail, "resnet20").tail is back.student.tail
