@@ -60,25 +60,41 @@ _RESCALE = np.array(
 )
 
 
+#: planes of at most this many positions keep their phases cached (64 of them at most): a
+#: stream claiming a large plane must not leave its index arrays behind
+_CACHED_PLANE = 1 << 16
+
+
 @lru_cache(maxsize=64)
+def _cached_phases(height: int, width: int) -> tuple[np.ndarray, ...]:
+    return _build_phases(height, width)
+
+
 def _plane_phases(height: int, width: int) -> tuple[np.ndarray, ...]:
+    if height * width <= _CACHED_PLANE:
+        return _cached_phases(height, width)
+    return _build_phases(height, width)
+
+
+def _build_phases(height: int, width: int) -> tuple[np.ndarray, ...]:
+    """Phase A and B indices, neighbour ranks and context bases of a plane (int32 indices
+    below 2**31 positions, temporaries freed early: ~25 bytes a position at the peak)."""
     size = height * width
-    yy, xx = np.divmod(np.arange(size), max(width, 1))
-    is_a = (yy + xx) % 2 == 0
-    idx_a, idx_b = np.flatnonzero(is_a), np.flatnonzero(~is_a)
-    rank = np.full(size + 1, idx_a.size, np.int64)  # sentinel: the zero column after phase A
-    rank[idx_a] = np.arange(idx_a.size)
+    it = np.int64 if size >= (1 << 31) - 1 else np.int32
+    yy, xx = np.divmod(np.arange(size, dtype=it), it(max(width, 1)))
+    is_a = ((yy + xx) & 1) == 0
+    idx_a, idx_b = np.flatnonzero(is_a).astype(it), np.flatnonzero(~is_a).astype(it)
+    del is_a
+    rank = np.full(size + 1, idx_a.size, it)  # sentinel: the zero column after phase A
+    rank[idx_a] = np.arange(idx_a.size, dtype=it)
     yb, xb = yy[idx_b], xx[idx_b]
-    nbr = np.stack(
-        [
-            np.where(yb > 0, idx_b - width, size),
-            np.where(yb < height - 1, idx_b + width, size),
-            np.where(xb > 0, idx_b - 1, size),
-            np.where(xb < width - 1, idx_b + 1, size),
-        ]
-    )
-    nbr = rank[nbr]
-    base = 5 * ((yb > 0).astype(np.int64) + (yb < height - 1) + (xb > 0) + (xb < width - 1))
+    del yy, xx
+    nbr = np.empty((4, idx_b.size), it)
+    for row, (ok, step) in enumerate(((yb > 0, -width), (yb < height - 1, width),
+                                      (xb > 0, -1), (xb < width - 1, 1))):
+        nbr[row] = np.take(rank, np.where(ok, idx_b + step, size))
+    del rank
+    base = 5 * ((yb > 0).astype(np.uint8) + (yb < height - 1) + (xb > 0) + (xb < width - 1))
     out = (idx_a, idx_b, nbr, base.astype(np.uint8))
     for arr in out:
         arr.setflags(write=False)
@@ -224,17 +240,17 @@ class Groups:
         ]
 
     def decode(self, reader: AnsReader) -> np.ndarray:
-        """The bits (in original order) from ``reader``, consuming what :meth:`encode` made."""
-        padded, dest = self._padding()
-        parts = [
-            reader.read_model(int(p) // 4, quad_model(int(c)))
-            for c, p in zip(self.codes, padded, strict=True)
-            if p
-        ]
-        nib = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-        b = nibble_bits(nib, int(padded.sum()))
-        if dest is not None:
-            b = b[dest]
+        """The bits (in original order) from ``reader``, consuming what :meth:`encode` made.
+
+        Each context's run is unpacked without its padding (no index arrays: about 2 bytes a
+        bit at the peak, plus the order of a sorted grouping)."""
+        b = np.empty(int(self.counts.sum()), bool)
+        start = 0
+        for c, count in zip(self.codes.tolist(), self.counts.tolist(), strict=True):
+            if count:
+                nib = reader.read_model((count + 3) // 4, quad_model(int(c)))
+                b[start : start + count] = nibble_bits(nib, count)
+                start += count
         if self.order is None:
             return b
         out = np.empty(b.size, bool)
@@ -242,11 +258,14 @@ class Groups:
         return out
 
 
-def phase_a_groups(cls: np.ndarray, codes: np.ndarray, n_a: int) -> tuple[Groups, np.ndarray]:
+def phase_a_groups(
+    cls: np.ndarray, codes: np.ndarray, n_a: int
+) -> tuple[Groups, np.ndarray | None]:
     """Phase-A grouping: planes sorted by class (no per-bit sort). Returns the groups (over
-    the class-sorted bits) and the plane order."""
-    plane_order = np.argsort(cls, kind="stable")
+    the class-sorted bits) and the plane order (None when the planes are already in it)."""
     counts = np.bincount(cls, minlength=codes.size)[: codes.size] * n_a
+    in_order = cls.size == 0 or bool(np.all(cls[1:] >= cls[:-1]))
+    plane_order = None if in_order else np.argsort(cls, kind="stable")
     return Groups(None, counts, codes), plane_order
 
 

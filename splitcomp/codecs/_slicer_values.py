@@ -101,4 +101,7 @@ def value_contexts(signed_a: np.ndarray, neighbours: np.ndarray, shift: int) -> 
     s = np.take(ext, neighbours[0], axis=1)
     for i in (1, 2, 3):
         s += np.take(ext, neighbours[i], axis=1)
-    return np.clip((s >> shift) + _CENTER, 0, N_CONTEXTS - 1)
+    del ext
+    s >>= shift  # in place: no int32 temporaries the size of phase B
+    s += _CENTER
+    return np.clip(s, 0, N_CONTEXTS - 1, out=s)

@@ -6,6 +6,8 @@ The flattened tensor is cut into blocks of ``block`` values; each block stores i
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .base import Codec, Param
@@ -36,14 +38,19 @@ class Blockwise8Codec(Codec):
 
     def decode_array(self, payload, shape, limits: DecodeLimits) -> np.ndarray:
         b = self.params["block"]
-        n = int(np.prod(shape, dtype=np.int64))
+        n = math.prod(shape)
         n_blocks = -(-n // b)
         require(len(payload) == 4 * n_blocks + n, "blockwise8 payload size mismatch")
         absmax = np.frombuffer(payload[: 4 * n_blocks], "<f4").astype(np.float32)
         require(bool(np.all(np.isfinite(absmax))), "blockwise8 scale not finite")
-        q = np.frombuffer(payload[4 * n_blocks :], np.int8).astype(np.float32)
-        scale = np.repeat(absmax / 127.0, b)[:n]
-        return (q * scale).reshape(shape)
+        scale = absmax / 127.0
+        x = np.frombuffer(payload[4 * n_blocks :], np.int8).astype(np.float32)
+        full = n // b  # whole blocks scaled in place, the last partial one after them
+        blocks = x[: full * b].reshape(full, b)  # a view
+        blocks *= scale[:full, None]
+        if full < n_blocks:
+            x[full * b :] *= scale[full]
+        return x.reshape(shape)
 
     def error_bound(self, x: np.ndarray) -> float:
         if x.size == 0:

@@ -24,6 +24,7 @@ Payload and tables layout: ``docs/bitstream.md``, section "bottleneck".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -47,7 +48,7 @@ from .bytes_io import Reader, put_varint
 from .entropy import (
     AnsReader,
     AnsWriter,
-    decode_symbols,
+    decode_symbol_indices,
     encode_symbols,
     estimate_table_bits,
     histogram,
@@ -195,14 +196,14 @@ class BottleneckCodec(SessionContextCodec):
         if self.context is not None:
             require(self._check_shape(shape), f"bottleneck: shape {shape}, the tables have "
                                               f"{self.context.channels} channels")
-        n = int(np.prod(shape, dtype=np.int64))
+        n = math.prod(shape)
         if n == 0:
             require(len(payload) == 0, "bottleneck: payload for an empty tensor")
             return np.zeros(shape, np.float32)
         if self.context is not None:
             return self._decode_tables(payload, shape, n)
-        u = decode_symbols(payload, n, max_symbol=2 * Q_MAX)
-        return _unzigzag(u).astype(np.float32).reshape(shape)
+        alphabet, idx = decode_symbol_indices(payload, n, max_symbol=2 * Q_MAX)
+        return _unzigzag(alphabet).astype(np.float32)[idx].reshape(shape)
 
     def error_bound(self, x: np.ndarray) -> float:
         if x.size == 0:

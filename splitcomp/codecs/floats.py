@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -14,7 +16,7 @@ FP16_MAX = 65504.0
 
 def _raw(payload: memoryview, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     itemsize = np.dtype(dtype).itemsize
-    n = int(np.prod(shape, dtype=np.int64))
+    n = math.prod(shape)
     require(len(payload) == n * itemsize, f"payload is {len(payload)} bytes, want {n * itemsize}")
     return np.frombuffer(payload, dtype=dtype).reshape(shape)
 

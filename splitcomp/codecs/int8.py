@@ -7,6 +7,8 @@ zeros (ReLU outputs) decode to exact zeros.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .base import Codec, Param
@@ -61,7 +63,7 @@ class Int8Codec(Codec):
         ndim = len(shape)
         axis = self._axis(ndim)
         n_ch = shape[axis] if axis is not None else 1
-        n = int(np.prod(shape, dtype=np.int64))
+        n = math.prod(shape)
         require(len(payload) == 5 * n_ch + n, "int8 payload size mismatch")
         scale = np.frombuffer(payload[: 4 * n_ch], "<f4").astype(np.float32)
         zp = np.frombuffer(payload[4 * n_ch : 5 * n_ch], np.uint8).astype(np.float32)
@@ -69,9 +71,10 @@ class Int8Codec(Codec):
         moved_shape = shape
         if axis is not None:
             moved_shape = (shape[axis], *shape[:axis], *shape[axis + 1 :])
-        q = np.frombuffer(payload[5 * n_ch :], np.uint8).reshape(moved_shape).astype(np.float32)
+        x = np.frombuffer(payload[5 * n_ch :], np.uint8).reshape(moved_shape).astype(np.float32)
         bshape = (-1,) + (1,) * (ndim - 1) if axis is not None else ()
-        x = (q - zp.reshape(bshape)) * scale.reshape(bshape)
+        x -= zp.reshape(bshape)  # in place: 4 bytes an element
+        x *= scale.reshape(bshape)
         return np.moveaxis(x, 0, axis) if axis is not None else x
 
     def error_bound(self, x: np.ndarray) -> float:

@@ -209,7 +209,8 @@ class SlicerCodec(Codec):
             cls = np.zeros_like(cls)
         head += code_a.tobytes()
         groups_a, plane_order = mk.phase_a_groups(cls, code_a, geo.phase_a.size)
-        for symbols, model in groups_a.encode(mask_a[plane_order]):
+        sorted_a = mask_a if plane_order is None else mask_a[plane_order]
+        for symbols, model in groups_a.encode(sorted_a):
             parts.add_model(symbols, model)
         if mask_b.size:
             head += code_b.tobytes()
@@ -294,28 +295,33 @@ class SlicerCodec(Codec):
             freqs = vl.read_histograms(r, 1, n_levels)
         coder = AnsReader(r.take(r.remaining()), "slicer")
         groups_a, plane_order = mk.phase_a_groups(cls, code_a, n_a)
-        mask_a = np.empty((geo.planes, n_a), bool)
-        mask_a[plane_order] = groups_a.decode(coder).reshape(geo.planes, n_a)
+        mask_a = groups_a.decode(coder).reshape(geo.planes, n_a)
+        if plane_order is not None:
+            unsorted = np.empty_like(mask_a)
+            unsorted[plane_order] = mask_a
+            mask_a = unsorted
+            del plane_order, unsorted
         mask_b = np.zeros((geo.planes, n_b), bool)
         if n_b:
             ctx = mk.neighbour_context(mask_a, geo)
             key = ctx + (cls * mk.N_NEIGHBOUR).astype(np.uint8)[:, None]
             mask_b = mk.phase_b_groups(key, code_b).decode(coder).reshape(geo.planes, n_b)
+        # boolean-mask scatters: no index arrays (8 bytes a kept element) on hostile shapes
         sym_a = np.full((geo.planes, n_a), n_levels, np.int32)  # n_levels: dropped
         sym_b = np.full((geo.planes, n_b), n_levels, np.int32)
-        idx_a, idx_b = np.flatnonzero(mask_a), np.flatnonzero(mask_b)
+        kept_a, kept_b = int(np.count_nonzero(mask_a)), int(np.count_nonzero(mask_b))
         if n_levels == 1:
-            sym_a.reshape(-1)[idx_a] = 0
-            sym_b.reshape(-1)[idx_b] = 0
+            sym_a[mask_a] = 0
+            sym_b[mask_b] = 0
         elif not use_ctx:
-            both = self._decode_part(coder, freqs[0], idx_a.size + idx_b.size)
-            sym_a.reshape(-1)[idx_a] = both[: idx_a.size]
-            sym_b.reshape(-1)[idx_b] = both[idx_a.size :]
+            both = self._decode_part(coder, freqs[0], kept_a + kept_b)
+            sym_a[mask_a] = both[:kept_a]
+            sym_b[mask_b] = both[kept_a:]
+            del both
         else:
-            sym_a.reshape(-1)[idx_a] = self._decode_part(coder, freqs[0], idx_a.size)
+            sym_a[mask_a] = self._decode_part(coder, freqs[0], kept_a)
             signed = vl.signed_levels([(sign, g.levels) for sign, g in grids])
-            vctx = vl.value_contexts(np.take(signed, sym_a), geo.neighbours, shift)
-            vctx = np.take(vctx, idx_b)
+            vctx = vl.value_contexts(np.take(signed, sym_a), geo.neighbours, shift)[mask_b]
             sizes = np.bincount(vctx, minlength=vl.N_CONTEXTS)
             require(
                 np.array_equal(np.flatnonzero(sizes), used),
@@ -328,12 +334,14 @@ class SlicerCodec(Codec):
             vb = np.empty(vctx.size, np.int32)
             by_context = np.concatenate(parts) if parts else np.zeros(0, np.int32)
             vb[np.argsort(vctx.astype(np.uint8), kind="stable")] = by_context
-            sym_b.reshape(-1)[idx_b] = vb
+            sym_b[mask_b] = vb
         require(coder.is_empty(), "slicer: trailing rANS data")
-        sym = np.empty((geo.planes, geo.plane_size), np.int32)
-        sym[:, geo.phase_a] = sym_a
-        sym[:, geo.phase_b] = sym_b
-        return np.take(lut, sym).reshape(shape)
+        del mask_a, mask_b
+        out = np.empty((geo.planes, geo.plane_size), np.float32)
+        out[:, geo.phase_a] = np.take(lut, sym_a)
+        del sym_a
+        out[:, geo.phase_b] = np.take(lut, sym_b)
+        return out.reshape(shape)
 
     @staticmethod
     def _read_mask_model(r: Reader, flags: int, geo: mk.Geometry):

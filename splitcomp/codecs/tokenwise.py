@@ -50,7 +50,7 @@ from .bytes_io import Reader
 from .entropy import (
     AnsReader,
     AnsWriter,
-    decode_symbols,
+    decode_symbol_indices,
     encode_symbols,
     put_varints,
     read_varints,
@@ -135,8 +135,10 @@ class TokenwiseCodec(SessionContextCodec):
         require(len(payload) >= 4 * r, "tokenwise: truncated steps")
         steps = np.frombuffer(payload[: 4 * r], "<f4").astype(np.float32)
         require(bool(np.all(np.isfinite(steps) & (steps > 0))), "tokenwise: bad step")
-        u = decode_symbols(payload[4 * r :], r * c, max_symbol=2 * Q_MAX)
-        return (_unzigzag(u).reshape(r, c).astype(np.float32) * steps[:, None]).astype(np.float32)
+        alphabet, idx = decode_symbol_indices(payload[4 * r :], r * c, max_symbol=2 * Q_MAX)
+        out = _unzigzag(alphabet).astype(np.float32)[idx].reshape(r, c)  # 8 bytes an element
+        out *= steps[:, None]
+        return out
 
     # -- context mode ------------------------------------------------------------------------
     def _quantize(self, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

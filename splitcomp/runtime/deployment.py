@@ -5,11 +5,13 @@ outputs and encodes each result.
 :meth:`Deployment.run_batch` is synchronous, transport-free and thread-confined (one call at a
 time), so the embedded server runs it in a worker thread (:meth:`Deployment.run`) and a Ray
 Serve replica calls it the same way (:func:`~.handler.handle_frames`). It only reads bitstream
-headers before handing the bytes to the codec.
+headers before handing the bytes to the codec, and checks them first: a request may cost the
+server no more than the largest input its tail takes (:attr:`Deployment.decode_limits`).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +73,26 @@ def _as_outputs(out: Any) -> tuple[torch.Tensor, ...]:
     raise TypeError(f"tail returned {type(out).__name__}, not tensors")
 
 
+def limits_for(specs: Sequence[InputSpec] | None, max_samples: int,
+               base: DecodeLimits = _codecs.DEFAULT_LIMITS) -> DecodeLimits:
+    """Decode limits of a tail taking ``specs`` with at most ``max_samples`` samples a request,
+    within ``base``: as many tensors and dimensions as the tail takes, and, when every per-sample
+    shape is fixed, as many elements as ``max_samples`` samples hold.
+
+    What bounds a hostile stream: an entropy-coded payload of a few bytes may claim any shape
+    (an all-zero tensor costs no bits), and decoding costs what the shape claims.
+    """
+    if not specs:
+        return base
+    elements = base.max_elements
+    if all(s.sample_shape is not None for s in specs):
+        per_sample = sum(math.prod(s.sample_shape) for s in specs)  # type: ignore[arg-type]
+        elements = min(elements, max(per_sample, 1) * max(max_samples, 1))
+    return DecodeLimits(max_elements=elements, max_tensors=min(base.max_tensors, len(specs)),
+                        max_ndim=min(base.max_ndim, max(s.ndim for s in specs)),
+                        max_bytes=base.max_bytes)
+
+
 def specs_from_split(tail: nn.Module) -> tuple[InputSpec, ...] | None:
     """Input specs from a tail made by :func:`splitcomp.partition.split` (None otherwise).
 
@@ -91,7 +113,8 @@ class Deployment(Service):
     """A named tail with its batching and acceptance rules.
 
     ``codecs``: names of the codecs whose bitstreams are accepted (None: any registered one).
-    ``limits``: decode limits per bitstream. ``input_specs``: ``"auto"`` (from the tail's
+    ``limits``: decode limits per bitstream, tightened to what the tail takes
+    (:attr:`decode_limits`). ``input_specs``: ``"auto"`` (from the tail's
     ``split_info``), None (no check) or one :class:`InputSpec` per tail input.
     ``max_request_samples``: the largest batch one request may carry (TOO_LARGE beyond).
     ``result_codec``: how results travel back; ``fp32`` (lossless, the default) or ``fp16``.
@@ -174,10 +197,25 @@ class Deployment(Service):
                            report.encode_s, time.thread_time() - c0)
 
     # -- one request -----------------------------------------------------------------
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        """The limits a bitstream must fit, checked on its header before any payload is
+        decoded: :attr:`limits` tightened to the tail's inputs and ``max_request_samples``
+        (:func:`limits_for`). A tail without fixed per-sample shapes keeps ``limits``' element
+        bound: pass tighter ``limits`` to bound it."""
+        return limits_for(self.input_specs, self.max_request_samples, self.limits)
+
     def check_header(self, header: Header) -> int:
-        """Validate a bitstream header against this deployment; returns its batch size."""
+        """Validate a bitstream header against this deployment (codec, tensors, batch size,
+        then the elements of :attr:`decode_limits`); returns its batch size."""
         self.check_codec(header)
-        return self.check_inputs([(t.dtype, tuple(t.shape)) for t in header.tensors])
+        batch = self.check_inputs([(t.dtype, tuple(t.shape)) for t in header.tensors])
+        elements = sum(t.numel for t in header.tensors)
+        limit = self.decode_limits.max_elements
+        if elements > limit:
+            raise RequestError(ErrorCode.TOO_LARGE, f"{elements} elements exceed the {limit} "
+                               f"this deployment takes per request")
+        return batch
 
     def check_inputs(self, tensors: Sequence[tuple[torch.dtype, tuple[int, ...]]]) -> int:
         """Validate (dtype, shape) of each tensor sent against the tail's inputs; returns the
@@ -202,19 +240,16 @@ class Deployment(Service):
         return batch
 
     def decode(self, data: bytes | memoryview) -> tuple[torch.Tensor, ...]:
-        """Decode one bitstream and check it fits the tail; raises :class:`RequestError`.
+        """Decode one bitstream that fits the tail; raises :class:`RequestError`.
 
-        With a codec allow-list the header is checked before any payload is decoded, so no
-        other codec's decoder ever runs; without one, the decoded tensors are checked.
+        The header (parsed under :attr:`limits`) is checked by :meth:`check_header` before
+        any payload is decoded, allow-list or not: no decoder of a codec not accepted runs, and
+        none works on more than the tail takes (the decoded shapes are the header's).
         """
         try:
-            if self.codecs is not None:
-                return _codecs.decode(data, self.limits, check=self.check_header)
-            tensors = _codecs.decode(data, self.limits)
+            return _codecs.decode(data, self.limits, check=self.check_header)
         except BitstreamError as e:
             raise RequestError(ErrorCode.BAD_BITSTREAM, str(e)) from None
-        self.check_inputs([(t.dtype, tuple(t.shape)) for t in tensors])
-        return tensors
 
     # -- a batch ---------------------------------------------------------------------
     def run_batch(self, bitstreams: Sequence[bytes | memoryview]) -> BatchReport:

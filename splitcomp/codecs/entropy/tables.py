@@ -35,6 +35,7 @@ __all__ = [
     "MAX_ALPHABET",
     "MAX_SYMBOL",
     "FreqTable",
+    "decode_symbol_indices",
     "decode_symbols",
     "encode_symbols",
     "estimate_table_bits",
@@ -361,12 +362,22 @@ def encode_symbols(u: np.ndarray) -> bytes:
 
 def decode_symbols(data: bytes | memoryview, n: int, max_symbol: int = MAX_SYMBOL) -> np.ndarray:
     """Inverse of :func:`encode_symbols`: ``n`` int64 symbols, each <= ``max_symbol``."""
+    alphabet, idx = decode_symbol_indices(data, n, max_symbol)
+    return alphabet[idx]
+
+
+def decode_symbol_indices(
+    data: bytes | memoryview, n: int, max_symbol: int = MAX_SYMBOL
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`decode_symbols` as (alphabet, indices): the table's symbols (int64, at most
+    ``4 n + 2**16``) and ``n`` int32 indices into them. A caller mapping the symbols to values
+    maps the alphabet and gathers once (4 bytes an element, not the 8 of int64 symbols)."""
     data = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
     require(n >= 0, "negative count")
     if n == 0:
         require(len(data) == 0, "data for an empty array")
-        return np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.int32)
     r = Reader(data)
     table = FreqTable.read(r, 1, max_symbol, _symbols_cap(n))
     reader = AnsReader(r.take(r.remaining()))
-    return table.symbols[reader.read(n, table.freqs(0))]
+    return table.symbols, reader.read(n, table.freqs(0))
