@@ -22,6 +22,13 @@ shared machine bounds ``tokens_per_s``.
 
     python benchmarks/llm_sessions.py [--model smollm2] [--split 15] [--codec rans]
         [--param bits=4] [--sessions 16] [--new-tokens 32] [--json PATH]
+
+``--restart``: instead, one session against a server process killed with SIGKILL while a step
+is in flight and started again on the same port; the client rebuilds its server session by
+replaying the bitstreams it sent, and its tokens are compared with an uninterrupted session's
+(``recovery_s``: the step in flight, server start included). ``--bombs``: instead, what the
+costliest STEP frames under 1 KB cost the server's LLM service (in this process: admission
+checks, bitstream decode, tail forward), CPU seconds and peak memory growth.
 """
 
 from __future__ import annotations
@@ -30,10 +37,15 @@ import argparse
 import asyncio
 import json
 import os
+import resource
+import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +236,163 @@ def measure(args: argparse.Namespace) -> dict:
             "max_wait_ms": args.max_wait_ms, **r}
 
 
+def _serve(args: argparse.Namespace, tokens: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """A ``splitcomp serve --llm`` process on ``port`` (0: any) and its URL."""
+    from splitcomp.cli.serve import read_listening_url
+
+    cmd = [sys.executable, "-m", "splitcomp.cli", "serve", "--llm", args.model,
+           "--llm-split", str(args.split), "--llm-deployment", args.deployment,
+           "--threads", "1", "--port", str(port), "--tokens", str(tokens)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = read_listening_url(proc.stdout)
+    if url is None:
+        proc.kill()
+        raise RuntimeError("server did not start")
+    return proc, url
+
+
+def restart(args: argparse.Namespace) -> dict:
+    """kill -9 of the server while a step is in flight, a new server on the same port, and
+    the session goes on: its tokens against an uninterrupted session's."""
+    from splitcomp.cli._llm_args import codec_params
+    from splitcomp.llm.text import load_lm
+    from splitcomp.runtime.llm.client import AsyncRemoteLM
+
+    torch.set_num_threads(1)
+    with socket.socket() as sock:  # a free port, for both servers
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    model, tok = load_lm(args.model)
+    prompt = _prompts(tok, 1, model.config.vocab_size)[0]
+    params = codec_params(args)
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tokens = Path(tmp) / "tokens"
+        tokens.write_text(f"bench {TOKEN}\n")
+        proc, url = _serve(args, tokens, port)
+        procs.append(proc)
+
+        async def generate(kill_at: int | None) -> tuple[list[int], dict]:
+            lm = AsyncRemoteLM(model, args.split, url, args.deployment, args.codec,
+                               codec_params=params, token=TOKEN, timeout_s=180)
+            out, info, ids = [], {}, prompt
+            real = lm.client.exchange
+
+            async def kill_mid_step(rid: int, frame: bytes):
+                lm.client.exchange = real
+                sent = asyncio.ensure_future(real(rid, frame))
+                await asyncio.sleep(0.002)  # the frame is on its way, or being run
+                os.kill(procs[-1].pid, signal.SIGKILL)
+                procs[-1].wait()
+                info["killed_at"] = time.perf_counter()
+                t0 = time.perf_counter()
+                new, _ = await asyncio.to_thread(_serve, args, tokens, port)
+                procs.append(new)
+                info["server_start_s"] = time.perf_counter() - t0
+                return await sent
+
+            try:
+                for i in range(args.new_tokens):
+                    if i == kill_at:
+                        lm.client.exchange = kill_mid_step
+                    t0 = time.perf_counter()
+                    step = await lm.step(ids)
+                    if i == kill_at:
+                        info["recovery_s"] = time.perf_counter() - t0
+                        info["after_server_start_s"] = (time.perf_counter() - info["killed_at"]
+                                                        - info["server_start_s"])
+                    out.append(step.token)
+                    ids = torch.tensor([step.token])
+                info.update(rebuilds=lm.rebuilds, replayed_tokens=lm.replayed_tokens,
+                            replay_bytes=lm.replay_bytes_sent + lm.replay_bytes_received,
+                            replay_mismatches=lm.replay_mismatches,
+                            reconnects=lm.client.reconnects)
+            finally:
+                await lm.close()
+            return out, info
+
+        try:
+            want, _ = asyncio.run(generate(None))
+            got, info = asyncio.run(generate(args.new_tokens // 2))
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+                    p.wait(30)
+    info.pop("killed_at", None)
+    return {"mode": "restart", "model": args.model, "split": args.split, "codec": args.codec,
+            "params": args.param, "prompt_tokens": len(prompt), "new_tokens": args.new_tokens,
+            "killed_during_step": args.new_tokens // 2, "tokens_equal": got == want,
+            **info}
+
+
+def _forged(codec, shape: tuple[int, ...]) -> bytes:
+    """A container whose header claims ``shape`` around one zero token's payload."""
+    from splitcomp import codecs
+    from splitcomp.codecs.bytes_io import put_varint
+    from splitcomp.codecs.container import template
+
+    real = codec.encode(torch.zeros(1, 1, shape[-1]))
+    payload = real[codecs.peek(real).header_bytes : -4]
+    body = bytearray(template(codec, shape))
+    put_varint(body, len(payload))
+    body += payload
+    return bytes(body) + struct.pack("<I", zlib.crc32(body))
+
+
+def bombs(args: argparse.Namespace) -> dict:
+    """CPU and peak-memory growth of the costliest STEP frames under 1 KB, each through the
+    LLM service as the server runs it (admission checks, then the worker's decode and tail)."""
+    from splitcomp import codecs
+    from splitcomp.llm.halves import ServerHalf
+    from splitcomp.llm.text import load_lm
+    from splitcomp.runtime import protocol as P
+    from splitcomp.runtime.errors import RequestError
+    from splitcomp.runtime.llm.service import LLMDeployment, StepItem
+
+    torch.set_num_threads(1)
+    model, _ = load_lm(args.model)
+    dep = LLMDeployment("lm", ServerHalf(model, args.split))
+    h = dep.server.hidden_size
+    rans = codecs.get("rans")
+    t = len(rans.encode(torch.zeros(1, 4, h))) // dep.min_step_bytes_per_token
+    blob = rans.encode(torch.zeros(1, t, h))
+    n = (1024 - 40) // (len(blob) + 4)
+    big = _forged(rans, (1, (1 << 28) // h, h))
+    cases = {
+        "issue_bomb_2x2^28_elements": (2, [big, big]),
+        "max_tokens_one_tiny_stream": (4096, [rans.encode(torch.zeros(1, 4096, h))]),
+        "more_tokens_than_declared": (1, [_forged(rans, (1, 4096, h))]),
+        "costliest_accepted_prefill": (t * n, [blob] * n),
+    }
+    session = dep.sessions.open("bench")
+    warm = codecs.get("fp32").encode(torch.randn(1, 8, h))  # weights paged in, kernels ready
+    out = {}
+    for label, (tokens, blobs) in [("warm_up", (8, [warm]))] + list(cases.items()):
+        frame = P.encode_llm_step(1, session.id, tokens, blobs)
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        c0, t0 = time.process_time(), time.perf_counter()
+        try:
+            req, s = dep.admit("bench", P.parse_llm_request(frame), lambda: None)
+            report = dep.run_steps([StepItem(1, s, req.tokens, req.bitstreams)])
+            dep.settle(argparse.Namespace(payload=(req, s)), report.errors[0] is None)
+            code = report.errors[0].name if report.errors[0] is not None else "ok"
+        except RequestError as e:
+            code = e.code.name
+        out[label] = {"frame_bytes": len(frame), "tokens": tokens, "answer": code,
+                      "cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0,
+                      "peak_rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                             - rss0) / 1024}
+        if code == "ok":  # the next frame starts from an empty session again
+            dep.sessions.close("bench", session.id)
+            session = dep.sessions.open("bench")
+    assert out.pop("warm_up")["answer"] == "ok"
+    return {"mode": "bombs", "model": args.model, "split": args.split, "hidden_size": h,
+            "min_step_bytes_per_token": dep.min_step_bytes_per_token,
+            "max_step_tokens": dep.max_step_tokens, "frames": out}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2")
@@ -243,10 +412,22 @@ def main() -> None:
                    help="give the server the --codec-context files too (default: it starts "
                         "without the codec context and receives it at OPEN)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--restart", action="store_true",
+                   help="kill -9 the server mid-step, restart it, check the tokens")
+    p.add_argument("--bombs", action="store_true",
+                   help="cost of the costliest STEP frames under 1 KB")
     args = p.parse_args()
     if args.param is None:
         args.param = ["bits=4"] if args.codec == "rans" else []
     args.deployment = "lm"
+    if args.restart or args.bombs:
+        out = restart(args) if args.restart else bombs(args)
+        text = json.dumps(out, indent=2)
+        print(text)
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(text + "\n")
+        return
     out = measure(args)
     runs = []
     for spec in args.also:

@@ -36,6 +36,32 @@ def add_codec_context(p: argparse.ArgumentParser) -> None:
                         "unless --param context=ID names another")
 
 
+def add_session_limits(g: argparse._ActionsContainer) -> None:
+    """``splitcomp serve``'s per-client quotas and STEP bounds of an LLM deployment (see
+    :class:`~splitcomp.runtime.llm.LLMDeployment`); :func:`session_limits` reads them."""
+    g.add_argument("--max-sessions-per-client", type=int, default=None, metavar="N",
+                   help="open sessions per client (token) at most (default: a quarter of "
+                        "--max-sessions; 0: no per-client cap)")
+    g.add_argument("--max-kv-bytes-per-client", type=int, default=None, metavar="BYTES",
+                   help="KV-cache bytes per client at most (default: a quarter of "
+                        "--max-kv-bytes; 0: no per-client cap)")
+    g.add_argument("--max-contexts-per-client", type=int, default=None, metavar="N",
+                   help="distinct codec contexts a client's sessions may hold (default: a "
+                        "quarter of --max-contexts; 0: no per-client cap)")
+    g.add_argument("--max-step-tokens", type=int, default=4096, metavar="T",
+                   help="tokens one STEP (a prefill) may carry at most (TOO_LARGE beyond)")
+    g.add_argument("--min-step-bytes-per-token", type=int, default=8, metavar="BYTES",
+                   help="a STEP's bitstreams must hold this many bytes per token it declares "
+                        "(BAD_BITSTREAM below): a small frame cannot ask for a long prefill")
+
+
+def session_limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`LLMDeployment` keyword arguments of :func:`add_session_limits`' flags."""
+    return {k: getattr(args, k) for k in (
+        "max_sessions_per_client", "max_kv_bytes_per_client", "max_contexts_per_client",
+        "max_step_tokens", "min_step_bytes_per_token")}
+
+
 def load_codec_contexts(files: list[str]) -> list[int]:
     """Load and register the ``--codec-context`` files; their ids, in order."""
     from ..codecs.tokenwise import load_context_file

@@ -3,8 +3,10 @@
 Embedded mode (default, greedy): both halves run in this process, every step's bitstreams are
 really encoded and decoded, and every byte is counted. With ``--server ws://HOST:PORT`` the
 edge half and its KV cache run here and a ``splitcomp serve --llm`` server runs the rest,
-picking each token (greedy, or sampled with ``--temperature``/``--top-k``/``--seed``).
-Tokens are printed as they come; the byte figures go to stderr at the end.
+picking each token (greedy, or sampled with ``--temperature``/``--top-k``/``--seed``); a
+server session lost to a restart or the idle timeout is rebuilt from the bitstreams sent so
+far and generation goes on. Tokens are printed as they come; the byte figures go to stderr at
+the end.
 """
 
 from __future__ import annotations
@@ -122,12 +124,15 @@ def _generate(args: argparse.Namespace, lm: Any, tok: Tokenizer, codec: Codec) -
         report["server"] = args.server
         report["wire_bytes"] = wire_bytes  # both directions, frame and WebSocket headers too
         report["context_bytes"] = lm.context_bytes_sent  # codec context sent at OPEN (once)
+        report["rebuilds"] = lm.rebuilds  # server sessions lost (restart, expiry) and replayed
     print(f"[{report['new_tokens']} tokens, prefill {prefill_bytes} B for "
           f"{len(prompt_ids)} tokens, {report['bytes_per_token']:.1f} B/token while decoding, "
           f"{report['bits_per_element']:.2f} bits/element, "
           f"{report['tokens_per_s']:.1f} tokens/s"
           + (f", codec context {report['context_bytes']} B at OPEN"
-             if report.get("context_bytes") else "") + "]", file=sys.stderr)
+             if report.get("context_bytes") else "")
+          + (f", server session rebuilt {report['rebuilds']}x" if report.get("rebuilds")
+             else "") + "]", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -4,9 +4,11 @@ The model side (halves, caches, hidden-state wire, sampling) is :mod:`splitcomp.
 package adds what needs the runtime. :class:`LLMDeployment` serves a :class:`ServerHalf` from
 :class:`splitcomp.runtime.Server` (``splitcomp serve --llm``) with sessions
 (:class:`SessionManager`: unguessable ids bound to the client's token, idle timeout, KV-cache
-cap), codec contexts (:class:`ContextStore`) and continuous batching of decode steps;
-:class:`RemoteLM` / :class:`AsyncRemoteLM` keep the edge half and its cache on the client
-(``splitcomp generate --server``). Frames: ``docs/protocol.md``, "Split LLM sessions".
+cap and per-client quotas), codec contexts (:class:`ContextStore`), bounded STEP frames and
+continuous batching of decode steps; :class:`RemoteLM` / :class:`AsyncRemoteLM` keep the edge
+half and its cache on the client (``splitcomp generate --server``) and rebuild a server
+session lost to a restart by replaying what they sent. Frames: ``docs/protocol.md``, "Split
+LLM sessions".
 """
 
 from .client import AsyncRemoteLM, RemoteLM, RemoteStep

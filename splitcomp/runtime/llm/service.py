@@ -8,12 +8,20 @@ decode every bitstream, run the prefills one by one and all single-token steps a
 forward (continuous batching, :meth:`ServerHalf.step_batch`), pick each session's next token
 (:mod:`.sampling`) and build the answer frames. Like :meth:`Deployment.run_batch` it never
 raises for a bad request: each gets its own error frame.
+
+What a STEP may cost is bounded before any work: the event loop refuses more tokens than
+``max_step_tokens`` and more tokens than the frame's bytes could plausibly carry
+(``min_step_bytes_per_token``); the worker reads every bitstream's header (codec, dtype,
+shape) and checks the shapes add up to exactly the declared tokens at the model's hidden size
+before it decodes any payload. A sampled token is drawn from a generator seeded by the
+session's seed and the token's position, so a session rebuilt by replaying its steps
+(after a server restart, ``docs/protocol.md``) draws what the lost one would have.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +37,26 @@ from ..protocol import ErrorCode
 from ..service import BatchResult, QueueCheck, Service, Work, register_service
 from ..stats import Counter, Gauge, Registry
 from .contexts import ContextStore
-from .sessions import ServerSession, SessionManager
+from .sessions import ANONYMOUS, ServerSession, SessionManager, client_share
+
+_MASK64 = (1 << 64) - 1
+
+
+def position_seed(seed: int, position: int) -> int:
+    """The generator seed of a sampled session's token at ``position`` (splitmix64 of the
+    session's seed and the position): a token's draw depends on nothing the session did
+    before, so replaying a session's steps reproduces its samples."""
+    z = (seed + (position + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _per_client(value: int | None, cap: int | None) -> int | None:
+    """A per-client cap: None -> the default share of the global ``cap``; 0 -> none."""
+    if value is None:
+        return client_share(cap)
+    return value or None
 
 
 @dataclass
@@ -65,6 +92,10 @@ class _LLMMetrics:
         self.context_bytes = r.add(Gauge("splitcomp_llm_codec_context_bytes_total",
                                          "Codec context bytes accepted from clients at OPEN.",
                                          d, kind="counter"))
+        self.quota_refusals = r.add(Gauge("splitcomp_llm_quota_refusals_total",
+                                          "OPENs and STEPs refused by a per-client cap "
+                                          "(sessions, KV bytes, codec contexts).", d,
+                                          kind="counter"))
 
     @classmethod
     def of(cls, registry: Registry) -> _LLMMetrics:
@@ -81,26 +112,47 @@ class LLMDeployment(Service):
 
     ``codecs``: accepted codec names (None: any). ``max_kv_bytes``, ``idle_timeout_s``,
     ``max_sessions``: see :class:`SessionManager`. ``max_step_tokens``: the longest prefill
-    one STEP may carry. ``allowed_clients``: client ids allowed (None: all).
+    one STEP may carry. ``min_step_bytes_per_token``: a STEP's bitstreams must hold at least
+    this many bytes per declared token (``BAD_BITSTREAM`` otherwise; real hidden states take
+    50-2400 bytes a token, a constant one a few bytes for any length): a small frame cannot
+    ask for a long prefill. ``allowed_clients``: client ids allowed (None: all).
     ``max_context_bytes``, ``max_contexts``, ``local_contexts``: the codec contexts clients
     may send at OPEN, and whether this process's own are used too
     (:class:`~splitcomp.runtime.llm.contexts.ContextStore`).
+    ``max_sessions_per_client``, ``max_kv_bytes_per_client``, ``max_contexts_per_client``:
+    each client's share of those caps (None: a quarter of the global one, :data:`CLIENT_SHARE`;
+    0: no per-client cap). A client is the token's client id; a server without tokens has one
+    id for all (``anonymous``), which gets no per-client cap unless the caller of
+    :meth:`admit` passes a ``quota_key`` (the connection).
     """
 
     def __init__(self, name: str, server: ServerHalf, *, codecs: Iterable[str] | None = None,
                  limits: DecodeLimits | None = None, max_batch_size: int = 32,
                  max_wait_ms: float = 2.0, max_kv_bytes: int | None = None,
                  idle_timeout_s: float = 300.0, max_sessions: int = 4096,
-                 max_step_tokens: int = 4096,
+                 max_step_tokens: int = 4096, min_step_bytes_per_token: int = 8,
                  allowed_clients: Iterable[str] | None = None,
                  max_context_bytes: int = 1 << 20, max_contexts: int = 64,
-                 local_contexts: bool = True) -> None:
+                 local_contexts: bool = True, max_sessions_per_client: int | None = None,
+                 max_kv_bytes_per_client: int | None = None,
+                 max_contexts_per_client: int | None = None) -> None:
         super().__init__(name, codecs=codecs, limits=limits, max_batch_size=max_batch_size,
                          max_wait_ms=max_wait_ms, allowed_clients=allowed_clients)
+        if not 0 < max_step_tokens <= 0xFFFF or min_step_bytes_per_token < 0:
+            raise ValueError("max_step_tokens must be 1..65535, min_step_bytes_per_token >= 0")
         self.server = server
         self.max_step_tokens = max_step_tokens
-        self.sessions = SessionManager(server, max_kv_bytes, idle_timeout_s, max_sessions)
+        self.min_step_bytes_per_token = min_step_bytes_per_token
+        self.sessions = SessionManager(
+            server, max_kv_bytes, idle_timeout_s, max_sessions,
+            max_sessions_per_client=_per_client(max_sessions_per_client, max_sessions),
+            max_kv_bytes_per_client=_per_client(max_kv_bytes_per_client, max_kv_bytes),
+            max_contexts_per_client=_per_client(max_contexts_per_client, max_contexts))
         self.contexts = ContextStore(max_context_bytes, max_contexts, local_contexts)
+        h = server.hidden_size  # a step's bitstream headers are parsed within these bounds
+        self._step_limits = DecodeLimits(min(self.limits.max_elements, max_step_tokens * h),
+                                         self.limits.max_tensors, self.limits.max_ndim,
+                                         self.limits.max_bytes)
         self.vocab_size = int(server.part.lm_head.out_features) if hasattr(
             server.part, "lm_head") else 0
 
@@ -140,19 +192,23 @@ class LLMDeployment(Service):
     def dedup_scope(cls, request: P.LLMRequest) -> str:
         return "llm"
 
-    def admit(self, client_id: str, request: P.LLMRequest, check_queue: QueueCheck
+    def admit(self, client_id: str, request: P.LLMRequest, check_queue: QueueCheck,
+              quota_key: Hashable | None = None
               ) -> bytes | tuple[P.LLMRequest, ServerSession]:
         """OPEN and CLOSE are answered at once; a STEP is checked against its session (owner,
-        size, KV-cache cap) and its tokens reserved before it queues."""
+        size, KV-cache caps) and its tokens reserved before it queues. ``quota_key``: whose
+        per-client caps a new session counts against (default: ``client_id``, none for the
+        anonymous client of a server without tokens)."""
         rid = request.request_id
         if request.op is P.LLMOp.OPEN:
-            return P.encode_llm_opened(rid, self.opened(self.open(client_id, request)))
+            if quota_key is None and client_id != ANONYMOUS:
+                quota_key = client_id
+            return P.encode_llm_opened(rid, self.opened(self.open(client_id, request,
+                                                                  quota_key)))
         if request.op is P.LLMOp.CLOSE:
             return P.encode_llm_closed(rid, self.sessions.close(client_id, request.session))
         session = self.sessions.get(client_id, request.session)
-        if request.tokens > self.max_step_tokens:
-            raise RequestError(ErrorCode.TOO_LARGE, f"{request.tokens} tokens in one step "
-                               f"(limit {self.max_step_tokens})")
+        self.check_step(request)
         check_queue()
         self.sessions.reserve(session, request.tokens)
         return request, session
@@ -182,6 +238,7 @@ class LLMDeployment(Service):
         m.expired.set(sm.expired, labels)
         m.contexts.set(len(self.contexts), labels)
         m.context_bytes.set(self.contexts.upload_bytes, labels)
+        m.quota_refusals.set(sm.refused_by_quota, labels)
 
     def upkeep_period_s(self) -> float:
         """A quarter of the idle timeout (between 10 ms and 1 s)."""
@@ -194,18 +251,41 @@ class LLMDeployment(Service):
     def close(self) -> None:
         self.sessions.close_all()
 
+    def check_step(self, request: P.LLMRequest) -> None:
+        """What a STEP frame may ask for, from its frame alone (event loop, no decoding): at
+        most ``max_step_tokens`` tokens (``TOO_LARGE``), at most one bitstream per token
+        (the parser's rule) and bytes enough for its tokens (``BAD_BITSTREAM``)."""
+        tokens = request.tokens
+        if tokens > self.max_step_tokens:
+            raise RequestError(ErrorCode.TOO_LARGE, f"{tokens} tokens in one step "
+                               f"(limit {self.max_step_tokens})")
+        if len(request.bitstreams) > tokens:
+            raise RequestError(ErrorCode.BAD_FRAME, f"{len(request.bitstreams)} bitstreams "
+                               f"for {tokens} tokens")
+        size = sum(len(b) for b in request.bitstreams)
+        if size < tokens * self.min_step_bytes_per_token:
+            raise RequestError(ErrorCode.BAD_BITSTREAM, f"{size} bytes of bitstreams cannot "
+                               f"carry {tokens} tokens (at least "
+                               f"{self.min_step_bytes_per_token} bytes a token)")
+
     # -- sessions --------------------------------------------------------------------
-    def open(self, owner: str, request: P.LLMRequest) -> ServerSession:
-        """A session for an OPEN request, with the codec context it names (checked, and kept
-        by :attr:`contexts`); raises :class:`RequestError`."""
-        contexts = {}
+    def open(self, owner: str, request: P.LLMRequest,
+             quota_key: Hashable | None = None) -> ServerSession:
+        """A session for an OPEN request, with the codec context it names (checked against
+        the client's context quota first, then kept by :attr:`contexts`); raises
+        :class:`RequestError`."""
+        contexts, ids = {}, ()
         if request.context is not None:
-            cls = codec_class_by_id(request.context.codec_id)
+            ref = request.context
+            cls = codec_class_by_id(ref.codec_id)
             if self.codecs is not None and (cls is None or cls.name not in self.codecs):
                 raise RequestError(ErrorCode.CODEC_NOT_ALLOWED, f"{self.name!r} does not "
-                                   f"accept codec id {request.context.codec_id}'s contexts")
-            contexts = self.contexts.resolve(request.context)
-        return self.sessions.open(owner, request.sampling, contexts)
+                                   f"accept codec id {ref.codec_id}'s contexts")
+            ids = ((ref.codec_id, bytes(ref.digest)),)
+            self.sessions.check_contexts(quota_key, ids)
+            contexts = self.contexts.resolve(ref)
+        return self.sessions.open(owner, request.sampling, contexts, client=quota_key,
+                                  context_ids=ids)
 
     def opened(self, session: ServerSession) -> P.LLMOpened:
         """The OPEN answer for ``session``."""
@@ -224,21 +304,53 @@ class LLMDeployment(Service):
             raise RequestError(ErrorCode.BAD_INPUT, f"expected one float tensor (1, T, {h}), "
                                f"got {shapes}")
 
-    def decode(self, item: StepItem) -> torch.Tensor:
-        """The hidden states (1, T, H) of one STEP; raises :class:`RequestError`."""
-        parts = []
+    def step_shapes(self, item: StepItem) -> list[int]:
+        """The tokens each bitstream of a STEP carries, from the headers alone (CRC, codec,
+        one float tensor (1, t, H), t >= 1), checked to add up to the declared tokens before
+        any payload is decoded; raises :class:`RequestError`."""
+        left, counts = item.tokens, []
         try:
             for blob in item.bitstreams:
-                (t,) = _codecs.decode(blob, self.limits, check=self._check_header,
-                                      contexts=item.session.contexts)
-                parts.append(t.float())
+                header = _codecs.peek(blob, self._step_limits, item.session.contexts)
+                self._check_header(header)
+                t = header.tensors[0].shape[1]
+                if not 0 < t <= left:
+                    raise RequestError(ErrorCode.BAD_INPUT, f"the frame declares "
+                                       f"{item.tokens} tokens, its bitstreams carry more "
+                                       f"(or an empty one)")
+                left -= t
+                counts.append(t)
         except BitstreamError as e:
             raise RequestError(ErrorCode.BAD_BITSTREAM, str(e)) from None
-        hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        if hidden.shape[1] != item.tokens:
+        if left:
+            raise RequestError(ErrorCode.BAD_INPUT, f"the frame declares {item.tokens} tokens, "
+                               f"its bitstreams carry {item.tokens - left}")
+        return counts
+
+    def decode(self, item: StepItem) -> torch.Tensor:
+        """The hidden states (1, T, H) of one STEP, its headers checked first
+        (:meth:`step_shapes`); raises :class:`RequestError`."""
+        counts = self.step_shapes(item)
+        if len(counts) == 1:
+            hidden = self._decode_one(item, item.bitstreams[0]).float()
+        else:  # written in place: no list of parts and no concatenated copy
+            hidden = torch.empty(1, item.tokens, self.server.hidden_size)
+            pos = 0
+            for blob, t in zip(item.bitstreams, counts, strict=True):
+                hidden[:, pos : pos + t] = self._decode_one(item, blob)
+                pos += t
+        if hidden.shape[1] != item.tokens:  # pragma: no cover - the headers said otherwise
             raise RequestError(ErrorCode.BAD_INPUT, f"the frame declares {item.tokens} tokens, "
                                f"its bitstreams carry {hidden.shape[1]}")
         return hidden
+
+    def _decode_one(self, item: StepItem, blob: bytes | memoryview) -> torch.Tensor:
+        try:
+            (t,) = _codecs.decode(blob, self._step_limits, check=self._check_header,
+                                  contexts=item.session.contexts)
+        except BitstreamError as e:
+            raise RequestError(ErrorCode.BAD_BITSTREAM, str(e)) from None
+        return t
 
     def run_steps(self, items: Sequence[StepItem]) -> BatchResult:
         """Decode, run (prefills alone, single-token steps in one forward), pick the next
@@ -297,6 +409,8 @@ class LLMDeployment(Service):
         for i, lg in zip(call, logits, strict=True):
             it = items[i]
             s = it.session
+            if s.generator is not None:
+                s.generator.manual_seed(position_seed(s.sampling.seed, s.position))
             token, logprob, top = pick(lg[0, -1], s.sampling, s.generator)
             report.frames[i] = P.encode_llm_token(
                 it.request_id, token, logprob, s.position, top, batch_size=len(call),

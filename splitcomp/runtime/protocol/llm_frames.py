@@ -37,6 +37,8 @@ from .frames import (
 #                  (the bracketed codec context only in LLM version 2, an OPEN's only change;
 #                  length 0: "use yours", answered CONTEXT_UNKNOWN if the server lacks it)
 #     STEP  body = session id (16 bytes) | tokens u16 | n u16 | n x length u32 | n bitstreams
+#                  (n <= tokens, every bitstream carrying at least one token, is the
+#                  server's rule: BAD_FRAME at admission, before any bitstream is read)
 #     CLOSE body = session id (16 bytes)
 #   llm result  = "SP" | 1 | 0x83 | request id u64 | llm version u8 | op u8 | body
 #     OPEN  body = session id | split u16 | hidden size u32 | vocabulary u32 | KV bytes/token u32
@@ -182,7 +184,8 @@ def encode_llm_open(request_id: int, deployment: str | bytes, sampling: Sampling
 
 def encode_llm_step(request_id: int, session: bytes, tokens: int,
                     bitstreams: list[bytes] | tuple[bytes, ...]) -> bytes:
-    """A STEP request: the bitstreams of the hidden states of ``tokens`` new tokens."""
+    """A STEP request: the bitstreams of the hidden states of ``tokens`` new tokens (a
+    server takes at most one bitstream per token)."""
     if not 0 < tokens <= _U16_MAX or not 0 < len(bitstreams) <= _U16_MAX:
         raise ValueError(f"{tokens} tokens in {len(bitstreams)} bitstreams: 1..65535 each")
     return b"".join((_llm_prefix(request_id, TYPE_LLM_REQUEST, LLMOp.STEP),

@@ -159,7 +159,8 @@ def test_a_session_survives_a_reconnection(tiny_models, serve, prompt) -> None:
 def test_kv_cache_cap_refuses_and_others_keep_going(tiny_models, serve, prompt) -> None:
     model = tiny_models["llama_tiny"]
     per_token = ServerHalf(model, SPLIT).kv_bytes_per_token
-    srv = serve(model, max_kv_bytes=(len(prompt) + 4) * per_token)
+    srv = serve(model, max_kv_bytes=(len(prompt) + 4) * per_token,
+                max_kv_bytes_per_client=0)  # the global cap alone (quotas: test_quotas.py)
     want, _ = greedy_unsplit(model, prompt, 5)
 
     async def main() -> None:
@@ -192,8 +193,8 @@ def test_idle_sessions_expire_and_free_their_cache(tiny_models, serve, prompt) -
     model = tiny_models["gpt2_tiny"]
     srv = serve(model, idle_timeout_s=0.2)
 
-    async def main() -> None:
-        lm = AsyncRemoteLM(model, SPLIT, srv.url, "lm", token=TOKENS["alice"])
+    async def main() -> None:  # without resume (rebuilding: test_restart.py)
+        lm = AsyncRemoteLM(model, SPLIT, srv.url, "lm", token=TOKENS["alice"], resume=False)
         try:
             await lm.step(prompt)
             assert total(_metrics(srv), "splitcomp_llm_kv_bytes") > 0
