@@ -29,7 +29,8 @@ from ..bench.setup import load_eval_setup
 from ..data import load_dataset
 from ..train import CheckpointError, TrainedOnError, open_checkpoints
 from ._common import fail, split_param, standalone
-from .train import summary, write_json
+from ._training import write_json
+from .train import summary
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:

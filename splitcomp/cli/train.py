@@ -9,7 +9,6 @@ place, each tail served from the same latent by a decoder of its own.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..bench.setup import EvalSetup, load_eval_setup
+from ..bench.setup import EvalSetup
 from ..train import (
     Checkpoint,
     CheckpointError,
@@ -37,12 +36,13 @@ from ..train import (
     read_meta,
     save_checkpoint,
     split_dataset,
-    teacher_model,
     train_bottleneck,
 )
 from ..train.ckpt_eval import model_tables
 from ._common import fail, standalone
 from ._sweep import SWEEPABLE, sweep
+from ._training import check_targets, teacher_setup, weights_ref, write_json
+from .train_exit import add_exit_parser, run_exit
 
 #: most points of each training curve kept in the checkpoint's ``info``
 CURVE_POINTS = 100
@@ -70,6 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--tune-tail", type=int, default=0, metavar="N",
                    help="the tail's first N blocks fine-tuned in stage 2, a copy the server "
                    "runs for this checkpoint (0: the original tail, frozen)")
+    b.add_argument("--tail-lr", type=float, default=1e-4, help="learning rate of the tail copy")
     b.add_argument("--hidden", type=int, help="width of the encoder and decoder convolutions "
                    "(default: the cut tensor's channels)")
     b.add_argument("--mix-alpha", type=float, default=1.0, help="mixup/CutMix strength of the "
@@ -100,20 +101,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--checkpoint-minutes", type=float, default=5.0,
                    help="save the checkpoint this often while training")
     b.add_argument("--no-progress", action="store_true")
-
-
-def weights_ref(weights: str | None) -> str | None:
-    """``--weights`` as a checkpoint records it: an existing file as an absolute path."""
-    if weights in (None, "random", "hub") or not Path(weights).exists():
-        return weights
-    return str(Path(weights).resolve())
-
-
-def teacher_setup(model: str, weights: str | None, data: str, cut: str, seed: int
-                  ) -> EvalSetup:
-    """The frozen model (random weights seeded by ``seed``), the dataset, head and tail."""
-    return load_eval_setup(model, weights, data, cut,
-                           model=teacher_model(model, weights, seed))
+    add_exit_parser(sub)
 
 
 def also_records(args: argparse.Namespace) -> list[TailRecord]:
@@ -143,11 +131,6 @@ def summary(r: dict[str, Any]) -> str:
           f"drop {t['drop_pp']:.2f} pp), the same bytes"
           for name, t in r.get("tails", {}).items() if name != r["model"]),
     ])
-
-
-def write_json(result: dict[str, Any], path: Path | None) -> None:
-    if path is not None:
-        path.write_text(json.dumps(result, indent=1) + "\n")
 
 
 def _finite(v: float) -> float | None:
@@ -206,7 +189,8 @@ def _bottleneck(args: argparse.Namespace) -> int:
         else:
             cfg = TrainConfig(channels=args.channels, stride=args.stride, beta=args.beta,
                               hidden=args.hidden, tune_head=args.tune_head,
-                              tune_tail=args.tune_tail, epochs=args.epochs,
+                              tune_tail=args.tune_tail, tail_lr=args.tail_lr,
+                              epochs=args.epochs,
                               minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                               temperature=args.temperature, mix_alpha=args.mix_alpha,
                               seed=args.seed, device=args.device)
@@ -273,23 +257,9 @@ def _evaluate_saved(args: argparse.Namespace, setup: EvalSetup, extra: list[Teac
     return 0
 
 
-def check_targets(result: dict[str, Any], drop: float | None, size: float | None) -> str:
-    """Compare the figures with the targets given; record them in ``result`` (``target``,
-    ``target_met``) and return a line saying whether they were met ('' without targets)."""
-    if drop is None and size is None:
-        return ""
-    met = ((drop is None or result["drop_pp"] <= drop)
-           and (size is None or result["bytes_per_sample"] <= size))
-    result["target"] = {"drop_pp": drop, "bytes_per_sample": size}
-    result["target_met"] = met
-    want = " and ".join(w for w in (f"<= {drop:g} pp drop" if drop is not None else "",
-                                     f"<= {size:g} B/sample" if size is not None else "") if w)
-    return f"{want}: {'met' if met else 'MISSED'}"
-
-
 def run(args: argparse.Namespace) -> int:
     try:
-        return {"bottleneck": _bottleneck_command}[args.component](args)
+        return {"bottleneck": _bottleneck_command, "exit": run_exit}[args.component](args)
     except TrainedOnError as e:
         return fail(str(e))
 

@@ -19,7 +19,6 @@ fits a step count from ``epochs``, or from ``minutes`` after timing the first st
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from torch import nn
 
 from .augment import crop_flip, mix
 from .bottleneck import Bottleneck, freeze, parameters, trainable_head, trainable_tail
+from .schedule import StepBudget
 from .tails import Teacher, crossing_shapes
 
 
@@ -46,6 +46,7 @@ class TrainConfig:
     #: the primary tail's first blocks fine-tuned in stage 2, as a server-side copy (0: the
     #: tail stays the original, frozen; extra tails always do)
     tune_tail: int = 0
+    tail_lr: float = 1e-4  #: of the tail copy: it starts trained, so it moves gently
     epochs: float | None = None
     minutes: float | None = None
     batch_size: int = 128
@@ -155,28 +156,26 @@ def train_bottleneck(head: nn.Module, tail: nn.Module, images: torch.Tensor,
         raise ValueError(f"the bottleneck serves tails {sorted(bn.tails)}, not "
                          f"{sorted(str(t.name) for t in extra)}")
     decoders = [bn.decoder_for(t.name) for t in teachers]
-    main_params = parameters(s_head, bn.encoder, *decoders, *s_tails[:1]) + [
+    tail_params = list(parameters(student.tail)) if student.tail is not None else []
+    main_params = [*parameters(s_head, bn.encoder, *decoders), *tail_params] + [
         p for n, p in bn.entropy.named_parameters() if n != "quantiles"]
-    opt = torch.optim.AdamW(main_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    tail_ids = {id(p) for p in tail_params}
+    groups = [{"params": [p for p in main_params if id(p) not in tail_ids], "base_lr": cfg.lr}]
+    if tail_params:
+        groups.append({"params": tail_params, "base_lr": cfg.tail_lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     aux = torch.optim.Adam([bn.entropy.quantiles], lr=cfg.aux_lr)
     n = images.shape[0]
     steps_per_epoch = max(n // cfg.batch_size, 1)
     hist = History()
-    t0 = time.perf_counter()
-    total = total_steps or (round(cfg.epochs * steps_per_epoch) if cfg.epochs else None)
-    fixed_total = total is not None
+    budget = StepBudget(total_steps or (round(cfg.epochs * steps_per_epoch)
+                                        if cfg.epochs else None), cfg.minutes, start_step)
     step = start_step
-    last_save = t0
+    last_save = time.perf_counter()
     order = torch.randperm(n, generator=g)
     pos = 0
-    while total is None or step < total:
-        done = step - start_step
-        if cfg.minutes and not fixed_total and done >= 20 and done % 20 == 0:
-            # fit the schedule to the time budget, again as the speed changes (a shared
-            # machine): the run ends when the budget does
-            elapsed = time.perf_counter() - t0
-            left = max(cfg.minutes * 60 - elapsed, 0.0)
-            total = step + max(int(left / (elapsed / done)), 1 if done >= 40 else 20)
+    while budget.running(step):
+        total = budget.update(step)
         if pos + cfg.batch_size > n:
             order, pos = torch.randperm(n, generator=g), 0
         idx = order[pos:pos + cfg.batch_size]
@@ -185,10 +184,9 @@ def train_bottleneck(head: nn.Module, tail: nn.Module, images: torch.Tensor,
         x = normalize(x).to(device)
         if cfg.mix_alpha > 0:
             x = mix(x, g, cfg.mix_alpha)
-        frac = step / total if total else 0.0
-        lr_scale = 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        frac = budget.fraction(step)
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_scale
+            group["lr"] = group["base_lr"] * budget.lr_scale(step)
         s_head.train(False)
         bn.train(True)
         (s_feat,) = s_head(x)
@@ -230,7 +228,7 @@ def train_bottleneck(head: nn.Module, tail: nn.Module, images: torch.Tensor,
                 and time.perf_counter() - last_save >= checkpoint_every):
             on_checkpoint(student, step, total or 0)
             last_save = time.perf_counter()
-    hist.seconds = time.perf_counter() - t0
+    hist.seconds = budget.seconds
     hist.steps = step - start_step
     bn.eval()
     return student, hist

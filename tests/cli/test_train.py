@@ -132,7 +132,7 @@ def test_also_errors_are_one_line(trained, tmp_path, also, message, capsys) -> N
 
 
 def test_targets_are_flagged() -> None:
-    from splitcomp.cli.train import check_targets
+    from splitcomp.cli._training import check_targets
 
     r = {"drop_pp": 1.5, "bytes_per_sample": 180.0}
     assert check_targets(dict(r), None, None) == ""

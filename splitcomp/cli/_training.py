@@ -1,0 +1,43 @@
+"""What the ``train`` commands share: the frozen teacher, weights references, targets, JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..bench.setup import EvalSetup, load_eval_setup
+from ..train import teacher_model
+
+
+def weights_ref(weights: str | None) -> str | None:
+    """``--weights`` as a checkpoint records it: an existing file as an absolute path."""
+    if weights in (None, "random", "hub") or not Path(weights).exists():
+        return weights
+    return str(Path(weights).resolve())
+
+
+def teacher_setup(model: str, weights: str | None, data: str, cut: str, seed: int
+                  ) -> EvalSetup:
+    """The frozen model (random weights seeded by ``seed``), the dataset, head and tail."""
+    return load_eval_setup(model, weights, data, cut,
+                           model=teacher_model(model, weights, seed))
+
+
+def write_json(result: dict[str, Any], path: Path | None) -> None:
+    if path is not None:
+        path.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def check_targets(result: dict[str, Any], drop: float | None, size: float | None) -> str:
+    """Compare the figures with the targets given; record them in ``result`` (``target``,
+    ``target_met``) and return a line saying whether they were met ('' without targets)."""
+    if drop is None and size is None:
+        return ""
+    met = ((drop is None or result["drop_pp"] <= drop)
+           and (size is None or result["bytes_per_sample"] <= size))
+    result["target"] = {"drop_pp": drop, "bytes_per_sample": size}
+    result["target_met"] = met
+    want = " and ".join(w for w in (f"<= {drop:g} pp drop" if drop is not None else "",
+                                     f"<= {size:g} B/sample" if size is not None else "") if w)
+    return f"{want}: {'met' if met else 'MISSED'}"
