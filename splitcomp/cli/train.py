@@ -42,6 +42,7 @@ from ..train.ckpt_eval import model_tables
 from ._common import fail, standalone
 from ._sweep import SWEEPABLE, sweep
 from ._training import check_targets, teacher_setup, weights_ref, write_json
+from .train_adapter import add_adapter_parser, run_adapter
 from .train_exit import add_exit_parser, run_exit
 
 #: most points of each training curve kept in the checkpoint's ``info``
@@ -102,6 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="save the checkpoint this often while training")
     b.add_argument("--no-progress", action="store_true")
     add_exit_parser(sub)
+    add_adapter_parser(sub)
 
 
 def also_records(args: argparse.Namespace) -> list[TailRecord]:
@@ -259,7 +261,8 @@ def _evaluate_saved(args: argparse.Namespace, setup: EvalSetup, extra: list[Teac
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return {"bottleneck": _bottleneck_command, "exit": run_exit}[args.component](args)
+        return {"bottleneck": _bottleneck_command, "exit": run_exit,
+                "adapter": run_adapter}[args.component](args)
     except TrainedOnError as e:
         return fail(str(e))
 

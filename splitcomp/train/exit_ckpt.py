@@ -1,10 +1,9 @@
-"""Early-exit checkpoints (plain files) and their scoring through the real codec.
+"""Early-exit checkpoints and their scoring through the real codec.
 
-    CKPT_DIR/checkpoint.json     format, model, weights, cut, the exit head's shape, its rule
-                                 and threshold, the codec (and parameters) of the server path,
-                                 training settings, figures
-    CKPT_DIR/weights.safetensors the exit head (``exit.*``)
-    CKPT_DIR/split.json          the data split (:class:`~.splits.SplitRecord`)
+A checkpoint is the plain-files layout of :mod:`.plain_ckpt`: ``checkpoint.json`` holds the
+model, weights, cut, the exit head's shape, its rule and threshold, the server path's codec
+(and parameters), the training settings and figures; ``weights.safetensors`` the exit head
+(``exit.*``).
 
 :func:`score_exit` runs images through the frozen head, the exit head and, for every image,
 the server path (the crossing tensor coded by the codec, decoded, the frozen tail), so the
@@ -14,15 +13,12 @@ same pass serves calibration (on train-part images held out of training) and eva
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import codecs
@@ -30,6 +26,7 @@ from ..data import ImageFolderDataset
 from .checkpoint import CheckpointError
 from .ckpt_eval import count_macs
 from .exits import RULES, EdgeExit, ExitConfig, ExitHead
+from .plain_ckpt import load_plain, prefixed, save_plain
 from .splits import SplitRecord
 
 FORMAT = "splitcomp-exit"
@@ -55,42 +52,26 @@ class ExitCheckpoint:
 
 
 def save_exit(ck: ExitCheckpoint, folder: str | Path) -> Path:
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({f"exit.{k}": v.detach().contiguous().cpu()
-               for k, v in ck.exit.head.state_dict().items()}, str(out / "weights.safetensors"))
-    meta = {"format": FORMAT, "version": VERSION, "model": ck.model, "weights": ck.weights,
-            "cut": ck.cut, "exit": ck.exit.head.config(), "rule": ck.exit.rule,
+    meta = {"model": ck.model, "weights": ck.weights, "cut": ck.cut,
+            "exit": ck.exit.head.config(), "rule": ck.exit.rule,
             "threshold": ck.exit.threshold, "codec": ck.codec, "params": ck.params,
             "config": ck.config.to_json(), "info": ck.info}
-    (out / "checkpoint.json").write_text(json.dumps(meta, indent=1) + "\n")
-    (out / "split.json").write_text(json.dumps(ck.split.to_json()) + "\n")
-    return out
+    tensors = {f"exit.{k}": v for k, v in ck.exit.head.state_dict().items()}
+    return save_plain(folder, FORMAT, VERSION, meta, tensors, ck.split)
 
 
 def load_exit(folder: str | Path) -> ExitCheckpoint:
     """Read an exit checkpoint (:class:`CheckpointError` when it is not one)."""
-    src = Path(folder)
-    try:
-        meta = json.loads((src / "checkpoint.json").read_text())
-        split = SplitRecord.from_json(json.loads((src / "split.json").read_text()))
-        tensors = load_file(str(src / "weights.safetensors"))
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
-        raise CheckpointError(f"{src}: not a readable exit checkpoint ({e})") from None
-    if not isinstance(meta, dict) or (meta.get("format"), meta.get("version")) != (
-            FORMAT, VERSION):
-        got = meta.get("format") if isinstance(meta, dict) else meta
-        raise CheckpointError(f"{src}: format {got!r}, expected {FORMAT!r} {VERSION}")
+    meta, tensors, split = load_plain(folder, FORMAT, VERSION)
     try:
         head = ExitHead(**meta["exit"])
-        head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("exit.")})
+        head.load_state_dict(prefixed(tensors, "exit"))
         edge_exit = EdgeExit(head.eval(), float(meta["threshold"]), meta["rule"])
-        ck = ExitCheckpoint(meta["model"], meta["weights"], meta["cut"], edge_exit,
-                            ExitConfig(**meta["config"]), split, meta["codec"],
-                            dict(meta.get("params") or {}), dict(meta.get("info") or {}))
+        return ExitCheckpoint(meta["model"], meta["weights"], meta["cut"], edge_exit,
+                              ExitConfig(**meta["config"]), split, meta["codec"],
+                              dict(meta.get("params") or {}), dict(meta.get("info") or {}))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{src}: bad exit checkpoint ({e!r})") from None
-    return ck
+        raise CheckpointError(f"{folder}: bad exit checkpoint ({e!r})") from None
 
 
 @dataclass
