@@ -44,6 +44,7 @@ from ._sweep import SWEEPABLE, sweep
 from ._training import check_targets, teacher_setup, weights_ref, write_json
 from .train_adapter import add_adapter_parser, run_adapter
 from .train_exit import add_exit_parser, run_exit
+from .train_gate import add_gate_parser, run_gate
 
 #: most points of each training curve kept in the checkpoint's ``info``
 CURVE_POINTS = 100
@@ -104,6 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--no-progress", action="store_true")
     add_exit_parser(sub)
     add_adapter_parser(sub)
+    add_gate_parser(sub)
 
 
 def also_records(args: argparse.Namespace) -> list[TailRecord]:
@@ -262,7 +264,7 @@ def _evaluate_saved(args: argparse.Namespace, setup: EvalSetup, extra: list[Teac
 def run(args: argparse.Namespace) -> int:
     try:
         return {"bottleneck": _bottleneck_command, "exit": run_exit,
-                "adapter": run_adapter}[args.component](args)
+                "adapter": run_adapter, "gate": run_gate}[args.component](args)
     except TrainedOnError as e:
         return fail(str(e))
 

@@ -1,0 +1,157 @@
+"""A per-input gate (NaviSplit): a tiny classifier on the head's features picks, for each
+input, one of several configurations (codec settings, trained bottlenecks, an early exit).
+
+Each configuration is an :class:`Option`: a way from a batch of images to predictions and the
+exact bytes each sample sends. On the train part every image is run through every option; its
+gate label is the cheapest option (by mean bytes) whose answer equals the full model's, the
+most expensive when none does. The gate (an :class:`~.exits.ExitHead` over the options) is
+trained on cached head features with cross entropy. At run time it picks the cheapest option
+whose cumulative gate probability (cheapest first) reaches ``tau``; ``tau`` is calibrated on
+train-part images held out of the gate's training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import ImageFolderDataset
+from .exits import ExitHead
+
+
+@dataclass
+class Option:
+    """A configuration: ``run(x)`` -> (predicted class per sample, bytes sent per sample)."""
+
+    name: str
+    run: Callable[[torch.Tensor], tuple[torch.Tensor, list[int]]]
+
+
+@dataclass
+class OptionScores:
+    """Per image and option: predictions (N, K) and bytes (N, K); the full model's
+    predictions and the labels (N,); the head's features (N, ...) for the gate."""
+
+    preds: torch.Tensor
+    sizes: torch.Tensor
+    teacher: torch.Tensor
+    labels: torch.Tensor
+    features: torch.Tensor
+
+    def cost_order(self) -> torch.Tensor:
+        """Option indices, cheapest (mean bytes) first."""
+        return torch.argsort(self.sizes.double().mean(0), stable=True)
+
+    def gate_labels(self) -> torch.Tensor:
+        """The cheapest option whose answer equals the full model's (else the dearest)."""
+        order = self.cost_order()
+        ok = (self.preds[:, order] == self.teacher[:, None])
+        first = torch.where(ok.any(1), ok.float().argmax(1), torch.full_like(
+            self.teacher, len(order) - 1))
+        return order[first]
+
+
+@torch.no_grad()
+def score_options(options: Sequence[Option], head: nn.Module, tail: nn.Module,
+                  ds: ImageFolderDataset, batch_size: int = 250,
+                  progress: Callable[[int], None] | None = None) -> OptionScores:
+    """Run every image of ``ds`` through the full model and every option."""
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in (
+        "preds", "sizes", "teacher", "labels", "features")}
+    for x, y in ds.batches(batch_size):
+        (feat,) = head(x)
+        parts["teacher"].append(tail(feat).argmax(-1))
+        parts["features"].append(feat)
+        parts["labels"].append(y)
+        runs = [o.run(x) for o in options]
+        parts["preds"].append(torch.stack([p for p, _ in runs], 1))
+        parts["sizes"].append(torch.tensor([s for _, s in runs], dtype=torch.int64).T)
+        if progress is not None:
+            progress(len(y))
+    return OptionScores(**{k: torch.cat(v) for k, v in parts.items()})
+
+
+@torch.enable_grad()
+def train_gate(features: torch.Tensor, labels: torch.Tensor, n_options: int,
+               epochs: int = 60, batch_size: int = 128, lr: float = 3e-3,
+               seed: int = 0) -> tuple[ExitHead, list[float]]:
+    """Fit a gate on cached features; returns it and the per-epoch mean loss."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    gate = ExitHead(features.shape[1], n_options)
+    opt = torch.optim.AdamW(gate.parameters(), lr=lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    losses = []
+    gate.train()
+    for _ in range(epochs):
+        order, total = torch.randperm(len(labels), generator=g), 0.0
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            flip = torch.rand(len(idx), generator=g) < 0.5
+            f = torch.where(flip[:, None, None, None], features[idx].flip(3), features[idx])
+            loss = F.cross_entropy(gate(f), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        sched.step()
+        losses.append(total / len(labels))
+    return gate.eval(), losses
+
+
+@torch.no_grad()
+def choose(gate: nn.Module, features: torch.Tensor, order: torch.Tensor, tau: float
+           ) -> torch.Tensor:
+    """Per input, the cheapest option (in ``order``) whose cumulative gate probability,
+    cheapest first, reaches ``tau``."""
+    probs = gate(features).softmax(-1)[:, order]
+    reach = probs.cumsum(1) >= tau - 1e-9
+    reach[:, -1] = True
+    return order[reach.float().argmax(1)]
+
+
+@dataclass
+class GateResult:
+    """Figures of a gate at one ``tau`` against the fixed options on the same images."""
+
+    tau: float
+    top1: float
+    bytes_per_sample: float
+    best_fixed: int  #: the cheapest option at least as accurate as the gate (-1: none)
+    best_fixed_top1: float
+    best_fixed_bytes: float
+    share: list[float]  #: of inputs per option
+
+    @property
+    def saving(self) -> float:
+        """1 - gate bytes / best fixed bytes (negative: the gate costs more)."""
+        if self.best_fixed < 0 or self.best_fixed_bytes <= 0:
+            return float("-inf")
+        return 1.0 - self.bytes_per_sample / self.best_fixed_bytes
+
+
+def gate_result(s: OptionScores, picks: torch.Tensor, tau: float) -> GateResult:
+    n, k = s.preds.shape
+    rows = torch.arange(n)
+    top1 = 100.0 * float((s.preds[rows, picks] == s.labels).float().mean())
+    size = float(s.sizes[rows, picks].double().mean())
+    fixed_top1 = 100.0 * (s.preds == s.labels[:, None]).double().mean(0)
+    fixed_bytes = s.sizes.double().mean(0)
+    ok = [j for j in range(k) if float(fixed_top1[j]) >= top1 - 1e-9]
+    best = min(ok, key=lambda j: float(fixed_bytes[j])) if ok else -1
+    return GateResult(tau, top1, size, best,
+                      float(fixed_top1[best]) if ok else float("nan"),
+                      float(fixed_bytes[best]) if ok else float("nan"),
+                      [float((picks == j).double().mean()) for j in range(k)])
+
+
+def calibrate_tau(gate: nn.Module, s: OptionScores,
+                  taus: Sequence[float] = tuple(i / 40 for i in range(1, 40))) -> GateResult:
+    """The ``tau`` whose saving against the best fixed option is largest on ``s``."""
+    order = s.cost_order()
+    results = [gate_result(s, choose(gate, s.features, order, t), t) for t in taus]
+    return max(results, key=lambda r: (r.saving, r.top1))

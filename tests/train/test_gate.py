@@ -1,0 +1,78 @@
+"""The per-input gate: labels (cheapest option that agrees with the full model), the pick
+rule, the comparison with fixed options, and ``splitcomp train gate`` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from splitcomp.train.gate import OptionScores, choose, gate_result, train_gate
+
+from .tiny import image_folder
+
+
+def _scores() -> OptionScores:
+    # 4 images, 3 options costing 10, 100, 1000 bytes
+    preds = torch.tensor([[1, 1, 1], [0, 2, 2], [0, 0, 3], [5, 5, 5]])
+    sizes = torch.tensor([[10, 100, 1000]] * 4)
+    teacher = torch.tensor([1, 2, 3, 4])
+    return OptionScores(preds, sizes, teacher, teacher.clone(), torch.zeros(4, 2, 4, 4))
+
+
+def test_gate_labels_pick_the_cheapest_agreeing_option() -> None:
+    assert _scores().gate_labels().tolist() == [0, 1, 2, 2]
+
+
+def test_gate_result_against_the_best_fixed_option() -> None:
+    s = _scores()
+    r = gate_result(s, torch.tensor([0, 1, 2, 0]), 0.5)
+    assert r.top1 == 75.0 and r.bytes_per_sample == (10 + 100 + 1000 + 10) / 4
+    assert (r.best_fixed, r.best_fixed_top1, r.best_fixed_bytes) == (2, 75.0, 1000.0)
+    assert r.saving == 1 - 280 / 1000 and r.share == [0.5, 0.25, 0.25]
+
+
+def test_choose_by_cumulative_probability() -> None:
+    class Fixed(torch.nn.Module):
+        def forward(self, f: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([[0.5, 0.3, 0.2]]).log().expand(len(f), 3)
+
+    order = torch.tensor([0, 1, 2])
+    f = torch.zeros(2, 2, 4, 4)
+    assert choose(Fixed(), f, order, 0.4).tolist() == [0, 0]
+    assert choose(Fixed(), f, order, 0.7).tolist() == [1, 1]
+    assert choose(Fixed(), f, order, 1.0).tolist() == [2, 2]
+
+
+def test_train_gate_fits_separable_labels() -> None:
+    torch.manual_seed(0)
+    labels = torch.arange(64) % 2
+    f = torch.randn(64, 4, 8, 8) + 2.0 * (2 * labels - 1).float()[:, None, None, None]
+    gate, losses = train_gate(f, labels, 2, epochs=30, batch_size=16)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_train_gate_command_end_to_end(tmp_path) -> None:
+    from splitcomp.cli import main
+
+    data = image_folder(tmp_path / "data", classes=4, per_class=8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc = main(["train", "gate", "--model", "resnet20", "--weights", "random", "--data",
+                   str(data), "--split", "layer2", "--option", "slicer:quality=0.1",
+                   "--option", "int8", "--epochs", "2", "--n-train", "16", "--n-calib", "4",
+                   "--no-progress", "--out", str(tmp_path / "g"), "--json",
+                   str(tmp_path / "r.json")])
+        assert main(["train", "gate", "--model", "resnet20", "--data", str(data), "--split",
+                     "layer2", "--option", "int8", "--out", str(tmp_path / "x")]) == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    for key in ("top1", "bytes_per_sample", "best_fixed_setting", "best_fixed_top1",
+                "best_fixed_bytes_per_sample", "gate_params"):
+        assert key in r, key
+    assert [o["option"] for o in r["options"]] == ["slicer:quality=0.1", "int8"]
+    assert abs(sum(o["share"] for o in r["options"]) - 1) < 1e-9
+    assert (tmp_path / "g" / "checkpoint.json").exists()
