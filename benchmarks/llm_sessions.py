@@ -76,7 +76,7 @@ def _metrics(url: str) -> dict[str, float]:
     from splitcomp.runtime import fetch_metrics, parse_prometheus
     from splitcomp.runtime.stats import total
 
-    s = parse_prometheus(fetch_metrics(url))
+    s = parse_prometheus(fetch_metrics(url, token=TOKEN))
     names = ["process_cpu_seconds_total", "splitcomp_tail_cpu_seconds_total",
              "splitcomp_tail_seconds_total", "splitcomp_decode_cpu_seconds_total",
              "splitcomp_loop_cpu_seconds_total", "splitcomp_worker_cpu_seconds_total",

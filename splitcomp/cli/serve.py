@@ -6,7 +6,9 @@ more deployments to the same server; ``--checkpoint CKPT_DIR`` serves a trained 
 (``splitcomp train bottleneck``: the edge sends compact ``bottleneck`` streams).
 ``--llm smollm2 --llm-split 15`` serves the server half of a causal LM to
 ``splitcomp generate --server`` clients (LLM sessions: docs/protocol.md).
-Prometheus metrics: ``GET /metrics`` on the same port.
+Prometheus metrics: ``GET /metrics`` on the same port (with ``--tokens``, for a valid token
+unless ``--metrics-public``). Clients share the worker fairly; the limits per client (requests
+and bytes in flight) and per connection (answer bytes left unread) are flags below.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from ..runtime.deployment import Deployment, zoo_deployment
 from ..runtime.server import Server
 from ._common import standalone
+from ._llm_args import add_session_limits, session_limits
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tail", default=None, metavar="NAME",
                    help="which tail of a multi-tail (--also) checkpoint to serve (default: the "
                         "primary model's); 'all': one deployment FOLDER.MODEL per tail, each "
-                        "taking the same bitstream")
+                        "taking the same bitstream; 'A+B': one deployment running both tails "
+                        "on one decoded latent, answering with both outputs")
     p.add_argument("--deploy", action="append", default=[], metavar="NAME=MODEL:SPLIT[:CODECS]",
                    help="another deployment (repeatable), e.g. r20=resnet20:layer2:slicer")
     g = p.add_argument_group("LLM sessions")
@@ -56,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--codec-context", action="append", default=[], metavar="FILE",
                    help="a codec context file the server holds (from `splitcomp lm-context`): "
                         "sessions naming it by digest need not upload it (repeatable)")
+    add_session_limits(g)
     g.add_argument("--llm-weights", default="auto",
                    help="'auto' (real weights where the model has them), 'random', or a path")
     g.add_argument("--llm-codec", default=None,
@@ -77,12 +82,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--max-frame-bytes", type=int, default=16 << 20)
-    p.add_argument("--max-inflight-per-client", type=int, default=256)
+    g = p.add_argument_group("limits and fairness (docs/protocol.md)")
+    g.add_argument("--max-inflight-per-client", type=int, default=256,
+                   help="requests a client (token; without tokens: session or connection) may "
+                        "have queued or running; OVERLOADED beyond")
+    g.add_argument("--max-inflight-bytes-per-client", type=int, default=64 << 20,
+                   help="request bytes a client may have queued or running; OVERLOADED beyond")
+    g.add_argument("--max-batch-bytes", type=int, default=8 << 20,
+                   help="request bytes per batch (at least one request)")
+    g.add_argument("--fair-grace-ms", type=float, default=5.0,
+                   help="how long a client just served keeps its fair turn while its next "
+                        "request travels (0: batches fill in fair order regardless)")
+    g.add_argument("--output-pause-bytes", type=int, default=1 << 20,
+                   help="unread answer bytes on a connection above which its requests are "
+                        "no longer read")
+    g.add_argument("--max-output-bytes", type=int, default=32 << 20,
+                   help="unread answer bytes on a connection above which it is closed (1008)")
     p.add_argument("--request-timeout", type=float, default=30.0, help="seconds in the queue")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (1 makes per-request CPU accounting exact)")
-    p.add_argument("--metrics-private", action="store_true",
-                   help="require a valid token for /metrics")
+    p.add_argument("--metrics-public", action="store_true",
+                   help="serve /metrics without a token (with --tokens it needs one otherwise)")
+    p.add_argument("--metrics-private", action="store_true", help=argparse.SUPPRESS)  # default
     p.add_argument("--backend", choices=("embedded", "ray"), default="embedded",
                    help="embedded (one asyncio process) or ray (Ray Serve; pip install .[ray]; "
                         "docs/scale-out.md)")
@@ -182,8 +203,12 @@ def build_server(args: argparse.Namespace) -> Server:
                   tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
                   max_frame_bytes=args.max_frame_bytes,
                   max_inflight_per_client=args.max_inflight_per_client,
+                  max_inflight_bytes_per_client=args.max_inflight_bytes_per_client,
+                  max_batch_bytes=args.max_batch_bytes, fair_grace_ms=args.fair_grace_ms,
+                  output_pause_bytes=args.output_pause_bytes,
+                  max_output_bytes=args.max_output_bytes,
                   request_timeout_s=args.request_timeout,
-                  metrics_public=not args.metrics_private)
+                  metrics_public=args.metrics_public and not args.metrics_private)
 
 
 def _llm(args: argparse.Namespace) -> list:
@@ -212,7 +237,7 @@ def _llm(args: argparse.Namespace) -> list:
                           idle_timeout_s=args.session_idle_timeout,
                           max_sessions=args.max_sessions,
                           max_context_bytes=args.max_context_bytes,
-                          max_contexts=args.max_contexts)]
+                          max_contexts=args.max_contexts, **session_limits(args))]
 
 
 def read_listening_url(stream: IO[str], max_lines: int = 50) -> str | None:

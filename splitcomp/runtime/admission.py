@@ -1,11 +1,13 @@
 """Admission: which requests may queue, and the way every answer goes back.
 
 One request path for every :class:`~.service.Service`: a frame is parsed by its kind, routed
-to a service, checked against retries (a request id seen before gets the remembered answer, or
-waits for the one in flight: :mod:`.dedup`), the service's allowed clients, draining, the
-client's in-flight limit and the service's queue limit, then admitted by the service (answered
-at once, or queued with the :class:`~.scheduling.Scheduler`). :meth:`Admission.answer` sends an
-answer to everyone waiting for it and frees the client's in-flight slot.
+to a service, checked against retries (a request id seen before with the same bytes gets the
+remembered answer, or waits for the one in flight: :mod:`.dedup`), the service's allowed
+clients, draining, the client's in-flight limits (requests and bytes) and the service's queue
+limit, then admitted by the service (answered at once, or queued with the
+:class:`~.scheduling.Scheduler` as part of the client's flow, weighted by its bytes, so each
+client gets a fair share of the worker). :meth:`Admission.answer` sends an answer to everyone
+waiting for it and frees the client's in-flight slot and bytes.
 
 State lives on the server's event loop; nothing here touches a socket beyond
 ``conn.send`` (a non-blocking queue per connection).
@@ -32,7 +34,7 @@ class Peer(Protocol):
 
     client_id: str
     identity: Hashable  #: dedup namespace: client id + session (or this connection)
-    inflight_key: Hashable  #: whose in-flight limit this connection counts against
+    inflight_key: Hashable  #: whose in-flight limits and fair share this connection counts in
 
     def send(self, frame: bytes) -> None: ...
 
@@ -40,13 +42,17 @@ class Peer(Protocol):
 class Admission:
     """Admits requests to ``services`` and routes their answers (see the module docstring).
 
-    ``max_inflight_per_client``: requests a client may have queued or running (OVERLOADED
-    beyond); ``max_queue``: requests queued per service (OVERLOADED beyond).
+    ``max_inflight_per_client``: requests a client may have queued or running;
+    ``max_inflight_bytes_per_client``: their request bytes (a client with nothing in flight
+    may always send one frame); ``max_queue``: requests queued per service (OVERLOADED beyond
+    each).
     """
 
     def __init__(self, services: Iterable[Service], scheduler: Scheduler,
                  metrics: ServerMetrics, dedup: DedupCache, *,
-                 max_inflight_per_client: int = 256, max_queue: int = 4096) -> None:
+                 max_inflight_per_client: int = 256,
+                 max_inflight_bytes_per_client: int = 64 << 20,
+                 max_queue: int = 4096) -> None:
         self.by_kind: dict[type[Service], list[Service]] = {k: [] for k in SERVICE_KINDS.values()}
         for s in services:
             kinds = [k for k in SERVICE_KINDS.values() if isinstance(s, k)]
@@ -57,10 +63,13 @@ class Admission:
         self.metrics = metrics
         self.dedup = dedup
         self.max_inflight_per_client = max_inflight_per_client
+        self.max_inflight_bytes_per_client = max_inflight_bytes_per_client
         self.max_queue = max_queue
         self.draining = False
-        self.inflight: dict[Hashable, int] = {}
+        self.inflight: dict[Hashable, int] = {}  #: requests in flight per client
+        self.inflight_bytes: dict[Hashable, int] = {}  #: their request bytes per client
         self.inflight_total = 0
+        self.inflight_bytes_total = 0
 
     # -- requests --------------------------------------------------------------------
     def on_frame(self, conn: Peer, frame: bytes) -> str | None:
@@ -78,7 +87,7 @@ class Admission:
         m.bytes_in.inc((label,), len(frame))
         rid = req.request_id
         key = (conn.identity, kind.dedup_scope(req), rid)
-        if self._replay(conn, key, label, rid):
+        if self._replay(conn, key, frame, label, rid):
             return None
         if isinstance(target, RequestError):
             self.reply_error(conn, label, rid, target.code, target.message)
@@ -90,10 +99,17 @@ class Admission:
         if self.draining:
             self.reply_error(conn, label, rid, P.ErrorCode.UNAVAILABLE, "server shutting down")
             return None
-        held = self.inflight.get(conn.inflight_key, 0)
+        who, size = conn.inflight_key, len(frame)
+        held = self.inflight.get(who, 0)
         if held >= self.max_inflight_per_client:
             self.reply_error(conn, label, rid, P.ErrorCode.OVERLOADED,
                              f"{held} requests in flight (limit {self.max_inflight_per_client})")
+            return None
+        held_bytes = self.inflight_bytes.get(who, 0)
+        if held and held_bytes + size > self.max_inflight_bytes_per_client:
+            self.reply_error(conn, label, rid, P.ErrorCode.OVERLOADED,
+                             f"{held_bytes} request bytes in flight, {size} more would pass "
+                             f"the limit ({self.max_inflight_bytes_per_client})")
             return None
         try:
             admitted = target.admit(conn.client_id, req, lambda: self._check_queue(target))
@@ -103,17 +119,19 @@ class Admission:
             return None
         target.update_metrics()
         if isinstance(admitted, bytes):  # answered at once, and remembered for retries
-            self.dedup.begin(key, conn)
+            key, _ = self.dedup.begin(key, frame, conn)
             self.dedup.finish(key, admitted)
             m.results.inc((label,))
             m.bytes_out.inc((label,), len(admitted))
             conn.send(admitted)
             return None
-        self.inflight[conn.inflight_key] = held + 1
+        self.inflight[who] = held + 1
+        self.inflight_bytes[who] = held_bytes + size
         self.inflight_total += 1
-        self.dedup.begin(key, conn)
-        self.scheduler.submit(target, Work(rid, admitted, key, conn.inflight_key,
-                                           time.perf_counter()))
+        self.inflight_bytes_total += size
+        key, entry = self.dedup.begin(key, frame, conn)
+        self.scheduler.submit(target, Work(rid, admitted, key, who, time.perf_counter()),
+                              who, size, entry.seal)
         return None
 
     def _check_queue(self, service: Service) -> None:
@@ -134,10 +152,10 @@ class Admission:
         self.reply_error(conn, "", e.request_id, P.ErrorCode.BAD_FRAME, str(e))
         return None
 
-    def _replay(self, conn: Peer, key: Hashable, label: str, rid: int) -> bool:
-        """A retried request id: send the remembered answer, or wait for the one in flight
-        (every frame gets its answer, within reason). False when the id is new."""
-        seen = self.dedup.lookup(key)
+    def _replay(self, conn: Peer, key: Hashable, frame: bytes, label: str, rid: int) -> bool:
+        """A retried request (same id, same bytes): send the remembered answer, or wait for
+        the one in flight (every frame gets its answer, within reason). False when it is new."""
+        seen = self.dedup.lookup(key, frame)
         if seen is None:
             return False
         self.metrics.dedup_hits.inc((label,))
@@ -162,15 +180,19 @@ class Admission:
     # -- answers ---------------------------------------------------------------------
     def answer(self, service: Service, work: Work, frame: bytes, ok: bool) -> None:
         """Send ``frame`` to every connection waiting for ``work`` (remembered for retries
-        when ``ok``) and free its in-flight slot."""
+        when ``ok``) and free its in-flight slot and bytes."""
         entry = self.dedup.finish(work.key, frame if ok else None)
         waiters: Any = entry.waiters if entry is not None else ()
         for conn in waiters:
             conn.send(frame)
         self.metrics.bytes_out.inc((service.name,), len(frame) * len(waiters))
-        left = self.inflight.get(work.inflight_key, 1) - 1
+        who, size = work.inflight_key, entry.size if entry is not None else 0
+        left = self.inflight.get(who, 1) - 1
         if left > 0:
-            self.inflight[work.inflight_key] = left
+            self.inflight[who] = left
+            self.inflight_bytes[who] -= size
         else:
-            self.inflight.pop(work.inflight_key, None)
+            self.inflight.pop(who, None)
+            self.inflight_bytes.pop(who, None)
         self.inflight_total -= 1
+        self.inflight_bytes_total -= size

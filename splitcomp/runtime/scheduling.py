@@ -1,10 +1,11 @@
 """Scheduling: one batcher and one worker thread per service, timeouts, batch accounting.
 
 Each :class:`~.service.Service` gets a :class:`~.batching.Batcher` (dynamic batching on the
-event loop) and a one-thread executor: a batch's :meth:`Service.run` runs there while the
-loop keeps serving, one batch at a time per service. Work queued longer than the request
-timeout is answered TIMEOUT without running. Periodic upkeep (e.g. idle LLM sessions) runs as
-one task per service that asks for it.
+event loop, fair across clients: each client's work is a flow, weighted by its bytes) and a
+one-thread executor: a batch's :meth:`Service.run` runs there while the loop keeps serving,
+one batch at a time per service. Work queued longer than the request timeout is answered
+TIMEOUT without running. Periodic upkeep (e.g. idle LLM sessions) runs as one task per
+service that asks for it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -25,18 +26,28 @@ log = logging.getLogger("splitcomp.runtime")
 
 #: how an answer leaves: (service, work, frame, ok)
 Answer = Callable[[Service, Work, bytes, bool], None]
+#: what runs in the worker thread right before a work's batch (e.g. digesting its frame)
+Prepare = Callable[[], None]
 
 
 class Scheduler:
-    """Batches and runs the admitted work of ``services``; ``answer`` sends each answer."""
+    """Batches and runs the admitted work of ``services``; ``answer`` sends each answer.
+
+    ``max_batch_bytes``: a batch holds at most this many request bytes (at least one
+    request), so one batch of a client's large requests cannot hold the worker for long;
+    ``fair_grace_s``: how long a client just served keeps its turn (:mod:`.batching`).
+    """
 
     def __init__(self, services: Iterable[Service], metrics: ServerMetrics, answer: Answer,
-                 request_timeout_s: float = 30.0) -> None:
+                 request_timeout_s: float = 30.0, *, max_batch_bytes: float = 8 << 20,
+                 fair_grace_s: float = 0.005) -> None:
         self.services = list(services)
         self.metrics = metrics
         self.answer = answer
         self.request_timeout_s = request_timeout_s
-        self._batchers: dict[str, Batcher[Work]] = {}
+        self.max_batch_bytes = max_batch_bytes
+        self.fair_grace_s = fair_grace_s
+        self._batchers: dict[str, Batcher[tuple[Work, Prepare | None]]] = {}
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._upkeep: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -47,7 +58,7 @@ class Scheduler:
         for s in self.services:
             self._executors[s.name] = ThreadPoolExecutor(1, thread_name_prefix=f"svc-{s.name}")
             b = Batcher(partial(self._process, s), s.max_batch_size, s.max_wait_ms / 1000.0,
-                        s.name)
+                        s.name, max_batch_cost=self.max_batch_bytes, grace_s=self.fair_grace_s)
             b.start()
             self._batchers[s.name] = b
             period = s.upkeep_period_s()
@@ -58,8 +69,15 @@ class Scheduler:
         """Work of ``service`` queued and not yet in a batch."""
         return len(self._batchers[service.name])
 
-    def submit(self, service: Service, work: Work) -> None:
-        self._batchers[service.name].submit(work)
+    def submit(self, service: Service, work: Work, flow: Hashable = None, cost: int = 1,
+               prepare: Prepare | None = None) -> None:
+        """Queue ``work`` as part of ``flow`` (whose fair share it takes), weighing ``cost``
+        (bytes); ``prepare`` runs in the worker thread before its batch."""
+        self._batchers[service.name].submit((work, prepare), flow, cost)
+
+    def deferrals(self) -> int:
+        """Requests left for a later batch to keep another client's fair turn."""
+        return sum(b.deferrals for b in self._batchers.values())
 
     async def drain(self, deadline: float) -> None:
         """Wait (until ``deadline``, time.monotonic()) for every queued batch to finish."""
@@ -72,7 +90,7 @@ class Scheduler:
         for s in self.services:
             b = self._batchers.pop(s.name, None)
             if b is not None:
-                left += [(s, w) for w in await b.stop()]
+                left += [(s, w) for w, _ in await b.stop()]
         return left
 
     def close(self) -> None:
@@ -94,11 +112,12 @@ class Scheduler:
             except Exception:  # pragma: no cover - never expected; keep the loop going
                 log.exception("upkeep of %s failed", service.name)
 
-    async def _process(self, service: Service, items: list[Work]) -> None:
+    async def _process(self, service: Service, items: list[tuple[Work, Prepare | None]]
+                       ) -> None:
         """Run one batch in the service's worker thread, then answer every request."""
         start = time.perf_counter()
-        live = []
-        for w in items:
+        live, prepares = [], []
+        for w, prepare in items:
             waited = start - w.arrival
             if waited > self.request_timeout_s:
                 service.settle(w, False)
@@ -107,12 +126,14 @@ class Scheduler:
                     f"queued {waited:.1f} s (limit {self.request_timeout_s} s)"), False)
             else:
                 live.append(w)
+                if prepare is not None:
+                    prepares.append(prepare)
         if not live:
             return
         assert self._loop is not None
         try:
             result = await self._loop.run_in_executor(self._executors[service.name],
-                                                      service.run, live, start)
+                                                      _run, service, live, start, prepares)
         except Exception as e:
             log.exception("batch of %s failed", service.name)
             for w in live:
@@ -146,3 +167,11 @@ class Scheduler:
                 m.error(service.name, code.name)
             self.answer(service, w, frame, ok)
         service.update_metrics(result)
+
+
+def _run(service: Service, batch: list[Work], start: float, prepares: list[Prepare]
+         ) -> BatchResult:
+    """The worker thread's part: the batch's preparations, then :meth:`Service.run`."""
+    for prepare in prepares:
+        prepare()
+    return service.run(batch, start)

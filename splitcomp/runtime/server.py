@@ -3,9 +3,11 @@
 
 :class:`Server` owns the sockets: the handshake (bearer token checked, nothing decoded
 before), ``GET /metrics`` (Prometheus text) and ``GET /healthz`` on the same port, one read
-loop and one writer task per connection, and the lifecycle (start, graceful stop, serve until
-a signal). What happens to a received frame is not its job: :class:`~.admission.Admission`
-admits it (routing, limits, dedup) to a :class:`~.service.Service` (a vision
+loop and one writer task per connection with backpressure (a connection whose answers are not
+read is not read either, and is closed past a bound), and the lifecycle (start, graceful stop,
+serve until a signal). What happens to a received frame is not its job:
+:class:`~.admission.Admission` admits it (routing, limits, dedup) to a
+:class:`~.service.Service` (a vision
 :class:`~.deployment.Deployment`, an :class:`~.llm.LLMDeployment`), whose batches the
 :class:`~.scheduling.Scheduler` runs in one worker thread per service while the event loop
 keeps serving; answers come back through each connection's writer.
@@ -23,7 +25,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -52,33 +54,78 @@ _SESSION_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 Services = Service | Iterable[Service] | Mapping[str, Service]
 
+#: received frames a connection may hold unread, in bytes: websockets' queue of incoming
+#: frames is sized from it and the largest frame (2 to 64 frames)
+INPUT_BUFFER_BYTES = 16 << 20
+#: bytes of the socket's write buffer above which sending waits (websockets' write_limit)
+WRITE_LIMIT_BYTES = 32 << 10
+#: close code (policy violation) for a connection that left too many answers unread
+CLOSE_ANSWERS_UNREAD = 1008
+
+
+def input_queue_frames(max_frame_bytes: int) -> int:
+    """How many received frames a connection buffers before it stops reading the socket."""
+    return max(2, min(64, INPUT_BUFFER_BYTES // max(max_frame_bytes, 1)))
+
 
 @dataclass(eq=False)
 class _Conn:
-    """One client connection and its writer: responses are queued and sent in order by one
-    task, so a slow client never holds up the event loop or other clients."""
+    """One client connection and its writer: answers are queued and sent in order by one
+    task, so a slow client never holds up the event loop or other clients.
+
+    Backpressure: once more than ``pause_bytes`` of answers wait to be sent (the client is not
+    reading them), :attr:`resume` is cleared and the server reads no more requests from it
+    until half of that is left; past ``max_bytes`` the queue is dropped and
+    ``on_overflow`` closes the connection."""
 
     ws: ServerConnection
     client_id: str
     identity: Hashable  #: dedup namespace: client id + session (or this connection)
-    inflight_key: Hashable  #: whose in-flight limit this connection counts against
+    inflight_key: Hashable  #: whose in-flight limits and fair share this connection counts in
+    pause_bytes: int = 1 << 20
+    max_bytes: int = 32 << 20
+    on_overflow: Callable[[_Conn], None] | None = None
     out: deque = field(default_factory=deque)
+    out_bytes: int = 0  #: answer bytes queued, the one being written included
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    resume: asyncio.Event = field(default_factory=asyncio.Event)  #: set: reading allowed
     closed: bool = False
+    closer: asyncio.Task | None = None  #: closing it for unread answers
+
+    def __post_init__(self) -> None:
+        self.resume.set()
 
     def send(self, frame: bytes) -> None:
-        if not self.closed:
-            self.out.append(frame)
-            self.wake.set()
+        if self.closed:
+            return
+        self.out.append(frame)
+        self.out_bytes += len(frame)
+        if self.out_bytes > self.max_bytes:  # drop it all, wake the reader and writer to end
+            self.closed = True
+            self.out.clear()
+            self.out_bytes = 0
+            self.resume.set()
+            if self.on_overflow is not None:
+                self.on_overflow(self)
+        elif self.out_bytes > self.pause_bytes:
+            self.resume.clear()
+        self.wake.set()
 
     async def write_loop(self) -> None:
         out, wake, ws = self.out, self.wake, self.ws
         try:
-            while True:
+            while not self.closed:
                 await wake.wait()
                 wake.clear()
-                while out:
-                    await ws.send(out.popleft())
+                while out and not self.closed:
+                    frame = out[0]
+                    await ws.send(frame)  # waits while the socket's write buffer is full
+                    if self.closed:
+                        break
+                    out.popleft()
+                    self.out_bytes -= len(frame)
+                    if self.out_bytes <= self.pause_bytes // 2:
+                        self.resume.set()
         except ConnectionClosed:
             pass
         except Exception:  # pragma: no cover - never expected; keep the server up
@@ -86,6 +133,8 @@ class _Conn:
         finally:
             self.closed = True
             out.clear()
+            self.out_bytes = 0
+            self.resume.set()
 
 
 class Server:
@@ -97,24 +146,29 @@ class Server:
     tokens-file path or a ``{client_id: token}`` mapping; None leaves the server open (every
     client is ``anonymous``). ``tls``: an ``ssl.SSLContext`` or ``(cert path, key path)``.
     ``max_frame_bytes``: larger frames close the connection (code 1009).
-    ``max_inflight_per_client`` and ``max_queue`` (per service) bound the work a client, and
-    all clients, can queue: beyond them requests are answered OVERLOADED. Requests queued
-    longer than ``request_timeout_s`` are answered TIMEOUT without running. ``dedup_*`` size
-    the memory of recent answers (see :mod:`.dedup`). ``metrics_public``: serve ``/metrics``
-    without a token.
+    ``max_inflight_per_client``, ``max_inflight_bytes_per_client`` and ``max_queue`` (per
+    service) bound the work a client, and all clients, can queue: beyond them requests are
+    answered OVERLOADED. A client is its token's identity (without tokens: its session, else
+    its connection); clients share each service's worker fairly, by request bytes
+    (``max_batch_bytes`` per batch, ``fair_grace_ms``: :mod:`.batching`). Requests queued
+    longer than ``request_timeout_s`` are answered TIMEOUT without running. A connection that
+    leaves more than ``output_pause_bytes`` of answers unread is not read from until it
+    catches up, and is closed (1008) past ``max_output_bytes``. ``dedup_*`` size the memory
+    of recent answers (see :mod:`.dedup`). ``metrics_public``: serve ``/metrics`` without a
+    token (with tokens it takes a valid one by default; ``/healthz`` is always open).
     """
 
     def __init__(self, deployments: Services = (), host: str = "127.0.0.1", port: int = 0, *,
                  tokens: Tokens | str | Path | Mapping[str, str] | None = None,
-                 tls: TlsLike = None,
-                 max_frame_bytes: int = 16 << 20,
+                 tls: TlsLike = None, max_frame_bytes: int = 16 << 20,
                  max_inflight_per_client: int = 256,
-                 max_queue: int = 4096,
-                 max_connections: int = 10_000,
+                 max_inflight_bytes_per_client: int = 64 << 20,
+                 max_queue: int = 4096, max_connections: int = 10_000,
                  request_timeout_s: float = 30.0,
+                 max_batch_bytes: int = 8 << 20, fair_grace_ms: float = 5.0,
+                 output_pause_bytes: int = 1 << 20, max_output_bytes: int = 32 << 20,
                  dedup_entries: int = 65536, dedup_bytes: int = 64 << 20,
-                 dedup_ttl_s: float = 60.0,
-                 metrics_public: bool = True,
+                 dedup_ttl_s: float = 60.0, metrics_public: bool = False,
                  ping_interval: float | None = 20.0,
                  llm: Iterable[Service] = ()) -> None:
         if isinstance(deployments, Service):
@@ -134,25 +188,34 @@ class Server:
         self.host = host
         self.port = port
         self.ssl = server_context(tls)
+        if not 0 < output_pause_bytes <= max_output_bytes:
+            raise ValueError("need 0 < output_pause_bytes <= max_output_bytes")
         self.max_frame_bytes = max_frame_bytes
         self.max_connections = max_connections
+        self.output_pause_bytes = output_pause_bytes
+        self.max_output_bytes = max_output_bytes
         self.metrics_public = metrics_public
         self.ping_interval = ping_interval
         self._conns: set[_Conn] = set()
+        self._closing: set[asyncio.Task] = set()  #: closes of connections that overflowed
         # accepted handshakes waiting for their handler (weak: a connection lost in between
         # leaves nothing behind)
         self._handshakes: weakref.WeakKeyDictionary[ServerConnection, tuple[str, str | None]] = (
             weakref.WeakKeyDictionary())
-        self.metrics = ServerMetrics(inflight=lambda: self.admission.inflight_total,
-                                     connections=lambda: len(self._conns),
-                                     loop_cpu=self._loop_cpu)
+        self.metrics = ServerMetrics(
+            inflight=lambda: self.admission.inflight_total,
+            connections=lambda: len(self._conns), loop_cpu=self._loop_cpu,
+            inflight_bytes=lambda: self.admission.inflight_bytes_total,
+            output_bytes=self.output_bytes, deferrals=lambda: self.scheduler.deferrals())
         for s in self.services.values():
             s.attach(self.metrics.registry)
         self.dedup = DedupCache(dedup_entries, dedup_bytes, dedup_ttl_s)
         self.scheduler = Scheduler(self.services.values(), self.metrics, self._answer,
-                                   request_timeout_s)
+                                   request_timeout_s, max_batch_bytes=max_batch_bytes,
+                                   fair_grace_s=fair_grace_ms / 1000.0)
         self.admission = Admission(self.services.values(), self.scheduler, self.metrics,
                                    self.dedup, max_inflight_per_client=max_inflight_per_client,
+                                   max_inflight_bytes_per_client=max_inflight_bytes_per_client,
                                    max_queue=max_queue)
         self._ws_server: Any = None
         self._loop_thread: int | None = None
@@ -185,7 +248,8 @@ class Server:
         self._ws_server = await ws_serve(
             self._handler, self.host, self.port, ssl=self.ssl,
             process_request=self._process_request, process_response=self._process_response,
-            max_size=self.max_frame_bytes, compression=None, max_queue=64,
+            max_size=self.max_frame_bytes, compression=None,
+            max_queue=input_queue_frames(self.max_frame_bytes), write_limit=WRITE_LIMIT_BYTES,
             ping_interval=self.ping_interval, server_header="splitcomp",
         )
         self.port = self._ws_server.sockets[0].getsockname()[1]
@@ -214,9 +278,13 @@ class Server:
             lingering = list(self._ws_server.handler_tasks)
             log.warning("%d connection(s) still open after the grace period: dropped",
                         len(lingering))
+            for c in self._conns:
+                c.ws.transport.abort()
             for task in lingering:
                 task.cancel()
             await asyncio.wait(lingering, timeout=1.0)
+        if self._closing:
+            await asyncio.wait(self._closing, timeout=2.0)
         for service, work in await self.scheduler.stop():
             service.settle(work, False)
             self._answer(service, work, P.encode_error(work.request_id, P.ErrorCode.UNAVAILABLE,
@@ -254,6 +322,10 @@ class Server:
         """Run this server on its own event loop in a daemon thread (tests, demos)."""
         return BackgroundServer(self, timeout_s)
 
+    def output_bytes(self) -> int:
+        """Answer bytes queued on all connections (read on the server's loop)."""
+        return sum(c.out_bytes for c in self._conns)
+
     def _loop_cpu(self) -> float:
         """CPU seconds of the event-loop thread (metrics render on that thread)."""
         return time.thread_time() if self._loop_thread == threading.get_ident() else math.nan
@@ -261,11 +333,11 @@ class Server:
     # -- handshake -------------------------------------------------------------------
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
-        if path in ("/metrics", "/healthz"):
+        if path == "/healthz":
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        if path == "/metrics":
             if not self.metrics_public and self._client_of(request) is None:
                 return self._refuse(connection, "unauthorized")
-            if path == "/healthz":
-                return connection.respond(HTTPStatus.OK, "ok\n")
             resp = connection.respond(HTTPStatus.OK, self.metrics.render())
             del resp.headers["Content-Type"]
             resp.headers["Content-Type"] = CONTENT_TYPE
@@ -315,13 +387,19 @@ class Server:
         client_id, session = meta
         identity = (client_id, session) if session else (client_id, "connection", ws.id)
         inflight_key = client_id if self.tokens is not None else identity
-        conn = _Conn(ws, client_id, identity, inflight_key)
+        conn = _Conn(ws, client_id, identity, inflight_key, self.output_pause_bytes,
+                     self.max_output_bytes, self._overflowed)
         self._conns.add(conn)
         self.metrics.connections_total.inc()
         writer = asyncio.create_task(conn.write_loop())
         on_frame = self.admission.on_frame
         try:
-            async for frame in ws:
+            while not conn.closed:
+                if not conn.resume.is_set():  # answers pile up unread: stop reading requests
+                    self.metrics.reads_paused.inc()
+                    await conn.resume.wait()
+                    continue
+                frame = await ws.recv()
                 if isinstance(frame, str):
                     await ws.close(P.CLOSE_UNSUPPORTED_DATA, "binary frames only")
                     break
@@ -330,6 +408,8 @@ class Server:
                     await ws.send(P.encode_error(P.NO_REQUEST_ID, P.ErrorCode.BAD_FRAME, problem))
                     await ws.close(P.CLOSE_PROTOCOL_ERROR, "unparsable frame")
                     break
+            if conn.closer is not None:
+                await conn.closer
         except ConnectionClosed:
             pass
         except Exception:  # never let one connection take the server down
@@ -339,8 +419,27 @@ class Server:
             writer.cancel()
             self._conns.discard(conn)
 
+    def _overflowed(self, conn: _Conn) -> None:
+        """``conn`` left more than ``max_output_bytes`` unread: its answers are dropped and
+        the connection closed (1008; after websockets' close timeout if it never reads)."""
+        self.metrics.output_overflows.inc()
+        log.warning("closing a connection of %r: more than %d answer bytes unread",
+                    conn.client_id, self.max_output_bytes)
+        task = conn.closer = asyncio.get_running_loop().create_task(_close_unread(conn.ws))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     def _answer(self, service: Service, work: Work, frame: bytes, ok: bool) -> None:
         self.admission.answer(service, work, frame, ok)
+
+
+async def _close_unread(ws: ServerConnection) -> None:
+    """Close (1008) a connection whose answers are not read; a peer that does not read
+    the close frame either is dropped after a second."""
+    try:
+        await asyncio.wait_for(ws.close(CLOSE_ANSWERS_UNREAD, "answers not read"), 1.0)
+    except TimeoutError:
+        ws.transport.abort()
 
 
 class BackgroundServer:

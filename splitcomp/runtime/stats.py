@@ -208,7 +208,10 @@ class ServerMetrics:
 
     def __init__(self, inflight: Callable[[], float] | None = None,
                  connections: Callable[[], float] | None = None,
-                 loop_cpu: Callable[[], float] | None = None) -> None:
+                 loop_cpu: Callable[[], float] | None = None,
+                 inflight_bytes: Callable[[], float] | None = None,
+                 output_bytes: Callable[[], float] | None = None,
+                 deferrals: Callable[[], float] | None = None) -> None:
         r = self.registry = Registry()
         self.started = time.monotonic()
         d = ("deployment",)
@@ -254,11 +257,28 @@ class ServerMetrics:
                                                 ("reason",)))
         self.connections_total = r.add(Counter("splitcomp_connections_total",
                                                "WebSocket connections accepted."))
+        self.reads_paused = r.add(Counter(
+            "splitcomp_reads_paused_total",
+            "Times a connection's reading paused: its answers were not being read."))
+        self.output_overflows = r.add(Counter(
+            "splitcomp_output_overflows_total",
+            "Connections closed (1008) for leaving more answer bytes unread than allowed."))
         if connections is not None:
             r.add(Gauge("splitcomp_connections", "Open WebSocket connections.", fn=connections))
         if inflight is not None:
             r.add(Gauge("splitcomp_inflight", "Requests accepted and not yet answered.",
                         fn=inflight))
+        if inflight_bytes is not None:
+            r.add(Gauge("splitcomp_inflight_bytes",
+                        "Request frame bytes accepted and not yet answered.", fn=inflight_bytes))
+        if output_bytes is not None:
+            r.add(Gauge("splitcomp_output_bytes",
+                        "Answer bytes queued in the server, not yet taken by the socket.",
+                        fn=output_bytes))
+        if deferrals is not None:
+            r.add(Gauge("splitcomp_fair_deferrals_total",
+                        "Requests left for a later batch to keep another client's fair turn.",
+                        fn=deferrals, kind="counter"))
         if loop_cpu is not None:
             r.add(Gauge("splitcomp_loop_cpu_seconds_total",
                         "CPU of the event-loop thread (sockets, frames, routing, batching).",

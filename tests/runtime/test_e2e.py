@@ -91,13 +91,15 @@ def test_wrong_or_missing_token_is_refused_at_the_handshake(r20, start_server) -
     assert total(s, "splitcomp_requests_total") == 1  # nothing else reached the frame parser
 
 
-def test_private_metrics_need_a_token(r20, start_server) -> None:
-    srv = start_server(Deployment("r20", r20.tail), tokens=TOKENS, metrics_public=False)
+def test_metrics_need_a_token_by_default(r20, start_server) -> None:
+    srv = start_server(Deployment("r20", r20.tail), tokens=TOKENS)
     with pytest.raises(urllib.error.HTTPError) as info:
         fetch_metrics(srv.url)
     assert info.value.code == 401
     info.value.close()
     assert "splitcomp_requests_total" in fetch_metrics(srv.url, token=TOKENS["bob"])
+    public = start_server(Deployment("r20", r20.tail), tokens=TOKENS, metrics_public=True)
+    assert "splitcomp_requests_total" in fetch_metrics(public.url)
 
 
 def test_sync_client_is_shared_by_threads(r20, start_server) -> None:
@@ -415,7 +417,7 @@ def test_metrics_endpoint_counts_match(r20, start_server) -> None:
             assert P.parse_response(ws.recv(timeout=5)).code is ErrorCode.BAD_BITSTREAM
             ws.send(P.encode_request(1000, "zzz", b"x"))
             assert P.parse_response(ws.recv(timeout=5)).code is ErrorCode.UNKNOWN_DEPLOYMENT
-    text = fetch_metrics(srv.url)
+    text = fetch_metrics(srv.url, token=TOKENS["bob"])
     s = parse_prometheus(text)
     assert total(s, "splitcomp_requests_total") == 8
     assert total(s, "splitcomp_requests_total", deployment="r20") == 7
@@ -461,5 +463,5 @@ def test_tls_round_trip(r20, start_server, tmp_path) -> None:
                      timeout_s=5) as c:  # the self-signed cert is not trusted by default
         with pytest.raises(OSError):
             c.infer(x)
-    s = parse_prometheus(fetch_metrics(srv.url, ca=cert))
+    s = parse_prometheus(fetch_metrics(srv.url, token=TOKENS["bob"], ca=cert))
     assert total(s, "splitcomp_results_total") == 1

@@ -116,7 +116,7 @@ def test_a_new_service_kind_on_the_real_server(echo_kind) -> None:
             assert P.parse_response(ws.recv(timeout=10)).code is ErrorCode.BAD_INPUT
             ws.send(echo_request(9, "nope", b"x"))
             assert P.parse_response(ws.recv(timeout=10)).code is ErrorCode.UNKNOWN_DEPLOYMENT
-            ws.send(echo_request(1, "e", b"ignored"))  # a retried id: the remembered answer
+            ws.send(echo_request(1, "e", b"abc0"))  # a retried id: the remembered answer
             assert bytes(P.parse_response(ws.recv(timeout=10)).bitstream) == b"ABC0"
     finally:
         bg.stop(grace_s=2.0)
