@@ -19,7 +19,12 @@ Entropy tables (:meth:`TokenwiseContext.tables`) are derived, never sent: for a 
 (in units of ``S * w``) and a token scale code, the probability of each symbol is the mass of
 its cell under the channel's piecewise-linear CDF through the knots (plus a small floor);
 channels are grouped by the half-width ``K`` of their alphabet (a power of two, 2 .. 256), and
-symbol ``2K + 1`` of a group is the escape (the value follows as a varint).
+symbol ``2K + 1`` of a group is the escape (the value follows as a varint). A table set costs
+``8 * sum(2K + 2)`` bytes (16 MB for 4096 channels at ``K = 256``) and time to match, and any
+row of a stream may name another scale code: :meth:`TokenwiseContext.table_cells` gives its
+size before it is built (the codec bounds each stream's work with it) and the per-context cache
+keeps at most :data:`TABLE_CACHE` sets and :data:`TABLE_CACHE_BYTES` bytes, least recently
+used evicted first.
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ K_MAX = 256
 #: probability floor of every symbol (relative), so no symbol is ever impossible
 FLOOR = 1e-6
 _MAX_CHANNELS = 1 << 16
-#: table sets kept per context (one per level and token scale code in use)
+#: table sets kept per context (one per level and token scale code in use), and their bytes
 TABLE_CACHE = 48
+TABLE_CACHE_BYTES = 64 << 20
 
 
 def token_factor(code: np.ndarray | int) -> np.ndarray:
@@ -85,7 +91,9 @@ class TokenwiseContext:
     delta: np.ndarray
     knots: np.ndarray
     code_counts: np.ndarray
-    _tables: dict = field(default_factory=dict, repr=False)
+    _tables: dict = field(default_factory=dict, repr=False)  #: (step, code) -> tables, LRU
+    _table_bytes: int = field(default=0, repr=False)
+    _cells: dict = field(default_factory=dict, repr=False)  #: (step, code) -> table cells
 
     @property
     def channels(self) -> int:
@@ -165,21 +173,49 @@ class TokenwiseContext:
         return (p / p.sum())[None, :]
 
     def tables(self, step: float, code: int) -> list[Table]:
-        """Entropy tables (cached) of a token with scale ``code`` at ``step``."""
+        """Entropy tables of a token with scale ``code`` at ``step``, from the cache (least
+        recently used sets evicted beyond :data:`TABLE_CACHE` sets or
+        :data:`TABLE_CACHE_BYTES`: a hostile sender may cycle through codes)."""
         key = (float(step), int(code))
-        hit = self._tables.get(key)
+        hit = self._tables.pop(key, None)
         if hit is None:
-            if len(self._tables) >= TABLE_CACHE:  # a hostile sender may cycle through codes
-                self._tables.pop(next(iter(self._tables)))
-            hit = self._tables[key] = self._build_tables(step, int(code))
+            hit = self._build_tables(step, int(code))
+            self._table_bytes += _nbytes(hit)
+        self._tables[key] = hit  # most recently used last
+        while len(self._tables) > 1 and (len(self._tables) > TABLE_CACHE
+                                         or self._table_bytes > TABLE_CACHE_BYTES):
+            self._table_bytes -= _nbytes(self._tables.pop(next(iter(self._tables))))
         return hit
 
-    def _build_tables(self, step: float, code: int) -> list[Table]:
+    def clear_tables(self) -> None:
+        """Forget the cached tables (after the fields they derive from changed)."""
+        self._tables.clear()
+        self._cells.clear()
+        self._table_bytes = 0
+
+    def table_cells(self, step: float, code: int) -> int:
+        """Probabilities in the table set of scale ``code`` at ``step`` (``sum(2K + 2)`` over
+        channels; 8 bytes each), without building it."""
+        key = (float(step), int(code))
+        cells = self._cells.get(key)
+        if cells is None:
+            if len(self._cells) >= 4 * (CODE_MAX + 1):
+                self._cells.clear()
+            _, k = self._alphabets(step, int(code))
+            cells = self._cells[key] = int(2 * k.sum() + 2 * k.size)
+        return cells
+
+    def _alphabets(self, step: float, code: int) -> tuple[float, np.ndarray]:
+        """One step in units of z, and each channel's alphabet half-width ``K``."""
         f = float(token_factor(code))
         width = step * f ** (self.alpha - 1.0)  # one step in units of z
         reach = np.maximum(np.abs(self.knots[:, 0]), np.abs(self.knots[:, -1])) / width
         k_need = np.ceil(reach - 0.5 - self.theta).clip(0) + 1
         k = np.minimum(np.exp2(np.ceil(np.log2(np.maximum(k_need, 2)))), K_MAX).astype(np.int64)
+        return width, k
+
+    def _build_tables(self, step: float, code: int) -> list[Table]:
+        width, k = self._alphabets(step, code)
         out = []
         for kg in np.unique(k):
             ch = np.flatnonzero(k == kg)
@@ -197,6 +233,10 @@ class TokenwiseContext:
             probs /= probs.sum(axis=1, keepdims=True)
             out.append(Table(ch, kg, probs))
         return out
+
+
+def _nbytes(tables: list[Table]) -> int:
+    return sum(t.probs.nbytes + t.channels.nbytes for t in tables)
 
 
 #: the contexts this process holds (64 at most, least recently used forgotten first: a server
@@ -262,4 +302,4 @@ def fit_offsets(ctx: TokenwiseContext, hidden: np.ndarray, step: float) -> None:
     nz = q != 0
     gap = np.where(nz, np.abs(q) - np.abs(u), 0.0).sum(0) / np.maximum(nz.sum(0), 1)
     ctx.delta = (np.clip(np.rint(gap * 256), 0, 127) / 256).astype(np.float32)
-    ctx._tables.clear()
+    ctx.clear_tables()

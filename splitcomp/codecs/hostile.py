@@ -13,6 +13,10 @@ under 1 KB whose container header claims a given shape, with payloads that are
   blocks (``zstd_rle``), a pcodec stream of one value (``pco_short``), a block of 2**20
   values for one scale (``wide_block``).
 
+:func:`tokenwise_codes_bomb` is the one that needs a session context (an LLM client uploads
+its own at OPEN): a context whose every table is as large as the format allows, and a stream
+whose rows name ever other scale codes, each a table set to build.
+
 Every stream is a well-formed container (magic, CRC, payload lengths), so the codec's own
 parser is reached. Nothing here is needed to encode or decode.
 """
@@ -24,11 +28,14 @@ import struct
 import zlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
+from ._tokenwise_context import CODE_MAX, TokenwiseContext
 from .base import Codec
 from .bytes_io import put_varint
 from .container import _codec_head, _tensor_head, peek
+from .contexts import context_scope
 from .registry import get
 
 #: the most bytes a hostile stream may take
@@ -109,3 +116,30 @@ def bombs(name: str, shape: Sequence[int]) -> dict[str, bytes]:
         per = get("int8", per_channel=True, axis=1)
         out["channels"] = stream(per, shape, bytes(16))
     return {k: v for k, v in out.items() if len(v) < MAX_BOMB_BYTES}
+
+
+def tokenwise_codes_bomb(channels: int = 4096, payload_bytes: int = 960,
+                         bytes_per_row: int = 8, spread: bool = True, seed: int = 0
+                         ) -> tuple[bytes, bytes]:
+    """(context bytes, stream): a ``tokenwise`` context whose every channel has the widest
+    alphabet (K = 256: knots at +-60000) with all its mass on zero (symbols cost nothing) and
+    equally likely scale codes; and a stream of ``payload_bytes`` of pseudo-random rANS words
+    claiming ``payload_bytes // bytes_per_row`` rows (8: an LLM server's default minimum per
+    token). Decoded, each row names a scale code drawn nearly at random among 128 (~7 bits
+    apiece), each one a table set of 8 * 514 * ``channels`` bytes to build (16 MB, ~0.1 s for
+    4096 channels). With ``spread=False`` the context makes code 127 all but certain: one
+    build, then every row reads those tables (~4 ms a row for 4096 channels). The stream fails
+    its final check: the work happens before that."""
+    p16 = np.array([0, 1, 32767, 65534, 65535], np.float64)
+    knots = np.tile([-60000.0, 0.0, 0.0, 0.0, 60000.0], (channels, 1))
+    ctx = TokenwiseContext(1.0, 0.0, 0.0, p16 / 65535, np.zeros(channels, np.float32),
+                           np.full(channels, 128, np.uint8), np.zeros(channels, np.float32),
+                           knots, np.ones(CODE_MAX + 1, np.int64) if spread
+                           else np.eye(CODE_MAX + 1, dtype=np.int64)[CODE_MAX] * 65535)
+    data = ctx.to_bytes()
+    ctx = TokenwiseContext.from_bytes(data)
+    with context_scope({ctx.context_id: ctx}):
+        codec = get("tokenwise", context=ctx.context_id)
+    words = np.random.default_rng(seed).integers(1, 1 << 32, payload_bytes // 4, np.uint64)
+    payload = words.astype("<u4").tobytes()
+    return data, stream(codec, (payload_bytes // bytes_per_row, channels), payload)

@@ -24,6 +24,13 @@ Self-contained mode (``context=0``, the default; any tensor): rows along the las
 with a float32 step ``2**(level / 8) * median|row|`` (at least ``max|row| * 2**-20``), symbols
 ``rint(x / step)`` coded by :func:`.entropy.encode_symbols` with a table in the stream.
 
+Decoding work (context mode) is bounded by the bytes sent: each row may name another scale
+code, whose tables cost time and memory to build (up to ~0.1 s and 16 MB for 4096 channels)
+and to read (every row), so a stream whose work (:func:`stream_work`: builds of its distinct
+codes, rows read) exceeds :func:`work_budget` of its payload is refused with
+:class:`~.errors.BitstreamError` before the build that would pass it; the encoder refuses
+(ValueError) to write such a stream, so a real one is never refused.
+
 Payload layout of both modes: ``docs/bitstream.md``, section "tokenwise".
 """
 
@@ -77,6 +84,29 @@ Q_MAX = 1 << 28
 #: rows (tokens) a context-mode payload may hold per byte: a decoder's work stays bounded by
 #: the bytes it was sent, whatever the claimed shape (real tokens cost ~100x that)
 ROWS_PER_BYTE = 4
+#: decoding work, in units of one table probability read by the rANS decoder (~2 ns here):
+#: building a table costs BUILD_CELL per probability plus BUILD_CHANNEL per channel (its
+#: Python loop), reading a row costs one per probability of its tables
+BUILD_CELL, BUILD_CHANNEL = 32, 800
+#: the work any stream may cost (~0.25 s: a few builds of the largest tables), and per byte
+#: of payload on top (a real token pays ~50x less per byte)
+FREE_WORK, WORK_PER_BYTE = 1 << 27, 1 << 13
+
+
+def work_budget(payload_bytes: int) -> int:
+    """The decoding work a context-mode payload of this size may cost."""
+    return FREE_WORK + WORK_PER_BYTE * payload_bytes
+
+
+def stream_work(ctx: TokenwiseContext, step: float, codes: np.ndarray) -> int:
+    """The decoding work of rows with scale ``codes`` at ``step``: each distinct code's tables
+    built once (whether cached or not: the figure depends on the stream alone) and read once
+    per row."""
+    work = 0
+    for code, rows in zip(*np.unique(codes, return_counts=True), strict=True):
+        cells = ctx.table_cells(step, int(code))
+        work += BUILD_CELL * cells + BUILD_CHANNEL * ctx.channels + int(rows) * cells
+    return work
 
 
 def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -183,6 +213,11 @@ class TokenwiseCodec(SessionContextCodec):
             out += tail + bytes(pad) + struct.pack("<I", len(tail))
         if x2.shape[0] > ROWS_PER_BYTE * len(out):
             raise ValueError("tokenwise: rows too cheap for this context (degenerate calibration)")
+        work = stream_work(ctx, self.step, codes)
+        if work > work_budget(len(out)):
+            raise ValueError(f"tokenwise: these rows would cost a decoder {work} units of work, "
+                             f"more than {len(out)} bytes allow ({work_budget(len(out))}): "
+                             f"send fewer rows per stream (their scales span too many codes)")
         return bytes(out)
 
     def _decode_context(self, payload: memoryview, r: int, c: int) -> np.ndarray:
@@ -205,10 +240,19 @@ class TokenwiseCodec(SessionContextCodec):
         esc_at: list[tuple[int, np.ndarray, int]] = []
         codes = np.zeros(r, np.int64)
         code_probs = ctx.code_probs
+        budget, work = work_budget(len(payload)), 0
+        named: dict[int, tuple[list, int]] = {}  # code -> its tables and cells, in this stream
         for row in range(r):
             require(not coder.is_empty(), "tokenwise: rANS data ends early")
             codes[row] = code = int(coder.read_rows(code_probs)[0])
-            for t in ctx.tables(self.step, code):
+            tables, cells = named.get(code) or (None, ctx.table_cells(self.step, code))
+            work += cells if tables else cells + BUILD_CELL * cells + BUILD_CHANNEL * c
+            require(work <= budget, f"tokenwise: the stream costs more decoding work than "
+                    f"its {len(payload)} bytes allow (row {row}, {len(named)} scale codes)")
+            if tables is None:  # held for this stream even if the context's cache drops it
+                tables = ctx.tables(self.step, code)
+                named[code] = tables, cells
+            for t in tables:
                 sym = np.asarray(coder.read_rows(t.probs), np.int64)
                 esc = sym == 2 * t.k + 1
                 q[row, t.channels] = sym - t.k

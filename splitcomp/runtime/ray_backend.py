@@ -5,19 +5,30 @@ the response body is the binary response frame (result or typed error), status 2
 from all clients are batched by ``@serve.batch`` (``max_batch_size``, ``batch_wait_timeout_s``
 = ``max_wait_ms / 1000``) and handed to :func:`~splitcomp.runtime.handler.handle_frames`, the
 request path of the embedded server without its transport: vision tails and LLM sessions
-alike (sessions are bound to the client id of the bearer token). A missing or wrong bearer
-token gets HTTP 401 and a frame above ``max_frame_bytes`` HTTP 413, both before any decoding.
-No request-id deduplication (HTTP has no session). LLM sessions live in the replica that
-opened them and Serve does not route a session back to its replica, so an application with LLM
-deployments runs one replica; see docs/scale-out.md. Needs the ``ray`` extra
-(``pip install .[ray]``).
+alike (sessions are bound to the client id of the bearer token).
+
+Guards, twice: :class:`ProxyGuard` runs in Serve's HTTP proxy (installed by :func:`start`)
+and refuses, before anything reaches a replica, a missing or wrong bearer token on every path
+but ``/-/healthz`` (401; ``/-/routes`` included) and a body past ``max_frame_bytes`` (413,
+from its Content-Length or as soon as a chunked body's running total passes it); each
+:class:`TailReplica` checks the same again (its own gRPC port can be reached without the
+proxy) and puts a :class:`~splitcomp.runtime.handler.FrontGate` before its batches: retries
+with the same ``X-Splitcomp-Session``, request id and bytes answered once, per-client
+in-flight limits (requests, bytes). Both are per replica. A local Ray started for a loopback
+``host`` binds all its ports there. LLM sessions live in the replica that opened them and
+Serve does not route a session back to its replica, so an application with LLM deployments
+runs one replica; see docs/scale-out.md. Needs the ``ray`` extra (``pip install .[ray]``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import http.client
+import ipaddress
+import os
+import pickle
 import threading
 import time
 import urllib.parse
@@ -28,27 +39,90 @@ from typing import Any
 import ray
 import torch
 from ray import serve
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from . import protocol as P
 from .auth import Tokens
+from .dedup import DedupCache
 from .deployment import zoo_deployment
-from .handler import handle_frames
+from .handler import SESSION_RE, FrontGate, handle_frames
 from .service import Service
 
 DEFAULT_ROUTE = "/splitcomp"
 FRAME_TYPE = "application/octet-stream"
+#: the environment variable carrying :class:`ProxyGuard`'s settings into Serve's proxy
+GUARD_ENV = "SPLITCOMP_RAY_PROXY_GUARD"
+#: Serve's hook for middlewares in its HTTP proxy (``HTTPOptions.middlewares`` is gone)
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+OPEN_PATHS = frozenset({"/-/healthz"})  #: answered without a token (like /healthz embedded)
 
 DeploymentSource = Sequence[Service] | Callable[[], Sequence[Service]]
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None as soon as it is known to pass ``limit`` bytes (from its
+    Content-Length, or its running total while streaming: a chunked body is never held
+    beyond the limit)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        return None
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _bind_replica_grpc() -> None:
+    """Serve 2.60 binds each replica's inter-deployment gRPC server to ``[::]:0`` whatever the
+    node's address; on a node whose Ray runs on a loopback address, bind it there too (a
+    private hook, skipped when Serve's internals differ)."""
+    try:
+        from ray.serve._private import replica as internals
+
+        node_ip = ray.util.get_node_ip_address()
+        add_port = internals.add_port_to_grpc_server
+    except Exception:  # noqa: BLE001 - another Serve version: leave it as it is
+        return
+    if not _loopback(node_ip) or getattr(add_port, "splitcomp_bound", False):
+        return
+
+    def bound(server: Any, address: str) -> int:
+        if address.startswith("[::]:"):
+            address = f"{node_ip}:{address[5:]}"
+        return add_port(server, address)
+
+    bound.splitcomp_bound = True  # type: ignore[attr-defined]
+    internals.add_port_to_grpc_server = bound
+
+
 class TailReplica:
-    """One Serve replica: authenticates, batches request frames and runs the services."""
+    """One Serve replica: authenticates, bounds frames, dedups retries, limits each client's
+    requests in flight, batches request frames and runs the services."""
 
     def __init__(self, deployments: DeploymentSource, *, tokens: Tokens | None = None,
                  max_batch_size: int = 32, max_wait_ms: float = 2.0,
-                 max_frame_bytes: int = 16 << 20, threads: int | None = None) -> None:
-        """``deployments``: the services, or a callable building them in the replica."""
+                 max_frame_bytes: int = 16 << 20, threads: int | None = None,
+                 max_inflight_per_client: int = 256,
+                 max_inflight_bytes_per_client: int = 64 << 20,
+                 dedup_entries: int = 65536, dedup_bytes: int = 64 << 20,
+                 dedup_ttl_s: float = 60.0) -> None:
+        """``deployments``: the services, or a callable building them in the replica; the
+        limits as :class:`~splitcomp.runtime.server.Server`'s (per replica here)."""
+        _bind_replica_grpc()
         if threads:
             torch.set_num_threads(threads)
         torch.set_grad_enabled(False)
@@ -56,6 +130,9 @@ class TailReplica:
         self.services = {d.name: d for d in deps}
         self.tokens = tokens
         self.max_frame_bytes = max_frame_bytes
+        self.gate = FrontGate(max_inflight_per_client=max_inflight_per_client,
+                              max_inflight_bytes_per_client=max_inflight_bytes_per_client,
+                              dedup=DedupCache(dedup_entries, dedup_bytes, dedup_ttl_s))
         self._lock = threading.Lock()  # services are thread-confined: one batch at a time
         self._upkeep_due = {name: 0.0 for name, s in self.services.items()
                             if s.upkeep_period_s() is not None}
@@ -71,13 +148,19 @@ class TailReplica:
                                 headers={"WWW-Authenticate": "Bearer"})
         if request.method != "POST":
             return Response("POST a request frame\n", status_code=405)
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_frame_bytes:
+        session = request.headers.get(P.HEADER_SESSION)
+        if session is not None and not SESSION_RE.match(session):
+            return Response(f"{P.HEADER_SESSION}: 1-64 characters [A-Za-z0-9_-]\n",
+                            status_code=400)
+        body = await read_body(request, self.max_frame_bytes)
+        if body is None:
             return Response("frame too large\n", status_code=413)
-        body = await request.body()
-        if len(body) > self.max_frame_bytes:
-            return Response("frame too large\n", status_code=413)
-        return Response(await self.batched((client, body)), media_type=FRAME_TYPE)
+        # dedup within the session a client names (none without); limits per token, else
+        # per session (all anonymous clients without one share a budget)
+        who = client if self.tokens is not None or session is None else ("session", session)
+        frame = await self.gate.submit(body, lambda: self.batched((client, body)), who=who,
+                                       identity=(client, session) if session else None)
+        return Response(frame, media_type=FRAME_TYPE)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def batched(self, requests: list[tuple[str, bytes]]) -> list[bytes]:
@@ -128,9 +211,14 @@ def zoo_deployments(specs: Sequence[tuple[str, str, str, list[str] | None]], wei
 
 
 class FrameClient:
-    """A keep-alive HTTP connection posting request frames to a Ray Serve route (one thread)."""
+    """A keep-alive HTTP connection posting request frames to a Ray Serve route (one thread).
+    ``session``: the dedup namespace it names (``X-Splitcomp-Session``; e.g.
+    ``secrets.token_hex(16)``, kept across reconnections): a frame posted again under it, same
+    request id and bytes, is answered once. None: no header, nothing remembered (request ids
+    may then repeat, as a load generator's do)."""
 
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 30.0,
+                 session: str | None = None) -> None:
         u = urllib.parse.urlsplit(url)
         cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
         self._conn = cls(u.hostname or "127.0.0.1", u.port, timeout=timeout_s)
@@ -138,6 +226,9 @@ class FrameClient:
         self._headers = {"Content-Type": FRAME_TYPE}
         if token is not None:
             self._headers["Authorization"] = f"Bearer {token}"
+        self.session = session
+        if session is not None:
+            self._headers[P.HEADER_SESSION] = self.session
 
     def post(self, frame: bytes) -> tuple[int, bytes]:
         """Send one request frame; returns (HTTP status, body: a response frame on 200)."""
@@ -155,20 +246,144 @@ class FrameClient:
         self.close()
 
 
+class ProxyGuard:
+    """ASGI middleware in Serve's HTTP proxy: a bearer token on every path but
+    :data:`OPEN_PATHS` (401 before the proxy routes or answers anything: ``/-/routes`` lists
+    the applications), and request bodies on ``route`` bounded by ``max_frame_bytes`` (413
+    from the Content-Length, or as soon as a streamed body passes it; the proxy would
+    otherwise queue a whole body for the replica). WebSockets are refused."""
+
+    def __init__(self, app: Any, *, tokens: Tokens | None, route: str,
+                 max_frame_bytes: int) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.route = route.rstrip("/") or "/"
+        self.max_frame_bytes = max_frame_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", ())}
+        if self.tokens is not None and self.tokens.authenticate(
+                headers.get(b"authorization", b"").decode("latin-1")) is None:
+            await _respond(send, 401, b"missing or invalid bearer token\n",
+                           [(b"www-authenticate", b"Bearer")])
+            return
+        path = scope["path"].rstrip("/") or "/"
+        if scope.get("method") != "POST" or not (
+                path == self.route or path.startswith(self.route.rstrip("/") + "/")):
+            await self.app(scope, receive, send)
+            return
+        body = await self._read(headers, receive)
+        if body is None:
+            await _respond(send, 413, b"frame too large\n", [(b"connection", b"close")])
+            return
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # then the client's disconnect, whenever it comes
+
+        await self.app(scope, replay, send)
+
+    async def _read(self, headers: dict, receive: Callable) -> bytes | None:
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_frame_bytes):
+            return None
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b""  # the client left: the app sees an empty body, then the disconnect
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.max_frame_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+async def _respond(send: Callable, status: int, text: bytes,
+                   headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain"),
+                            (b"content-length", str(len(text)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": text})
+
+
+def proxy_middlewares() -> list[Middleware]:
+    """Serve's proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``): the
+    :class:`ProxyGuard` whose settings :func:`start` put in ``SPLITCOMP_RAY_PROXY_GUARD``."""
+    raw = os.environ.get(GUARD_ENV)
+    if not raw:
+        return []
+    settings = pickle.loads(base64.b64decode(raw))  # noqa: S301 - written by start() itself
+    return [Middleware(ProxyGuard, **settings)]
+
+
+def guard_env(tokens: Tokens | None, route: str, max_frame_bytes: int) -> dict[str, str]:
+    """The environment that installs :class:`ProxyGuard` in Serve's proxies."""
+    settings = {"tokens": tokens, "route": route, "max_frame_bytes": max_frame_bytes}
+    return {PROXY_CALLBACK_ENV: f"{__name__}:proxy_middlewares",
+            GUARD_ENV: base64.b64encode(pickle.dumps(settings)).decode("ascii")}
+
+
+def init_local(host: str, num_cpus: int | None = None,
+               env: dict[str, str] | None = None) -> None:
+    """Start a local Ray instance whose ports listen on ``host`` when it is a loopback address
+    (the node's address, its dashboard agent and every gRPC port; other hosts: Ray's defaults,
+    see docs/scale-out.md); ``env`` goes to every Ray process it starts."""
+    from ray._private import ray_constants
+
+    kw: dict[str, Any] = {}
+    saved = {k: os.environ.get(k) for k in [*(env or {}), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]}
+    cluster = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(env or {})
+    if _loopback(host):
+        # what Ray does on macOS and Windows: the node's address is the loopback one, and
+        # its gRPC servers bind there instead of on every interface
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        kw.update(_node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **kw)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def start(app: serve.Application, *, host: str = "127.0.0.1", port: int = 8000,
           route: str = DEFAULT_ROUTE, address: str | None = None, num_cpus: int | None = None,
-          tls: tuple[str, str] | None = None, name: str = "splitcomp") -> str:
-    """Connect to (``address``) or start a Ray cluster, start Serve's HTTP proxy and deploy
-    ``app``; returns the URL to POST frames to. Stop with :func:`shutdown`."""
+          tls: tuple[str, str] | None = None, name: str = "splitcomp",
+          tokens: Tokens | None = None, max_frame_bytes: int = 16 << 20) -> str:
+    """Connect to (``address``) or start a Ray cluster (bound to ``host`` when it is a
+    loopback address), start Serve's HTTP proxy on ``host:port`` with :class:`ProxyGuard`
+    (``tokens``, ``max_frame_bytes``: pass the replicas' own) and deploy ``app``; returns the
+    URL to POST frames to. Stop with :func:`shutdown`."""
+    env = guard_env(tokens, route, max_frame_bytes)
     if not ray.is_initialized():
         if address:
             ray.init(address=address)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False)
+            init_local(host, num_cpus, env)
     http_options: dict[str, Any] = {"host": host, "port": port}
     if tls is not None:
         http_options.update(ssl_certfile=tls[0], ssl_keyfile=tls[1])
-    serve.start(http_options=http_options)
+    # the proxies inherit the controller's environment (on a cluster joined by ``address``
+    # as well; it only applies when this call creates Serve's controller)
+    serve.start(http_options=http_options, controller_options={"runtime_env": {"env_vars": env}})
     serve.run(app, name=name, route_prefix=route, blocking=False)
     scheme = "https" if tls else "http"
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
@@ -195,10 +410,14 @@ def run_cli(args: Any, specs: Sequence[tuple[str, str, str, list[str] | None]],
     app = build_app(build, num_replicas=args.num_replicas, num_cpus=args.replica_cpus,
                     llm=llm is not None, tokens=tokens, max_batch_size=args.max_batch_size,
                     max_wait_ms=args.max_wait_ms, max_frame_bytes=args.max_frame_bytes,
-                    threads=args.threads)
+                    threads=args.threads,
+                    max_inflight_per_client=getattr(args, "max_inflight_per_client", 256),
+                    max_inflight_bytes_per_client=getattr(
+                        args, "max_inflight_bytes_per_client", 64 << 20))
     url = start(app, host=args.host, port=args.port or 8000, route=args.route,
                 address=args.ray_address,
-                tls=(args.tls_cert, args.tls_key) if args.tls_cert else None)
+                tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
+                tokens=tokens, max_frame_bytes=args.max_frame_bytes)
     names = [s[0] for s in specs] + (["--llm"] if llm is not None else [])
     print(f"deployments {names} on Ray Serve, {args.num_replicas} replica(s)", flush=True)
     print(f"listening on {url} (POST request frames)", flush=True)

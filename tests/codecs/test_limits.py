@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import struct
+import time
 import tracemalloc
 from collections.abc import Callable
 
@@ -16,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from splitcomp import codecs
-from splitcomp.codecs import BitstreamError, DecodeLimits
+from splitcomp.codecs import BitstreamError, DecodeLimits, context_scope
 from splitcomp.codecs import _slicer_mask as mk
+from splitcomp.codecs import _tokenwise_context as twc
 from splitcomp.codecs.entropy import decode_symbol_indices, decode_symbols, encode_symbols
-from splitcomp.codecs.hostile import MAX_BOMB_BYTES, bombs, stream
+from splitcomp.codecs.hostile import MAX_BOMB_BYTES, bombs, stream, tokenwise_codes_bomb
 
 pytestmark = pytest.mark.timeout(120)
 NAMES = codecs.available()
@@ -203,6 +205,39 @@ def test_a_stream_made_for_a_small_tensor_claiming_a_large_one() -> None:
         data = stream(codecs.get(name), (8, 32, 16, 16), bytes(payload))
         out = decode_or_reject(data, LIMITS)
         assert out is None or out[0].shape == (8, 32, 16, 16)
+
+
+@pytest.mark.parametrize("spread", [True, False], ids=["many_codes", "one_code"])
+def test_tokenwise_scale_codes_cannot_buy_table_work(spread: bool) -> None:
+    """A 1 KB stream under a client's context (4096 channels, every table as wide as the
+    format allows) whose rows name scale codes at random (each a 16 MB table set to build:
+    ~10 s and ~800 MB before the bound) or one code again and again (each row reads 16 MB of
+    tables): refused after the work its bytes pay for (one build, a few dozen reads)."""
+    ctx_bytes, data = tokenwise_codes_bomb(4096, spread=spread)
+    assert len(data) < MAX_BOMB_BYTES
+    ctx = twc.TokenwiseContext.from_bytes(ctx_bytes)
+    built: list[int] = []
+    build = ctx._build_tables
+    ctx._build_tables = lambda step, code: built.append(code) or build(step, code)  # type: ignore
+    t0 = time.process_time()
+    with context_scope({ctx.context_id: ctx}):
+        peak = traced_peak(lambda: decode_or_reject(data, codecs.DEFAULT_LIMITS))
+        with pytest.raises(BitstreamError, match="decoding work"):
+            codecs.decode(data)
+    assert len(built) == 1, built  # the second decode found its one table set cached
+    assert peak < 96 << 20, peak
+    assert time.process_time() - t0 < 3.0
+    assert ctx._table_bytes <= twc.TABLE_CACHE_BYTES
+
+
+def test_tokenwise_table_cache_is_bounded_in_bytes() -> None:
+    ctx = twc.TokenwiseContext.from_bytes(tokenwise_codes_bomb(512)[0])
+    for code in range(0, twc.CODE_MAX + 1, 4):
+        ctx.tables(1.0, code)
+        assert ctx._table_bytes <= twc.TABLE_CACHE_BYTES
+        assert len(ctx._tables) <= twc.TABLE_CACHE
+    assert ctx._table_bytes == sum(twc._nbytes(t) for t in ctx._tables.values())
+    assert ctx.table_cells(1.0, 7) == sum(t.probs.size for t in ctx._build_tables(1.0, 7))
 
 
 _DIMS = st.lists(st.integers(0, 1 << 20), min_size=1, max_size=4)

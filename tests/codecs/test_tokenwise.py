@@ -198,3 +198,24 @@ def test_fuzz_context_bytes(ctx: tw.TokenwiseContext, data: st.DataObject) -> No
     with context_scope({cid: parsed}):  # not registered: the process registry stays as it is
         stream = tw.TokenwiseCodec(context=cid).encode(torch.from_numpy(x))
         assert codecs.decode(stream)[0].shape == (1, parsed.channels)
+
+
+def test_work_budget_is_the_same_at_both_ends(ctx: tw.TokenwiseContext,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder refuses a stream whose decoding work passes the budget of its bytes, and
+    the decoder refuses it with the same figure: a stream one encoder writes always decodes."""
+    codec = tw.TokenwiseCodec.with_context(ctx, level=-8)
+    x = hidden(40, seed=5, sink=True)
+    x *= np.exp2(np.linspace(-3, 3, 40, dtype=np.float32))[:, None]  # 30 scale codes
+    data = codec.encode(torch.from_numpy(x))
+    payload = codecs.peek(data).tensors[0].payload_bytes
+    work = tw.stream_work(ctx, codec.step, ctx.token_codes(x))
+    assert len(np.unique(ctx.token_codes(x))) >= 30
+    monkeypatch.setattr(tw, "FREE_WORK", work - tw.WORK_PER_BYTE * payload)
+    assert codecs.decode(data)[0].shape == x.shape
+    assert codec.encode(torch.from_numpy(x)) == data
+    monkeypatch.setattr(tw, "FREE_WORK", work - tw.WORK_PER_BYTE * payload - 1)
+    with pytest.raises(BitstreamError, match="decoding work"):
+        codecs.decode(data)
+    with pytest.raises(ValueError, match="fewer rows per stream"):
+        codec.encode(torch.from_numpy(x))
