@@ -15,6 +15,7 @@ import logging
 import random
 import secrets
 import ssl
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class InferResult:
     latency_s: float  #: first send to answer decoded, retries included
     attempts: int
     timing: P.Timing
+    source: str = "server"  #: "edge" when an early exit answered and nothing was sent
 
     @property
     def output(self) -> Outputs:
@@ -75,7 +77,10 @@ class AsyncSplitClient:
     thread so the event loop stays responsive. ``session``: the dedup namespace kept across
     reconnections (default: 128 random bits per client object). ``compact``: send compact
     streams (one tensor; the header a template both ends registered, docs/bitstream.md), as
-    for a trained bottleneck's latent (:mod:`.trained`).
+    for a trained bottleneck's latent (:mod:`.trained`). ``early_exit``: a module on the
+    head's first output returning ``(logits, confidence, exits)`` (``splitcomp.train.exits.
+    EdgeExit``): a request whose inputs all exit is answered on the edge, nothing sent
+    (``InferResult.source == "edge"``; :attr:`exits` and :attr:`sent` count both kinds).
     """
 
     def __init__(self, url: str, head: Callable[..., Any] | None = None,
@@ -85,8 +90,13 @@ class AsyncSplitClient:
                  connect_timeout_s: float = 10.0, backoff_s: float = 0.05,
                  max_backoff_s: float = 2.0, max_inflight: int | None = None,
                  head_in_thread: bool = True, session: str | None = None,
-                 max_response_bytes: int = 256 << 20, compact: bool = False) -> None:
+                 max_response_bytes: int = 256 << 20, compact: bool = False,
+                 early_exit: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
+                 ) -> None:
         self.url = url
+        self.early_exit = early_exit
+        self.exits = 0  #: requests answered on the edge
+        self.sent = 0  #: requests sent to the server
         self.compact = compact
         self.head = head
         self.codec = codecs.get(codec) if isinstance(codec, str) else codec
@@ -122,18 +132,35 @@ class AsyncSplitClient:
     async def infer_detailed(self, *inputs: Any) -> InferResult:
         """Like :meth:`infer`, with wire sizes, latency and the server's timing figures."""
         if self.head_in_thread:
-            data = await asyncio.to_thread(self.encode, *inputs)
+            data = await asyncio.to_thread(self.encode_or_exit, *inputs)
         else:
-            data = self.encode(*inputs)
+            data = self.encode_or_exit(*inputs)
+        if isinstance(data, InferResult):
+            return data
         return await self.infer_encoded(data)
 
     def encode(self, *inputs: Any) -> bytes:
         """Head (if any) and encoder: the bitstream that would be sent for ``inputs``."""
+        return self.codec.encode(list(self._features(inputs)), compact=self.compact)
+
+    def encode_or_exit(self, *inputs: Any) -> bytes | InferResult:
+        """The bitstream to send, or the edge's answer when the early exit takes every input."""
+        feats = self._features(inputs)
+        if self.early_exit is not None:
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                logits, _, exits = self.early_exit(feats[0])
+            if bool(exits.all()):
+                self.exits += 1
+                return InferResult((logits,), 0, 0, 0, time.perf_counter() - t0, 0,
+                                   P.Timing(0, 0, 0, 0), source="edge")
+        self.sent += 1
+        return self.codec.encode(list(feats), compact=self.compact)
+
+    def _features(self, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
         with torch.inference_mode():
             feats = self.head(*inputs) if self.head is not None else inputs
-        if isinstance(feats, torch.Tensor):
-            feats = (feats,)
-        return self.codec.encode(list(feats), compact=self.compact)
+        return (feats,) if isinstance(feats, torch.Tensor) else tuple(feats)
 
     async def infer_encoded(self, bitstream: bytes, request_id: int | None = None) -> InferResult:
         """Send an already encoded bitstream (e.g. precomputed by a load generator)."""
@@ -347,7 +374,8 @@ class SplitClient:
         return self.infer_detailed(*inputs).output
 
     def infer_detailed(self, *inputs: Any) -> InferResult:
-        return self.infer_encoded(self._client.encode(*inputs))
+        data = self._client.encode_or_exit(*inputs)
+        return data if isinstance(data, InferResult) else self.infer_encoded(data)
 
     def infer_encoded(self, bitstream: bytes, request_id: int | None = None) -> InferResult:
         return self._loop.run(self._client.infer_encoded(bitstream, request_id))
