@@ -21,14 +21,21 @@ from .. import codecs
 from ..train import CheckpointError, eval_part, open_checkpoints, split_dataset
 from ..train.ckpt_eval import checkpoint_codec
 from ..train.exit_ckpt import load_exit
-from ..train.gate import Option, calibrate_tau, choose, gate_result, score_options, train_gate
-from ..train.plain_ckpt import save_plain
+from ..train.gate import (
+    EdgeGate,
+    Option,
+    calibrate_tau,
+    gate_result,
+    load_gate,
+    save_gate,
+    score_options,
+    train_gate,
+)
 from ._common import fail
 from ._llm_args import parse_params
 from ._training import teacher_setup, weights_ref, write_json
 
 DEFAULT_OPTIONS = ("slicer:quality=0.05", "slicer:quality=0.2", "slicer:quality=0.5", "int8")
-FORMAT, VERSION = "splitcomp-gate", 1
 
 
 def add_gate_parser(sub: Any) -> None:
@@ -125,13 +132,12 @@ def run_gate(args: argparse.Namespace) -> int:
     gate, losses = train_gate(s_fit.features, s_fit.gate_labels(), len(options), args.epochs,
                               seed=args.seed)
     cal = calibrate_tau(gate, scored(calib, "options (calibration)"))
-    save_plain(args.out, FORMAT, VERSION, {
-        "model": args.model, "weights": weights, "cut": args.split, "options": specs,
-        "order": order.tolist(), "tau": cal.tau, "in_channels": gate.in_channels,
-        "hidden": gate.hidden}, {f"gate.{k}": v for k, v in gate.state_dict().items()}, record)
+    save_gate(args.out, EdgeGate(gate, order.tolist(), cal.tau, specs), args.model, weights,
+              args.split, record, {"gate_loss": losses})
+    edge_gate, _ = load_gate(args.out)
     held = eval_part(setup.dataset, record)
     s_eval = scored(held, "options (eval)")
-    r = gate_result(s_eval, choose(gate, s_eval.features, order, cal.tau), cal.tau)
+    r = gate_result(s_eval, edge_gate(s_eval.features), cal.tau)
     fixed_top1 = 100.0 * (s_eval.preds == s_eval.labels[:, None]).double().mean(0)
     fixed_bytes = s_eval.sizes.double().mean(0)
     n = len(held)

@@ -104,7 +104,9 @@ class AdaptiveClient:
 
     ``codecs`` maps each setting name of ``policy.settings`` to its codec (the server's
     deployment must accept them all). ``keep_bitstreams``: store each request's bitstream in
-    its :class:`Sent` (to check answers against a local tail).
+    its :class:`Sent` (to check answers against a local tail). ``gate``: a per-input choice
+    instead of the policy's (a trained gate, ``splitcomp.train.gate.EdgeGate``: the head's
+    first output -> an index into ``policy.settings``), made after the head has run.
     """
 
     client: AsyncSplitClient
@@ -113,6 +115,7 @@ class AdaptiveClient:
     codecs: Mapping[str, Codec]
     link: PacedLink
     keep_bitstreams: bool = False
+    gate: Callable[[torch.Tensor], torch.Tensor] | None = None
     _unanswered: dict[int, tuple[float, int]] = field(default_factory=dict, init=False,
                                                       repr=False)
     _ids: int = field(default=0, init=False, repr=False)
@@ -131,21 +134,25 @@ class AdaptiveClient:
                 self.policy.late(n, now - start)
         return self.policy.choose(self.link.queued_bytes(now))
 
-    def encode(self, k: int, *inputs: Any) -> bytes:
-        """Head and the codec of setting ``k``."""
+    def encode(self, k: int | None, *inputs: Any) -> tuple[int, bytes]:
+        """Head, then the codec of setting ``k`` (None: the gate's pick); (setting, bytes)."""
         with torch.inference_mode():
             feats = self.head(*inputs) if self.head is not None else inputs
-        if isinstance(feats, torch.Tensor):
-            feats = (feats,)
-        return self.codecs[self.policy.settings[k].name].encode(list(feats))
+            if isinstance(feats, torch.Tensor):
+                feats = (feats,)
+            if k is None:
+                if self.gate is None:
+                    raise ValueError("no setting given and no gate")
+                k = int(self.gate(feats[0])[0])
+        return k, self.codecs[self.policy.settings[k].name].encode(list(feats))
 
     async def request(self, *inputs: Any) -> Sent:
         """Choose, encode, send through the paced link and the server; never raises for a
         failed request (its :attr:`Sent.error` says why)."""
         t0 = self.link.now()
-        k = self.choose()
+        k = None if self.gate is not None else self.choose()
         est = float(getattr(getattr(self.policy, "estimator", None), "bps", math.nan))
-        data = self.encode(k, *inputs)
+        k, data = self.encode(k, *inputs)
         wire = request_wire_bytes(len(data), self.client.deployment)
         sent = Sent(t0, k, self.policy.settings[k].name, len(data), wire, estimate_bps=est,
                     bitstream=data if self.keep_bitstreams else b"")

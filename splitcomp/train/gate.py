@@ -14,13 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data import ImageFolderDataset
+from .checkpoint import CheckpointError
 from .exits import ExitHead
+from .plain_ckpt import load_plain, prefixed, save_plain
+from .splits import SplitRecord
+
+GATE_FORMAT, GATE_VERSION = "splitcomp-gate", 1
 
 
 @dataclass
@@ -155,3 +161,37 @@ def calibrate_tau(gate: nn.Module, s: OptionScores,
     order = s.cost_order()
     results = [gate_result(s, choose(gate, s.features, order, t), t) for t in taus]
     return max(results, key=lambda r: (r.saving, r.top1))
+
+
+class EdgeGate(nn.Module):
+    """What the edge runs: head features -> the option index per input (the calibrated rule
+    of :func:`choose`). ``options``: the option specs, in index order."""
+
+    def __init__(self, gate: ExitHead, order: Sequence[int], tau: float,
+                 options: Sequence[str]) -> None:
+        super().__init__()
+        self.gate, self.tau, self.options = gate.eval(), float(tau), list(options)
+        self.register_buffer("order", torch.tensor(list(order), dtype=torch.int64))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return choose(self.gate, features, self.order, self.tau)
+
+
+def save_gate(folder: str | Path, edge: EdgeGate, model: str, weights: str | None, cut: str,
+              split: SplitRecord, info: dict | None = None) -> Path:
+    meta = {"model": model, "weights": weights, "cut": cut, "options": edge.options,
+            "order": edge.order.tolist(), "tau": edge.tau, "gate": edge.gate.config(),
+            "info": info or {}}
+    return save_plain(folder, GATE_FORMAT, GATE_VERSION, meta,
+                      {f"gate.{k}": v for k, v in edge.gate.state_dict().items()}, split)
+
+
+def load_gate(folder: str | Path) -> tuple[EdgeGate, dict]:
+    """(the edge's gate, checkpoint.json) (:class:`CheckpointError` when it is not one)."""
+    meta, tensors, _ = load_plain(folder, GATE_FORMAT, GATE_VERSION)
+    try:
+        head = ExitHead(**meta["gate"])
+        head.load_state_dict(prefixed(tensors, "gate"))
+        return EdgeGate(head, meta["order"], meta["tau"], meta["options"]), meta
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{folder}: bad gate checkpoint ({e!r})") from None

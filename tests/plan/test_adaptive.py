@@ -10,7 +10,7 @@ import torch
 from splitcomp import codecs
 from splitcomp.plan.adaptive import AdaptiveClient, PacedLink, Sent
 from splitcomp.plan.channel import BandwidthTrace, Channel, Pacer
-from splitcomp.plan.rate_control import RateController, Setting
+from splitcomp.plan.rate_control import FixedPolicy, RateController, Setting
 from splitcomp.runtime import AsyncSplitClient, Server, zoo_deployment
 
 DROP_AT, END, PERIOD = 2.0, 5.0, 0.2
@@ -72,3 +72,42 @@ def test_adaptive_client_steps_down_after_a_drop_and_answers_right():
                 out = head(x)
                 exact = dep.tail(*((out,) if isinstance(out, torch.Tensor) else out))
                 torch.testing.assert_close(s.outputs[0], exact, rtol=1e-2, atol=1e-2)
+
+
+def test_a_gate_picks_the_setting_per_input_on_the_real_server():
+    """With ``gate``, each request's setting comes from its own features: a gate on the
+    feature mean sends bright inputs one way and dark ones the other."""
+    torch.manual_seed(0)
+    dep, head = zoo_deployment("resnet20", "layer1", weights="random",
+                               codecs=["fp16", "int8", "rans"])
+
+    inputs = [torch.randn(1, 3, 32, 32) + (1.5 if i % 2 else -1.5) for i in range(6)]
+    with torch.inference_mode():
+        means = [float(head(x)[0].mean()) for x in inputs]
+    cut = sorted(means)[2]
+
+    class MeanGate(torch.nn.Module):
+        def forward(self, f: torch.Tensor) -> torch.Tensor:
+            return (f.mean((1, 2, 3)) > cut).long() * 2  # 0: fp16, 2: rans bits=2
+
+    want = [2 if m > cut else 0 for m in means]
+    settings = [Setting(name, 1, ACCURACY[name]) for name in LADDER]
+
+    async def run() -> list[Sent]:
+        server = Server(dep, "127.0.0.1", 0, ping_interval=None)
+        await server.start()
+        try:
+            async with AsyncSplitClient(server.url, None, "fp32", dep.name,
+                                        head_in_thread=False) as client:
+                channel = Channel(rtt_s=0.001)
+                adaptive = AdaptiveClient(
+                    client, head, FixedPolicy(settings, 0), LADDER, PacedLink(Pacer(channel)),
+                    gate=MeanGate())
+                return await adaptive.run(inputs, [0.01 * i for i in range(len(inputs))])
+        finally:
+            await server.stop()
+
+    with torch.inference_mode():
+        sent = asyncio.run(run())
+    assert [s.error for s in sent] == [None] * len(inputs)
+    assert [s.setting for s in sent] == want and len(set(want)) == 2
