@@ -4,6 +4,11 @@ The head runs once over the data; its outputs (the IFs) are kept in memory. Each
 IFs are then encoded into *one bitstream per sample* - what an edge device would send for
 one request - decoded, batched and fed to the tail. Every byte of every bitstream counts,
 container header and CRC included.
+
+:func:`evaluate_over_channel` sends each stream through a link that flips bits
+(:func:`splitcomp.codecs.channel_errors.flip_bits`, seeded per sample) and decodes what
+arrives as a server would: a ``resilient`` stream's failed slices are concealed, a rejected
+stream is a lost request, scored wrong.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..codecs import Codec, codec_class, get
+from ..codecs import BitstreamError, Codec, codec_class, get
+from ..codecs.channel_errors import flip_bits, sample_rng
+from ..codecs.resilient import decode_resilient
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -157,6 +164,73 @@ def evaluate_codec(
     )
 
 
+def evaluate_over_channel(
+    tail: nn.Module,
+    feats: FeatureSet,
+    codec: Codec,
+    ber: float,
+    *,
+    seed: int = 0,
+    model: str = "",
+    split: str = "",
+    baseline: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EvalResult:
+    """:func:`evaluate_codec` with every sample's stream sent over a link flipping each bit
+    with probability ``ber`` (sample ``i`` seeded by ``(seed, i)``). A stream the decoder
+    rejects is a lost request and scores wrong; a ``resilient`` stream's failed slices are
+    concealed. ``extra``: ``ber``, ``requests_lost``, ``concealed_slices``, ``streams_hit``
+    (streams with a flipped bit), ``bytes_per_sample``, and ``top1_clean`` / ``ber_drop_pp``
+    (the same streams without errors, and what the errors cost)."""
+    if baseline is None:
+        baseline, _ = top1(tail, feats.tensors, feats.labels)
+    n = len(feats)
+    received: list[tuple[torch.Tensor, ...]] = []
+    clean: list[tuple[torch.Tensor, ...]] = []
+    lost = torch.zeros(n, dtype=torch.bool)
+    total = concealed = hit = 0
+    t_enc = t_dec = 0.0
+    for i in range(n):
+        t0 = time.perf_counter()
+        data = codec.encode(feats.sample(i))
+        t1 = time.perf_counter()
+        noisy = flip_bits(data, ber, sample_rng(seed, i))
+        t2 = time.perf_counter()
+        try:
+            out, k = decode_resilient(noisy)
+            concealed += k
+        except BitstreamError:
+            out = None
+        t_dec += time.perf_counter() - t2
+        t_enc += t1 - t0
+        total += len(data)
+        hit += noisy != data
+        ref = out if out is not None and noisy == data else codec.decode(data)
+        lost[i] = out is None
+        clean.append(ref)
+        received.append(ref if out is None else out)
+        if progress and i % 256 == 255:
+            progress(256)
+    stack = [tuple(torch.cat([d[j] for d in ds]) for j in range(len(feats.tensors)))
+             for ds in (received, clean)]
+    _, hits = top1(tail, stack[0], feats.labels)
+    acc = 100.0 * float((hits & ~lost).float().mean())
+    acc_clean, _ = top1(tail, stack[1], feats.labels)
+    elements = feats.elements_per_sample
+    return EvalResult(
+        model=model, split=split, codec=codec.name, params=dict(codec.params), n_images=n,
+        top1_baseline=round(baseline, 4), top1=round(acc, 4), drop_pp=round(baseline - acc, 4),
+        bits_per_element=8.0 * total / (n * elements) if elements else 0.0,
+        wire_bytes_per_sample=total / n, encode_ms=1e3 * t_enc / n, decode_ms=1e3 * t_dec / n,
+        elements_per_sample=elements,
+        extra={"ber": ber, "seed": seed, "requests_lost": int(lost.sum()),
+               "requests_lost_pct": 100.0 * float(lost.sum()) / n,
+               "concealed_slices": concealed, "streams_hit": int(hit),
+               "bytes_per_sample": total / n, "top1_clean": round(acc_clean, 4),
+               "ber_drop_pp": round(acc_clean - acc, 4)},
+    )
+
+
 def calibration_split(n: int, calib: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed, disjoint (calibration, report) split of ``range(n)``."""
     if not 0 < calib < n:
@@ -206,9 +280,11 @@ def summarize(results: Sequence[EvalResult]) -> str:
     )
     lines = [head, "-" * len(head)]
     for r in results:
-        cls = codec_class(r.codec)
-        q = cls.quality_param
+        inner = r.params.get("inner") if r.codec == "resilient" else None
+        q = codec_class(inner or r.codec).quality_param
         setting = f"{q}={r.params[q]:g}" if q and q in r.params else ""
+        if inner:
+            setting = f"{inner} /{r.params['slices']} {setting}".strip()
         lines.append(
             f"{r.model:14s} {r.split:12s} {r.codec:11s} {setting:18s} {r.n_images:6d} "
             f"{r.top1:7.2f} {r.drop_pp:8.2f} {r.bits_per_element:8.3f} "

@@ -78,6 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--mix-alpha", type=float, default=1.0, help="mixup/CutMix strength of the "
                    "training views (0: crops and flips only)")
     b.add_argument("--temperature", type=float, default=4.0, help="KD temperature")
+    b.add_argument("--symbol-error-rate", type=float, default=0.0, metavar="P",
+                   help="BER-aware training: each latent row replaced by the channel medians "
+                   "with probability P, as a concealed slice of a `resilient` stream decodes "
+                   "(default 0: off)")
     length = b.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=float, help="passes over the train part")
     length.add_argument("--minutes", type=float, help="time budget (the schedule is fitted)")
@@ -197,7 +201,8 @@ def _bottleneck(args: argparse.Namespace) -> int:
                               epochs=args.epochs,
                               minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                               temperature=args.temperature, mix_alpha=args.mix_alpha,
-                              seed=args.seed, device=args.device)
+                              seed=args.seed, device=args.device,
+                              symbol_error_rate=args.symbol_error_rate)
             train, _, record = split_dataset(setup.dataset, args.n_train, args.seed)
             records = also_records(args)
         extra = open_tails(records, seed, setup.model)

@@ -13,6 +13,10 @@ Third-party codecs register through the ``splitcomp.codecs`` entry-point group.
 A codec that codes against a per-session context (``Codec.has_session_context``) takes it
 from ``decode(data, contexts={key: context})`` (or an enclosing :func:`context_scope`) before
 any registered in this process; see the hooks on :class:`Codec`.
+
+``resilient`` wraps another codec for links with bit errors: independently checked slices,
+concealed by :func:`splitcomp.codecs.resilient.decode_resilient`; the bit-flipping channel is
+:func:`splitcomp.codecs.channel_errors.flip_bits`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from .registry import available, codec_class, get, register_codec
 decode = unpack
 
 _BUILTIN = ("floats", "int8", "blockwise8", "zstd", "rans", "slicer", "tokenwise",
-            "bottleneck")
+            "bottleneck", "resilient")
 
 for _mod in _BUILTIN:
     try:

@@ -3,6 +3,11 @@
 Layout: ``docs/bitstream.md`` (the container table at the top, "Decoding rules"). The CRC is
 checked before anything is parsed; every count is checked against :class:`DecodeLimits`
 before anything is allocated.
+
+A codec that checks its own payload (``checks_payload``, the ``resilient`` codec) is written
+in the *resilient framing* (magic ``SR``, compact ``SQ``; "Resilient streams" in
+``docs/bitstream.md``): the same layout, but the trailing CRC covers only the header, so a bit
+error in a payload costs what the codec's own checks say rather than the whole request.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import math
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +34,10 @@ if TYPE_CHECKING:
 MAGIC = b"SC"
 FORMAT_VERSION = 1
 CRC_BYTES = 4
+#: magic of a full stream whose CRC covers only the header (a ``checks_payload`` codec's)
+RESILIENT_MAGIC = b"SR"
+#: magic of a compact stream whose CRC covers only its prefix (magic and template id)
+RESILIENT_COMPACT_MAGIC = b"SQ"
 
 DTYPE_CODES: dict[torch.dtype, int] = {
     torch.float32: 1,
@@ -67,6 +76,9 @@ class Header:
     tensors: tuple[TensorInfo, ...]
     header_bytes: int
     total_bytes: int
+    #: resilient framing (``SR``/``SQ``): the CRC covers the header only, the codec checks its
+    #: payload, a raw (integer, bool) tensor's payload ends with its own CRC32
+    resilient: bool = False
 
 
 def _as_tensor_list(tensors: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -77,6 +89,23 @@ def _as_tensor_list(tensors: torch.Tensor | Sequence[torch.Tensor]) -> list[torc
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"expected tensors, got {type(t).__name__}")
     return out
+
+
+def checks_payload(cls: type[Codec]) -> bool:
+    """Whether ``cls`` checks its own payloads (then its streams use the resilient framing)."""
+    return bool(getattr(cls, "checks_payload", False))
+
+
+def _nested_spec(cls: type[Codec], params: dict[str, Any]) -> tuple[Param, ...]:
+    """The parameters that follow the declared ones for a codec wrapping another (the
+    ``resilient`` codec: its inner codec's), by its ``nested_params_spec(params)``."""
+    hook = getattr(cls, "nested_params_spec", None)
+    if hook is None:
+        return ()
+    try:
+        return tuple(hook(params))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BitstreamError(f"bad parameters for {cls.name}: {e}") from None
 
 
 def encode_params(spec: Sequence[Param], params: dict[str, Any]) -> bytes:
@@ -120,7 +149,8 @@ def _codec_head(codec: Codec, count: int) -> bytearray:
     head = bytearray(MAGIC)
     head.append(FORMAT_VERSION)
     head.append(codec.codec_id)
-    head += encode_params(codec.params_spec, codec.params)
+    spec = (*codec.params_spec, *_nested_spec(type(codec), codec.params))
+    head += encode_params(spec, codec.params)
     put_varint(head, count)
     return head
 
@@ -150,6 +180,7 @@ def pack(codec: Codec, tensors: torch.Tensor | Sequence[torch.Tensor],
     items = _as_tensor_list(tensors)
     if compact and len(items) != 1:
         raise ValueError(f"a compact stream carries one tensor, not {len(items)}")
+    resilient = checks_payload(type(codec))
     head = _codec_head(codec, len(items))
     payloads: list[bytes] = []
     for t in items:
@@ -162,13 +193,21 @@ def pack(codec: Codec, tensors: torch.Tensor | Sequence[torch.Tensor],
             payload = codec.encode_array(np.ascontiguousarray(arr))
         else:  # integer / bool tensors crossing a cut are sent raw, losslessly
             payload = t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).tobytes()
+            if resilient:  # nothing can conceal an integer: its own check
+                payload += struct.pack("<I", zlib.crc32(payload))
         if compact:
             tid = compact_module.register_template(template(codec, t.shape, t.dtype))
+            if resilient:
+                pre = RESILIENT_COMPACT_MAGIC + tid.to_bytes(3, "little")
+                return pre + payload + struct.pack("<I", zlib.crc32(pre))
             body = compact_module.prefix(tid) + payload
             return body + struct.pack("<I", zlib.crc32(body))
         _tensor_head(head, t.dtype, t.shape)
         put_varint(head, len(payload))
         payloads.append(payload)
+    if resilient:
+        head[: len(MAGIC)] = RESILIENT_MAGIC
+        return bytes(head) + b"".join(payloads) + struct.pack("<I", zlib.crc32(head))
     body = bytes(head) + b"".join(payloads)
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -180,15 +219,36 @@ def read_header(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEF
     require(n <= limits.max_bytes, f"bitstream of {n} bytes exceeds limit {limits.max_bytes}")
     require(n >= len(MAGIC) + 2 + CRC_BYTES, f"truncated: {n} bytes")
     magic = bytes(view[:2])
-    require(magic in (MAGIC, compact_module.COMPACT_MAGIC),
-            "bad magic: not a splitcomp bitstream")
     body_end = n - CRC_BYTES
     (crc,) = struct.unpack("<I", view[body_end:])
+    if magic in (RESILIENT_MAGIC, RESILIENT_COMPACT_MAGIC):
+        return _read_resilient(view, magic, crc, limits)
+    require(magic in (MAGIC, compact_module.COMPACT_MAGIC),
+            "bad magic: not a splitcomp bitstream")
     require(zlib.crc32(view[:body_end]) == crc, "CRC mismatch: bitstream corrupted")
     if magic == compact_module.COMPACT_MAGIC:
         return _read_compact(view, body_end, limits)
     r = Reader(view, 2, body_end)
     return _read_full(r, limits, None, n)
+
+
+def _read_resilient(view: memoryview, magic: bytes, crc: int, limits: DecodeLimits):
+    """``SQ``: the CRC of the 5-byte prefix is checked first, then the template is read.
+    ``SR``: the header is parsed (every bound checked as for ``SC``), then its CRC checked,
+    before any payload is touched. Either way the codec must check its own payload."""
+    n = len(view)
+    body_end = n - CRC_BYTES
+    if magic == RESILIENT_COMPACT_MAGIC:
+        pre = compact_module.PREFIX_BYTES
+        require(body_end >= pre and zlib.crc32(view[:pre]) == crc,
+                "header CRC mismatch: bitstream corrupted")
+        header, codec, pos = _read_compact(view, body_end, limits)
+    else:
+        header, codec, pos = _read_full(Reader(view, 2, body_end), limits, None, n)
+        require(zlib.crc32(view[:pos]) == crc, "header CRC mismatch: bitstream corrupted")
+    require(checks_payload(type(codec)),
+            f"codec {header.codec_name!r} does not check its payload: no resilient framing")
+    return replace(header, resilient=True), codec, pos
 
 
 def _read_compact(view: memoryview, body_end: int, limits: DecodeLimits):
@@ -211,6 +271,7 @@ def _read_full(r: Reader, limits: DecodeLimits, implied_payload: int | None, tot
     cls = codec_class_by_id(codec_id)
     require(cls is not None, f"unknown codec id {codec_id}")
     params = decode_params(cls.params_spec, r)
+    params.update(decode_params(_nested_spec(cls, params), r))
     try:
         codec = cls(**params)
     except (TypeError, ValueError) as e:
@@ -305,11 +366,13 @@ def _unpack(data, limits, expect_codec, check) -> tuple[torch.Tensor, ...]:
             t = torch.from_numpy(arr).to(info.dtype)
         else:
             np_dtype = torch.empty(0, dtype=info.dtype).numpy().dtype.newbyteorder("<")
-            require(
-                info.payload_bytes == info.numel * np_dtype.itemsize,
-                "raw tensor payload size mismatch",
-            )
-            arr = np.frombuffer(payload, dtype=np_dtype).reshape(info.shape).copy()
+            size = info.numel * np_dtype.itemsize
+            crc_bytes = CRC_BYTES if header.resilient else 0
+            require(info.payload_bytes == size + crc_bytes, "raw tensor payload size mismatch")
+            if crc_bytes:
+                (want,) = struct.unpack("<I", payload[size:])
+                require(zlib.crc32(payload[:size]) == want, "raw tensor CRC mismatch")
+            arr = np.frombuffer(payload[:size], dtype=np_dtype).reshape(info.shape).copy()
             t = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="), copy=False))
         out.append(t)
     return tuple(out)

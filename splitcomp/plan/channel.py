@@ -12,6 +12,11 @@ serialisation of that packet and one RTT of recovery (fast retransmit), so the e
 time per packet is ``p / (1 - p) * (packet time + rtt)``. Bandwidth is constant or read from
 a trace (``time_s bandwidth_bps`` lines, linearly interpolated, held at the ends).
 
+That is a link with retransmission (TCP). A raw radio link without it delivers every byte,
+some bits flipped: :meth:`Channel.corrupt` is that link at the channel's ``ber``
+(:func:`splitcomp.codecs.channel_errors.flip_bits`), what ``splitcomp eval --ber`` and
+``benchmarks/bit_errors.py`` send streams through.
+
 :class:`Pacer` delays a real send by the predicted time so that a loopback link behaves
 like the channel (used to check the planner's predictions end to end).
 """
@@ -27,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..codecs.channel_errors import flip_bits
 
 _RATE_UNITS = {"": 1.0, "bit": 1.0, "b": 1.0, "bps": 1.0, "kbit": 1e3, "kbps": 1e3,
                "kb": 1e3, "mbit": 1e6, "mbps": 1e6, "mb": 1e6, "gbit": 1e9, "gbps": 1e9,
@@ -181,6 +188,11 @@ class Channel:
         """Probability that one full packet is lost or corrupted."""
         bits = 8 * (self.mss + self.header_bytes)
         return 1.0 - (1.0 - self.loss) * (1.0 - self.ber) ** bits
+
+    def corrupt(self, data: bytes | bytearray | memoryview, rng: np.random.Generator) -> bytes:
+        """``data`` as a link without retransmission delivers it: each bit flipped
+        independently with probability :attr:`ber` (seeded by ``rng``)."""
+        return flip_bits(data, self.ber, rng)
 
     def wire_bits(self, nbytes: int) -> float:
         """Bits on the link for ``nbytes`` of payload (packet headers included)."""

@@ -9,12 +9,17 @@ tails (:mod:`.tails`) is scored for each tail too, on the same decoded latent (t
 counted once: one bitstream serves all tails). The codec's tables are
 the checkpoint's own (``tables.sbnt``), registered and passed to the decoder explicitly, so
 the figures do not depend on what a training run left in the process.
+
+Over a link with bit errors (:func:`evaluate_over_channel`, ``eval --checkpoint --ber``):
+each image's stream (plain, or ``resilient`` with ``slices``) goes through the bit-flipping
+channel (seeded per image); a stream the decoder rejects is a lost request, scored wrong.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +27,7 @@ from torch import nn
 
 from .. import codecs
 from ..codecs.bottleneck import BottleneckTables, register_tables
+from ..codecs.channel_errors import sample_rng, transmit
 from ..data import ImageFolderDataset
 from .checkpoint import Checkpoint
 from .entropy_model import EntropyBottleneck
@@ -167,3 +173,107 @@ def evaluate_checkpoint(ckpt: Checkpoint, head: nn.Module, tail: nn.Module,
                       "sample, as in `splitcomp candidates`; the edge runs the head (its "
                       "tuned copy) plus the encoder",
     }
+
+
+@dataclass
+class Latents:
+    """The edge's latents of some eval images (CPU, one row an image), their labels and
+    whether the teacher (the unsplit model) got each one right."""
+
+    latents: torch.Tensor
+    labels: torch.Tensor
+    teacher_ok: torch.Tensor
+
+
+@torch.no_grad()
+def checkpoint_latents(ckpt: Checkpoint, head: nn.Module, tail: nn.Module,
+                       eval_ds: ImageFolderDataset, batch_size: int = 128, *,
+                       limit: int | None = None, device: str = "cpu",
+                       progress: Callable[[int], None] | None = None) -> Latents:
+    """The latents of the eval part of ``eval_ds`` (``limit``: that many, spread evenly), as
+    :func:`evaluate_checkpoint` picks the images: computed once, sent many times."""
+    held = eval_part(eval_ds, ckpt.split)
+    if limit is not None and limit < len(held):
+        held = held.subset(limit)
+    dev = torch.device(device)
+    ckpt.student.head.to(dev), ckpt.bottleneck.to(dev)
+    head.eval().to(dev), tail.eval().to(dev)
+    edge = ckpt.edge_model()
+    lat, labels, ok = [], [], []
+    for x, y in held.batches(batch_size):
+        x, y = x.to(dev), y.to(dev)
+        lat.append(edge(x).cpu())
+        (feat,) = head(x)
+        ok.append((tail(feat).argmax(-1) == y).cpu())
+        labels.append(y.cpu())
+        if progress is not None:
+            progress(x.shape[0])
+    if not lat:
+        raise ValueError("checkpoint_latents: the eval part is empty")
+    return Latents(torch.cat(lat), torch.cat(labels), torch.cat(ok))
+
+
+@torch.no_grad()
+def channel_eval(ckpt: Checkpoint, tail: nn.Module, lat: Latents, ber: float, *,
+                 slices: int | None = None, slice_axis: int = 2, seed: int = 0,
+                 batch_size: int = 128, device: str = "cpu") -> dict[str, Any]:
+    """Top-1 of the checkpoint when each image's compact stream crosses a link flipping bits
+    at ``ber`` (``slices``: the ``resilient`` codec around ``bottleneck``, its failed slices
+    concealed with the channel medians; None: the plain stream). A stream the decoder
+    rejects is a lost request, scored wrong. ``top1_clean`` is the same streams without
+    errors, ``ber_drop_pp`` what the errors cost."""
+    codec, contexts = checkpoint_codec(ckpt)
+    if slices is not None:
+        codec = codecs.get("resilient", inner="bottleneck", slices=slices,
+                           slice_axis=slice_axis, tables=codec.params["tables"])
+    dev = torch.device(device)
+    server = ckpt.server_model(tail).to(dev)
+    n = lat.latents.shape[0]
+    received, clean = [], []
+    lost = torch.zeros(n, dtype=torch.bool)
+    wire = concealed = hit = 0
+    for i in range(n):
+        z = lat.latents[i : i + 1]
+        d = transmit(codec, z, ber, sample_rng(seed, i), compact=True, contexts=contexts)
+        wire += len(d.sent)
+        hit += d.flipped
+        concealed += d.concealed
+        ref = (codecs.decode(d.sent, contexts=contexts) if d.flipped or d.lost
+               else d.tensors)[0]
+        clean.append(ref)
+        lost[i] = d.lost
+        received.append(ref if d.tensors is None else d.tensors[0])
+    oks = []
+    for batch in (torch.cat(received), torch.cat(clean)):
+        hits = [server(batch[s : s + batch_size].to(dev)).argmax(-1).cpu()
+                == lat.labels[s : s + batch_size] for s in range(0, n, batch_size)]
+        oks.append(torch.cat(hits))
+    ok = oks[0] & ~lost
+    top1, top1_clean = 100.0 * float(ok.float().mean()), 100.0 * float(oks[1].float().mean())
+    base = 100.0 * float(lat.teacher_ok.float().mean())
+    return {
+        "model": ckpt.model, "split": ckpt.cut, "ber": ber, "seed": seed,
+        "codec": codec.name, "resilient": slices is not None, "slices": slices,
+        "slice_axis": slice_axis if slices is not None else None, "n_eval": n,
+        "top1_baseline": base, "top1": top1, "drop_pp": base - top1,
+        "top1_clean": top1_clean, "ber_drop_pp": top1_clean - top1,
+        "requests_lost": int(lost.sum()), "requests_lost_pct": 100.0 * float(lost.sum()) / n,
+        "concealed_slices": concealed, "streams_hit": hit, "bytes_per_sample": wire / n,
+        "channel_note": "each image's compact stream through a binary symmetric channel at "
+                        "`ber` (seeded per image); a rejected stream is a lost request, "
+                        "scored wrong; top1_baseline: the unsplit teacher",
+    }
+
+
+def evaluate_over_channel(ckpt: Checkpoint, head: nn.Module, tail: nn.Module,
+                          eval_ds: ImageFolderDataset, ber: float, *,
+                          slices: int | None = None, slice_axis: int = 2, seed: int = 0,
+                          batch_size: int = 128, limit: int | None = None,
+                          device: str = "cpu",
+                          progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """:func:`channel_eval` on the eval part of ``eval_ds`` (as :func:`evaluate_checkpoint`
+    picks the images, trained-on images refused)."""
+    lat = checkpoint_latents(ckpt, head, tail, eval_ds, batch_size, limit=limit,
+                             device=device, progress=progress)
+    return channel_eval(ckpt, tail, lat, ber, slices=slices, slice_axis=slice_axis,
+                        seed=seed, batch_size=batch_size, device=device)

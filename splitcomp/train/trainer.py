@@ -15,6 +15,10 @@ the latent per element of the original cut). Every step
 draws a new view of each image (crop, flip, optional mixup/CutMix) and runs the teacher on that
 same view, so 5,000 images give many distinct targets. The schedule (cosine learning rate)
 fits a step count from ``epochs``, or from ``minutes`` after timing the first steps.
+
+With ``symbol_error_rate`` > 0 (BER-aware training) the decoders see the latent as a link
+with bit errors leaves it after the ``resilient`` codec's concealment: each latent row of each
+sample replaced by the channel medians at that rate (:func:`conceal_rows`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,14 @@ class TrainConfig:
     mix_alpha: float = 1.0  #: 0 turns mixing off
     seed: int = 0
     device: str = "cpu"
+    #: BER-aware training: the probability that a latent row (all channels) of a sample is
+    #: replaced by the channel medians, as a concealed ``resilient`` slice decodes (0: off)
+    symbol_error_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.symbol_error_rate < 1.0:
+            raise ValueError(f"symbol_error_rate must be in [0, 1), got "
+                             f"{self.symbol_error_rate}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +100,21 @@ class Student:
     tuned_blocks: list[str]
     tail: nn.Module | None = None
     tuned_tail_blocks: list[str] = field(default_factory=list)
+
+
+def conceal_rows(y: torch.Tensor, medians: torch.Tensor, rate: float,
+                 g: torch.Generator) -> torch.Tensor:
+    """``y`` (B, C, H, ...) with each sample's rows (one index of axis 2, every channel)
+    replaced by the channel ``medians`` with probability ``rate``: what the decoder gets from
+    a ``resilient`` stream (sliced along rows, its default) whose slice failed its check. A
+    latent without rows (B, C) loses whole channels instead. No gradient reaches what was
+    replaced."""
+    b, c = y.shape[:2]
+    units = y.shape[2] if y.dim() > 2 else c
+    lost = torch.rand(b, units, generator=g) < rate  # the CPU generator: seeded runs repeat
+    shape = (b, 1, units, *([1] * (y.dim() - 3))) if y.dim() > 2 else (b, c)
+    med = medians.detach().reshape(1, -1, *([1] * (y.dim() - 2))).to(y.dtype)
+    return torch.where(lost.reshape(shape).to(y.device), med, y)
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -191,6 +218,8 @@ def train_bottleneck(head: nn.Module, tail: nn.Module, images: torch.Tensor,
         bn.train(True)
         (s_feat,) = s_head(x)
         y_hat, lik = bn.entropy(bn.encoder(s_feat))
+        if cfg.symbol_error_rate > 0:
+            y_hat = conceal_rows(y_hat, bn.entropy.medians, cfg.symbol_error_rate, g)
         bits = bn.entropy.bits(lik) / x.shape[0]
         stage1 = frac < cfg.feature_share
         ramp = frac / cfg.feature_share if stage1 else 1.0
