@@ -22,6 +22,7 @@ from torch import nn
 
 from .. import codecs as _codecs
 from ..codecs import BitstreamError, DecodeLimits, Header
+from ..codecs.resilient import concealing
 from . import protocol as P
 from .errors import RequestError
 from .protocol import ErrorCode
@@ -135,6 +136,7 @@ class Deployment(Service):
         if isinstance(tail, nn.Module):
             tail.eval()
         self.max_request_samples = max_request_samples
+        self.concealed_slices = 0  #: resilient slices concealed so far (bit errors survived)
         if input_specs == "auto":
             self.input_specs = specs_from_split(tail) if isinstance(tail, nn.Module) else None
         elif isinstance(input_specs, str):
@@ -244,10 +246,15 @@ class Deployment(Service):
 
         The header (parsed under :attr:`limits`) is checked by :meth:`check_header` before
         any payload is decoded, allow-list or not: no decoder of a codec not accepted runs, and
-        none works on more than the tail takes (the decoded shapes are the header's).
+        none works on more than the tail takes (the decoded shapes are the header's). A
+        ``resilient`` stream's slices that fail their checks are concealed (a bit error costs
+        a slice, not the request), counted in :attr:`concealed_slices`.
         """
         try:
-            return _codecs.decode(data, self.limits, check=self.check_header)
+            with concealing() as counter:
+                out = _codecs.decode(data, self.limits, check=self.check_header)
+            self.concealed_slices += counter.slices
+            return out
         except BitstreamError as e:
             raise RequestError(ErrorCode.BAD_BITSTREAM, str(e)) from None
 

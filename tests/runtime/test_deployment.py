@@ -107,3 +107,22 @@ def test_handle_frames_answers_each_frame_in_order() -> None:
         (4, ErrorCode.BAD_BITSTREAM), (5, None)]
     assert got[0].timing.batch_size == 2 and got[2].timing.batch_size == 1
     assert torch.equal(codecs.decode(got[0].bitstream)[0], codecs.decode(got[5].bitstream)[0])
+
+
+def test_a_resilient_stream_with_a_bit_error_is_concealed_not_lost() -> None:
+    """A flipped payload bit in a ``resilient`` stream costs a slice (concealed, counted),
+    not the request; a plain stream with the same error is refused."""
+    from splitcomp.runtime.errors import RequestError
+
+    tail = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 3))
+    dep = Deployment("r", tail, input_specs=[InputSpec(torch.float32, (8, 4, 4), 4)])
+    x = torch.randn(1, 8, 4, 4)
+    good = codecs.get("resilient", inner="int8", slices=4).encode(x)
+    bad = bytearray(good)
+    bad[-20] ^= 0x10  # inside the last slice's payload
+    out = dep.decode(bytes(bad))
+    assert out[0].shape == x.shape and dep.concealed_slices == 1
+    plain = bytearray(codecs.get("int8").encode(x))
+    plain[-20] ^= 0x10
+    with pytest.raises(RequestError):
+        dep.decode(bytes(plain))
