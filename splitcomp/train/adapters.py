@@ -28,7 +28,7 @@ from .augment import crop_flip
 from .bottleneck import freeze
 from .checkpoint import CheckpointError
 from .plain_ckpt import load_plain, prefixed, save_plain
-from .schedule import StepBudget
+from .schedule import Batches, StepBudget
 from .splits import SplitRecord
 from .trainer import History
 
@@ -106,35 +106,25 @@ def train_adapter(head: nn.Module, tail: nn.Module, images: torch.Tensor, labels
     n = images.shape[0]
     budget = StepBudget(round(cfg.epochs * max(n // cfg.batch_size, 1)) if cfg.epochs
                         else None, cfg.minutes)
-    hist, step, pos = History(), 0, 0
-    order = torch.randperm(n, generator=g)
+    hist, step, batches = History(), 0, Batches(n, cfg.batch_size, g)
     adapter.train()
     while budget.running(step):
         total = budget.update(step)
-        if pos + cfg.batch_size > n:
-            order, pos = torch.randperm(n, generator=g), 0
-        idx = order[pos:pos + cfg.batch_size]
-        pos += cfg.batch_size
+        idx = batches.next()
         x = normalize(crop_flip(images[idx], cfg.pad, g)).to(device)
         y = labels[idx].to(device)
         with torch.no_grad():
             (feat,) = head(x)
         logits = tail(adapter(feat))
         loss = F.cross_entropy(logits, y)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * budget.lr_scale(step)
+        budget.set_lr(opt, step, cfg.lr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
         if step % 10 == 0 or step == total:
             acc = float((logits.argmax(-1) == y).float().mean())
-            hist.step.append(step)
-            hist.loss.append(float(loss.detach()))
-            hist.agree.append(acc)
-            if progress is not None:
-                progress({"step": step, "total": total or 0, "loss": hist.loss[-1],
-                          "agree": acc})
+            hist.log(step, total, float(loss.detach()), acc, progress)
     hist.seconds, hist.steps = budget.seconds, step
     return adapter.eval(), hist
 

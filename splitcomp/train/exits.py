@@ -25,7 +25,7 @@ from torch import nn
 
 from .augment import crop_flip
 from .bottleneck import freeze
-from .schedule import StepBudget
+from .schedule import Batches, StepBudget
 from .trainer import History, kd_loss
 
 
@@ -121,15 +121,11 @@ def train_exit(head: nn.Module, tail: nn.Module, images: torch.Tensor,
     n = images.shape[0]
     budget = StepBudget(round(cfg.epochs * max(n // cfg.batch_size, 1)) if cfg.epochs
                         else None, cfg.minutes)
-    hist, step, pos = History(), 0, 0
-    order = torch.randperm(n, generator=g)
+    hist, step, batches = History(), 0, Batches(n, cfg.batch_size, g)
     exit_head.train()
     while budget.running(step):
         total = budget.update(step)
-        if pos + cfg.batch_size > n:
-            order, pos = torch.randperm(n, generator=g), 0
-        idx = order[pos:pos + cfg.batch_size]
-        pos += cfg.batch_size
+        idx = batches.next()
         x = normalize(crop_flip(images[idx], cfg.pad, g)).to(device)
         with torch.no_grad():
             (feat,) = head(x)
@@ -138,20 +134,14 @@ def train_exit(head: nn.Module, tail: nn.Module, images: torch.Tensor,
         loss = kd_loss(s_logits, t_logits, cfg.temperature)
         if labels is not None and cfg.label_weight > 0:
             loss = loss + cfg.label_weight * F.cross_entropy(s_logits, labels[idx].to(device))
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * budget.lr_scale(step)
+        budget.set_lr(opt, step, cfg.lr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
         if step % 10 == 0 or step == total:
             agree = float((s_logits.argmax(-1) == t_logits.argmax(-1)).float().mean())
-            hist.step.append(step)
-            hist.loss.append(float(loss.detach()))
-            hist.agree.append(agree)
-            if progress is not None:
-                progress({"step": step, "total": total or 0, "loss": hist.loss[-1],
-                          "agree": agree})
+            hist.log(step, total, float(loss.detach()), agree, progress)
     hist.seconds, hist.steps = budget.seconds, step
     return exit_head.eval(), hist
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import time
 
+import torch
+
 
 class StepBudget:
     """The total steps of a run from ``start_step``: ``total`` when known (epochs, a resumed
@@ -42,3 +44,26 @@ class StepBudget:
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.t0
+
+    def set_lr(self, optimizer: torch.optim.Optimizer, step: int, base_lr: float) -> None:
+        """Every parameter group's learning rate at ``step`` (its ``base_lr`` entry, else
+        ``base_lr``, times the cosine scale)."""
+        scale = self.lr_scale(step)
+        for group in optimizer.param_groups:
+            group["lr"] = group.get("base_lr", base_lr) * scale
+
+
+class Batches:
+    """Index batches over ``n`` items in a seeded random order, reshuffled whenever fewer
+    than a batch remain."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.g = n, batch_size, generator
+        self.order, self.pos = torch.randperm(n, generator=generator), 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.batch_size > self.n:
+            self.order, self.pos = torch.randperm(self.n, generator=self.g), 0
+        idx = self.order[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx

@@ -34,7 +34,7 @@ from torch import nn
 
 from .augment import crop_flip, mix
 from .bottleneck import Bottleneck, freeze, parameters, trainable_head, trainable_tail
-from .schedule import StepBudget
+from .schedule import Batches, StepBudget
 from .tails import Teacher, crossing_shapes
 
 
@@ -88,6 +88,19 @@ class History:
     agree: list[float] = field(default_factory=list)  #: student == teacher top-1 on the batch
     seconds: float = 0.0
     steps: int = 0
+
+    def log(self, step: int, total: int | None, loss: float, agree: float,
+            progress: Callable[[dict[str, float]], None] | None, **extra: float) -> None:
+        """Record one step's figures (``bits`` among ``extra`` too) and pass all of them
+        to ``progress``."""
+        self.step.append(step)
+        self.loss.append(loss)
+        self.agree.append(agree)
+        if "bits" in extra:
+            self.bits_per_sample.append(extra["bits"])
+        if progress is not None:
+            progress({"step": step, "total": total or 0, "loss": loss, "agree": agree,
+                      **extra})
 
 
 @dataclass
@@ -199,21 +212,16 @@ def train_bottleneck(head: nn.Module, tail: nn.Module, images: torch.Tensor,
                                         if cfg.epochs else None), cfg.minutes, start_step)
     step = start_step
     last_save = time.perf_counter()
-    order = torch.randperm(n, generator=g)
-    pos = 0
+    batches = Batches(n, cfg.batch_size, g)
     while budget.running(step):
         total = budget.update(step)
-        if pos + cfg.batch_size > n:
-            order, pos = torch.randperm(n, generator=g), 0
-        idx = order[pos:pos + cfg.batch_size]
-        pos += cfg.batch_size
+        idx = batches.next()
         x = crop_flip(images[idx], cfg.pad, g)
         x = normalize(x).to(device)
         if cfg.mix_alpha > 0:
             x = mix(x, g, cfg.mix_alpha)
         frac = budget.fraction(step)
-        for group in opt.param_groups:
-            group["lr"] = group["base_lr"] * budget.lr_scale(step)
+        budget.set_lr(opt, step, cfg.lr)
         s_head.train(False)
         bn.train(True)
         (s_feat,) = s_head(x)
@@ -245,14 +253,8 @@ def train_bottleneck(head: nn.Module, tail: nn.Module, images: torch.Tensor,
         if step % 10 == 0 or step == total:
             agree = float("nan") if s_logits is None else float(
                 (s_logits.argmax(-1) == t_logits.argmax(-1)).float().mean())
-            hist.step.append(step)
-            hist.loss.append(float(loss.detach()))
-            hist.bits_per_sample.append(float(bits.detach()))
-            hist.agree.append(agree)
-            if progress is not None:
-                progress({"step": step, "total": total or 0, "loss": hist.loss[-1],
-                          "bits": hist.bits_per_sample[-1], "agree": agree,
-                          "stage": 1 if stage1 else 2})
+            hist.log(step, total, float(loss.detach()), agree, progress,
+                     bits=float(bits.detach()), stage=1 if stage1 else 2)
         if (on_checkpoint is not None and step != total
                 and time.perf_counter() - last_save >= checkpoint_every):
             on_checkpoint(student, step, total or 0)
