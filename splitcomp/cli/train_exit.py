@@ -42,6 +42,7 @@ def add_exit_parser(sub: Any) -> None:
     e.add_argument("--param", action="append", default=[], metavar="K=V",
                    help="a parameter of --codec (repeatable)")
     e.add_argument("--hidden", type=int, help="width of the exit head (default 2x the cut's)")
+    e.add_argument("--blocks", type=int, default=2, help="convolutions of the exit head")
     length = e.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=float, help="passes over the train part")
     length.add_argument("--minutes", type=float, help="time budget (the schedule is fitted)")
@@ -91,7 +92,7 @@ def run_exit(args: argparse.Namespace) -> int:
         fit, calib, _ = split_dataset(train, args.n_train - args.n_calib, args.seed + 1)
     except (ValueError, KeyError, OSError) as e:
         return fail(str(e).strip("'\""))
-    cfg = ExitConfig(hidden=args.hidden, rule=args.rule, epochs=args.epochs,
+    cfg = ExitConfig(hidden=args.hidden, blocks=args.blocks, rule=args.rule, epochs=args.epochs,
                      minutes=args.minutes, batch_size=args.batch_size, seed=args.seed,
                      n_calib=args.n_calib, device=args.device)
     images = torch.stack([fit.image_uint8(i) for i in range(len(fit))])

@@ -44,19 +44,26 @@ RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 class ExitHead(nn.Module):
-    """Crossing tensor (N, K, H, W) -> logits (N, classes)."""
+    """Crossing tensor (N, K, H, W) -> logits (N, classes): ``blocks`` 3x3 convolutions
+    (the first strided, each with BatchNorm and ReLU), global pooling, a linear layer."""
 
-    def __init__(self, in_channels: int, classes: int, hidden: int | None = None) -> None:
+    def __init__(self, in_channels: int, classes: int, hidden: int | None = None,
+                 blocks: int = 1) -> None:
         super().__init__()
         hidden = hidden or 2 * in_channels
-        self.in_channels, self.classes, self.hidden = in_channels, classes, hidden
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, 3, 2, 1, bias=False), nn.BatchNorm2d(hidden),
-            nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(hidden, classes))
+        self.in_channels, self.classes, self.hidden, self.blocks = (
+            in_channels, classes, hidden, blocks)
+        layers: list[nn.Module] = []
+        for i in range(blocks):
+            layers += [nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, 2 if i == 0
+                                 else 1, 1, bias=False), nn.BatchNorm2d(hidden),
+                       nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(hidden, classes))
 
     def config(self) -> dict[str, int]:
-        return {"in_channels": self.in_channels, "classes": self.classes, "hidden": self.hidden}
+        return {"in_channels": self.in_channels, "classes": self.classes, "hidden": self.hidden,
+                "blocks": self.blocks}
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.body(features)
@@ -84,6 +91,7 @@ class ExitConfig:
     """Settings of one exit training run (recorded in its checkpoint)."""
 
     hidden: int | None = None
+    blocks: int = 2  #: convolutions of the exit head
     rule: str = "softmax"
     epochs: float | None = None
     minutes: float | None = None
@@ -116,7 +124,7 @@ def train_exit(head: nn.Module, tail: nn.Module, images: torch.Tensor,
     with torch.no_grad():
         (feat,) = head(normalize(images[:2]).to(device))
         classes = tail(feat).shape[-1]
-    exit_head = ExitHead(feat.shape[1], classes, cfg.hidden).to(device)
+    exit_head = ExitHead(feat.shape[1], classes, cfg.hidden, cfg.blocks).to(device)
     opt = torch.optim.AdamW(exit_head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = images.shape[0]
     budget = StepBudget(round(cfg.epochs * max(n // cfg.batch_size, 1)) if cfg.epochs
