@@ -9,7 +9,12 @@ import torch
 
 from .. import codecs
 from ..codecs import Codec
-from ._common import split_param
+from ._checks import parse_params
+from ._common import UsageError
+
+__all__ = ["add_codec_context", "add_common", "add_session_limits", "codec_params",
+           "load_codec_contexts", "make_codec", "parse_params", "session_limits", "set_threads",
+           "weights_arg"]
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -71,7 +76,7 @@ def load_codec_contexts(files: list[str]) -> list[int]:
         try:
             ids.append(load_context_file(f))
         except (OSError, ValueError) as e:  # BitstreamError is a ValueError
-            raise SystemExit(f"--codec-context {f}: {e}") from None
+            raise UsageError(f"--codec-context {f}: {e}") from None
     return ids
 
 
@@ -89,32 +94,11 @@ def weights_arg(value: str) -> str | None:
     return None if value == "random" else value
 
 
-def parse_params(codec_name: str, items: list[str]) -> dict[str, Any]:
-    """``["k=v", ...]`` -> codec parameters, each converted to its declared kind."""
-    spec = {p.name: p for p in codecs.codec_class(codec_name).params_spec}
-    out: dict[str, Any] = {}
-    for item in items:
-        key, value = split_param(item)
-        if key not in spec:
-            raise SystemExit(f"{codec_name} has no parameter {key!r}; it has {sorted(spec)}")
-        kind = spec[key].kind
-        try:
-            if kind is bool:
-                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError(value)
-                out[key] = value.lower() in ("1", "true", "yes")
-            else:
-                out[key] = kind(value)
-        except ValueError:
-            raise SystemExit(f"--param {key}: {value!r} is not a {kind.__name__}") from None
-    return out
-
-
 def make_codec(name: str, params: dict[str, Any]) -> Codec:
     try:
         return codecs.get(name, **params)
     except (TypeError, ValueError) as e:
-        raise SystemExit(f"codec {name}: {e}") from None
+        raise UsageError(f"codec {name}: {e}") from None
 
 
 def set_threads(n: int) -> None:

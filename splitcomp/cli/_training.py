@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..bench.setup import EvalSetup, load_eval_setup
 from ..train import teacher_model
+from . import _common
 
 
 def weights_ref(weights: str | None) -> str | None:
@@ -25,8 +25,8 @@ def teacher_setup(model: str, weights: str | None, data: str, cut: str, seed: in
 
 
 def write_json(result: dict[str, Any], path: Path | None) -> None:
-    if path is not None:
-        path.write_text(json.dumps(result, indent=1) + "\n")
+    """``result`` into ``path`` atomically, missing folders made (nothing without a path)."""
+    _common.write_json(result, path)
 
 
 def check_targets(result: dict[str, Any], drop: float | None, size: float | None) -> str:

@@ -7,7 +7,9 @@ import argparse
 import torch
 
 from ..partition import candidates, format_candidates
-from ..zoo import create_model, model_config
+from ..zoo import create_model
+from ._checks import zoo_config
+from ._common import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,11 +19,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = model_config(args.model)
-    model = create_model(args.model, weights=None)
+    cfg = zoo_config(args.model, task=None)
     size = tuple(args.input_size or cfg.input_size or ())
     if not size:
-        raise SystemExit(f"{args.model}: give --input-size")
+        raise UsageError(f"{args.model}: give --input-size C H W (or see `splitcomp models`)")
+    if len(size) != 3 or min(size) < 1:
+        raise UsageError(f"--input-size: expected C H W, positive, got {' '.join(map(str, size))}")
+    model = create_model(args.model, weights=None)
     example = torch.zeros(1, *size)
     cands = candidates(model, (example,), modules_only=not args.all_nodes)
     print(format_candidates(cands))

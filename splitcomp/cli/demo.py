@@ -15,7 +15,8 @@ import argparse
 import torch
 
 from ..bench.demo import DEMO_SPLIT, run_rate_accuracy, run_serving
-from ._common import quality_params
+from ._checks import build_codec, check_splits
+from ._common import at_least, quality_params
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    at_least("--clients", args.clients)
+    build_codec("slicer", {}, args.quality)  # a quality out of range: now
+    if args.split != DEMO_SPLIT:
+        check_splits("mobilenet_v2", [args.split])
     torch.set_grad_enabled(False)
     if args.rate_accuracy:
         return run_rate_accuracy(quick=args.quick, target_drop=args.target_drop)

@@ -12,7 +12,6 @@ reported windows.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,8 @@ from ..llm.lm_eval import (
     increase_pct,
 )
 from ..llm.text import default_hellaswag, default_wikitext, load_lm, read_hellaswag, token_windows
+from ._checks import lm_name
+from ._common import UsageError, add_force, at_least, check_output, write_json
 from ._llm_args import add_common, codec_params, make_codec, set_threads, weights_arg
 
 
@@ -49,11 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hellaswag", type=Path,
                    help="HellaSwag file, 6 lines an item, .bz2 or text (default: shared)")
     p.add_argument("--json", type=Path, help="write the figures here")
+    add_force(p)
 
 
 def _require(path: Path | None, what: str, flag: str) -> Path:
     if path is None or not path.is_file():
-        raise SystemExit(f"{what} not found: pass {flag} PATH (or provide ../shared/data)")
+        raise UsageError(f"{what} not found: pass {flag} PATH (or provide ../shared/data)")
     return path
 
 
@@ -64,17 +66,26 @@ def _log(msg: str) -> None:
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """The whole run; returns the JSON report."""
     t0 = time.perf_counter()
-    set_threads(args.threads)
+    for flag in ("--windows", "--window", "--calib-windows"):
+        at_least(flag, getattr(args, flag[2:].replace("-", "_")))
+    at_least("--items", args.items, 0)
+    at_least("--split", args.split, 0)
+    check_output(args.json, getattr(args, "force", False))
+    lm_name(args.model)
     params = codec_params(args)
     cls = codecs.codec_class(args.codec)
     if (args.quality is not None or args.target_ppl_increase is not None) and not cls.quality_param:
-        raise SystemExit(f"{args.codec} has no quality parameter")
+        raise UsageError(f"{args.codec} has no quality parameter")
     if args.quality is not None:
         params[cls.quality_param] = args.quality
+        make_codec(args.codec, params)  # out of range: now
+    wikitext = _require(args.wikitext or default_wikitext(), "WikiText", "--wikitext")
+    if args.items > 0:
+        _require(args.hellaswag or default_hellaswag(), "HellaSwag", "--hellaswag")
+    set_threads(args.threads)
     per_token = not args.per_message
     model, tok = load_lm(args.model, weights_arg(args.weights))
     edge, server = EdgeHalf(model, args.split), ServerHalf(model, args.split)
-    wikitext = _require(args.wikitext or default_wikitext(), "WikiText", "--wikitext")
     calib_n = args.calib_windows if args.target_ppl_increase is not None else 0
     windows = token_windows(tok, wikitext, args.window, args.windows + calib_n)
     batches = [edge_pass(edge, w[None]) for w in windows]
@@ -131,6 +142,5 @@ def run(args: argparse.Namespace) -> int:
           f"({out['ppl_increase_pct']:+.2f} %), KL {out['kl_mean']:.4f} nats, top-1 agreement "
           f"{100 * out['top1_agreement']:.1f} %{hs}; {out['bits_per_element']:.3f} bits/element, "
           f"{out['bytes_per_token']:.1f} B/token")
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+    write_json(out, args.json, indent=2)
     return 0

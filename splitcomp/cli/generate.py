@@ -12,7 +12,6 @@ the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,6 +23,8 @@ from ..codecs import Codec
 from ..llm.pipeline import SplitLM
 from ..llm.text import HFTokenizer, Tokenizer, load_lm
 from ..runtime.errors import SplitRuntimeError
+from ._checks import check_reachable, lm_name
+from ._common import UsageError, add_force, at_least, check_output, write_json
 from ._llm_args import add_common, codec_params, make_codec, set_threads, weights_arg
 
 
@@ -34,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat", action="store_true",
                    help="wrap the prompt in the model's chat template (instruct models)")
     p.add_argument("--json", help="write the byte figures here")
+    add_force(p)
     g = p.add_argument_group("remote server half")
     g.add_argument("--server", default=None, metavar="URL",
                    help="ws://HOST:PORT of a 'splitcomp serve --llm' server")
@@ -48,9 +50,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    at_least("--max-new-tokens", args.max_new_tokens)
+    at_least("--split", args.split, 0)
+    check_output(args.json, args.force)
+    lm_name(args.model)
+    if not args.prompt.strip():
+        raise UsageError("empty prompt")
+    if not args.server and (args.temperature or args.top_k):
+        raise UsageError("--temperature/--top-k need --server (embedded mode is greedy)")
+    codec = make_codec(args.codec, codec_params(args))
+    if args.server:
+        check_reachable(args.server, "--server")
     set_threads(args.threads)
     model, tok = load_lm(args.model, weights_arg(args.weights))
-    codec = make_codec(args.codec, codec_params(args))
     if args.server:
         from pathlib import Path
 
@@ -60,13 +72,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             sampling = Sampling(args.temperature, args.top_k, args.seed)
         except ValueError as e:
-            raise SystemExit(str(e)) from None
+            raise UsageError(str(e)) from None
         lm = RemoteLM(model, args.split, args.server, args.deployment or Path(args.model).name,
                       codec, per_token=not args.per_message, sampling=sampling,
                       token=args.token, ca=args.ca)
     else:
-        if args.temperature or args.top_k:
-            raise SystemExit("--temperature/--top-k need --server (embedded mode is greedy)")
         lm = SplitLM(model, args.split, codec, per_token=not args.per_message)
     try:
         return _generate(args, lm, tok, codec)
@@ -133,7 +143,5 @@ def _generate(args: argparse.Namespace, lm: Any, tok: Tokenizer, codec: Codec) -
              if report.get("context_bytes") else "")
           + (f", server session rebuilt {report['rebuilds']}x" if report.get("rebuilds")
              else "") + "]", file=sys.stderr)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    write_json(report, args.json, indent=2)
     return 0

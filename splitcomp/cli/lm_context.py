@@ -15,6 +15,8 @@ from ..codecs.tokenwise import context_id, save_context
 from ..llm.halves import EdgeHalf
 from ..llm.text import default_wikitext, load_lm
 from ..llm.tokenwise_calibration import calibrate_edge, tail_windows
+from ._checks import lm_name, require_file
+from ._common import UsageError, at_least
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,11 +29,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(1)
-    model, tok = load_lm(args.model)
+    at_least("--windows", args.windows)
+    at_least("--window", args.window)
+    at_least("--split", args.split, 0)
+    lm_name(args.model)
+    require_file(args.text, "--text")
     text = args.text or default_wikitext()
     if text is None:
-        raise SystemExit("no calibration text: pass --text")
+        raise UsageError("no calibration text: pass --text FILE (or provide ../shared/data)")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file, not a folder")
+    torch.set_num_threads(1)
+    model, tok = load_lm(args.model)
     ctx = calibrate_edge(EdgeHalf(model, args.split),
                          tail_windows(tok, text, args.window, args.windows))
     path = save_context(ctx, args.out)

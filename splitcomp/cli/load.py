@@ -8,13 +8,20 @@ Starts an embedded server with both deployments (``<name>`` and ``<name>-full``)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
-from ._common import quality_params
+from ._checks import (
+    build_codec,
+    check_reachable,
+    check_splits,
+    load_checked_model,
+    open_data,
+    zoo_config,
+)
+from ._common import add_force, at_least, check_output, quality_params, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="requests of the full-offload arm (default: --requests)")
     p.add_argument("--no-full-offload", action="store_true", help="skip the baseline")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
+    add_force(p)
 
 
 def format_report(r: dict) -> str:
@@ -60,12 +68,28 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Everything checkable before the images are read and encoded."""
+    for flag in ("--clients", "--requests", "--limit", "--full-requests", "--max-batch-size"):
+        at_least(flag, getattr(args, flag[2:].replace("-", "_")))
+    check_output(args.json, args.force)
+    cfg = zoo_config(args.model)
+    build_codec(args.codec, {}, args.quality)
+    for d in args.data:
+        open_data(d, cfg, args.limit)
+    if args.url:
+        check_reachable(args.url)
+    model = load_checked_model(args.model, None if args.weights == "default" else args.weights)
+    check_splits(args.model, [args.split], model)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..runtime.load import prepare, run_arms, run_embedded
 
     torch.set_grad_enabled(False)
     if args.threads:
         torch.set_num_threads(args.threads)
+    _check(args)
     setup = prepare(args.model, args.split, args.data, codec=args.codec,
                     params=quality_params(args.codec, args.quality), weights=args.weights,
                     limit=args.limit, max_batch_size=args.max_batch_size,
@@ -79,6 +103,6 @@ def run(args: argparse.Namespace) -> int:
         report = run_embedded(setup, args.clients, args.requests, **kw)
     print(format_report(report))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        write_json(report, args.json, indent=2)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from .. import codecs
 from ..data import ImageFolderDataset, load_dataset
 from ..plan.channel import Channel
 from ..plan.devices import available_devices, get_device
@@ -26,8 +25,26 @@ from ..plan.planfile import plan_from_row, save_plan
 from ..plan.planner import OBJECTIVES, PlanRow, build_rows, choose, format_table, shown_rows
 from ..plan.profile import DEFAULT_CODECS, ModelProfile, Profiler
 from ..train import CheckpointError, Trained, TrainedOnError, check_untrained, untrained_part
-from ..zoo import load_model, model_config
-from ._common import fail, model_checkpoints, standalone
+from ._checks import (
+    check_splits,
+    codec_name,
+    load_checked_model,
+    open_data,
+    require_file,
+    with_unit,
+    zoo_config,
+)
+from ._common import (
+    UsageError,
+    add_force,
+    at_least,
+    check_output,
+    fail,
+    model_checkpoints,
+    standalone,
+    write_atomic,
+    write_json,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,9 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="calibration images (as for `splitcomp eval`); several "
                    "sources may be joined with commas")
     p.add_argument("--calib", type=int, default=200, help="calibration images (spread evenly)")
-    p.add_argument("--bandwidth", default="10Mbit", help="uplink rate, e.g. 10Mbit, 800kbit")
+    p.add_argument("--bandwidth", default="10Mbit", help="uplink rate with its unit, e.g. "
+                   "10Mbit, 800kbit (a bare number is refused)")
     p.add_argument("--downlink", default=None, help="downlink rate (default: the uplink's)")
-    p.add_argument("--rtt", default="20ms", help="round-trip time, e.g. 20ms")
+    p.add_argument("--rtt", default="20ms", help="round-trip time with its unit, e.g. 20ms, "
+                   "0.1s (a bare number is refused)")
     p.add_argument("--loss", type=float, default=0.0, help="packet loss probability")
     p.add_argument("--ber", type=float, default=0.0, help="bit error rate")
     p.add_argument("--trace", type=Path, help="bandwidth trace: 'time_s bandwidth' lines")
@@ -69,6 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="print every row, not just the front")
     p.add_argument("--json", type=Path, help="write profile, rows and choices here")
     p.add_argument("--plan-out", type=Path, help="write the chosen plan here")
+    add_force(p)
 
 
 def _calibration(args: argparse.Namespace, preprocess, trained: list[Trained]
@@ -93,27 +113,57 @@ def measure(args: argparse.Namespace, log=None) -> ModelProfile:
     """Profile the model as the arguments say (or load a saved profile)."""
     if args.profile_in:
         if args.checkpoint:
-            raise SystemExit("--checkpoint is measured: not with --profile-in (its profile "
+            raise UsageError("--checkpoint is measured: not with --profile-in (its profile "
                              "keeps the checkpoints it was measured with)")
-        return ModelProfile.from_json(json.loads(args.profile_in.read_text()))
+        try:
+            return ModelProfile.from_json(json.loads(args.profile_in.read_text()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"--profile-in {args.profile_in}: not a profile written by "
+                             f"--profile-out ({type(e).__name__}: {e})") from None
     if not args.data:
-        raise SystemExit("--data is needed (or --profile-in)")
-    cfg = model_config(args.model)
+        raise UsageError("--data is needed (or --profile-in)")
+    cfg = zoo_config(args.model)
+    at_least("--calib", args.calib)
+    at_least("--repeats", args.repeats)
+    at_least("--max-splits", args.max_splits)
+    names = [codec_name(c, "--codecs") for c in args.codecs.split(",") if c]
+    for f in (f for f in args.input_codecs.split(",") if f):
+        if f not in INPUT_FORMATS:
+            raise UsageError(f"--input-codecs {f}: not one of {', '.join(INPUT_FORMATS)}")
+    sources = [s for s in args.data.split(",") if s]
+    if not sources:
+        raise UsageError("--data names no source")
+    for src in sources:
+        open_data(src, cfg)
+    splits = [s for s in args.splits.split(",") if s] if args.splits else None
     model, trained = model_checkpoints(args.model, args.checkpoint, args.weights)
-    model = load_model(args.model, args.weights) if model is None else model
+    model = load_checked_model(args.model, args.weights) if model is None else model
+    check_splits(args.model, splits or [], model, "--splits")
     calib = _calibration(args, cfg.preprocess(), trained)
     images = torch.stack([calib.image_uint8(i) for i in range(len(calib))])
     labels = calib.labels
-    names = [c for c in args.codecs.split(",") if c]
-    for c in names:
-        codecs.codec_class(c)
     prof = Profiler(model, args.model, images, labels, cfg.preprocess(), codec_names=names,
                     input_formats=[f for f in args.input_codecs.split(",") if f],
                     max_drop=args.max_drop, repeats=args.repeats, log=log)
-    splits = [s for s in args.splits.split(",") if s] if args.splits else None
     out = prof.profile(splits, args.max_splits, trained, calib)
     out.data = args.data
     return out
+
+
+def _channel(args: argparse.Namespace) -> Channel:
+    """The channel of the flags; rates and times must carry their unit."""
+    with_unit("--bandwidth", args.bandwidth, "Mbit")
+    with_unit("--downlink", args.downlink, "Mbit")
+    with_unit("--rtt", args.rtt, "ms")
+    require_file(args.trace, "--trace")
+    for flag, p in (("--loss", args.loss), ("--ber", args.ber)):
+        if not 0.0 <= p < 1.0:
+            raise UsageError(f"{flag} is a probability in [0, 1), got {p:g}")
+    try:
+        return Channel.parse(args.bandwidth, args.rtt, loss=args.loss, ber=args.ber,
+                             downlink=args.downlink, trace=args.trace)
+    except ValueError as e:
+        raise UsageError(f"channel: {e}") from None
 
 
 def _describe(r: PlanRow) -> str:
@@ -130,15 +180,17 @@ def run(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    channel = Channel.parse(args.bandwidth, args.rtt, loss=args.loss, ber=args.ber,
-                            downlink=args.downlink, trace=args.trace)
+    channel = _channel(args)
+    for path, flag in ((args.json, "--json"), (args.plan_out, "--plan-out"),
+                       (args.profile_out, "--profile-out")):
+        check_output(path, args.force, flag)
+    require_file(args.profile_in, "--profile-in")
     device = get_device(args.edge_profile, args.edge_slowdown)
     try:
         prof = measure(args, log)
     except (CheckpointError, TrainedOnError) as e:
         return fail(f"--checkpoint: {e}")
-    if args.profile_out:
-        args.profile_out.write_text(json.dumps(prof.to_json(), indent=1) + "\n")
+    write_json(prof.to_json(), args.profile_out)
     rows = build_rows(prof, channel, device, max_drop=args.max_drop, queue_ms=args.queue_ms,
                       deployment=args.model)
     exclude = ("device",) if args.offload_only else ()
@@ -170,13 +222,13 @@ def run(args: argparse.Namespace) -> int:
                "best": {o: r.name for o, r in winners.items()},
                "best_offload": {o: r.name for o, r in offload.items()},
                "objective": args.objective}
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        write_json(out, args.json)
     if args.plan_out:
         plan = plan_from_row(chosen, model=args.model, channel=channel,
                              device=device.to_json(), objective=args.objective,
                              max_drop=args.max_drop, weights=args.weights,
                              alternatives=[r for r in rows if r.pareto])
-        save_plan(plan, args.plan_out)
+        write_atomic(args.plan_out, lambda tmp: save_plan(plan, tmp))
         print(f"plan written to {args.plan_out}")
     return 0
 

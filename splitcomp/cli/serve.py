@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import functools
 import re
 import sys
@@ -24,7 +25,18 @@ import torch
 
 from ..runtime.deployment import Deployment, zoo_deployment
 from ..runtime.server import Server
-from ._common import standalone
+from ._checks import (
+    bind_problem,
+    check_port_free,
+    check_splits,
+    check_weights,
+    codec_name,
+    lm_name,
+    load_tokens,
+    require_file,
+    zoo_config,
+)
+from ._common import UsageError, standalone
 from ._llm_args import add_session_limits, session_limits
 
 
@@ -76,7 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="distinct codec contexts held at most (kept or in use)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8765, help="port (0: pick a free one)")
-    p.add_argument("--tokens", default=None, help="tokens file: one 'client_id token' a line")
+    p.add_argument("--tokens", default=None, help="tokens file: one 'client_id token' a line, "
+                   "tokens of 16 characters or more (docs/protocol.md)")
     p.add_argument("--tls-cert", default=None, help="certificate (PEM) to serve wss://")
     p.add_argument("--tls-key", default=None, help="private key (PEM) of --tls-cert")
     p.add_argument("--max-batch-size", type=int, default=32)
@@ -188,18 +201,43 @@ def _checkpoint_deployments(args: argparse.Namespace) -> list[Deployment]:
     return out
 
 
+def _check(args: argparse.Namespace, specs: list[tuple[str, str, str, list[str] | None]]
+           ) -> None:
+    """What can be checked before any model is built: names and files (the port: in
+    :func:`run`, which binds it)."""
+    for _name, model, _at, codecs in specs:
+        zoo_config(model)
+        for c in codecs or ():
+            codec_name(c)
+    for model in dict.fromkeys(m for _, m, _, _ in specs):
+        check_weights(model, args.weights)
+        check_splits(model, [at for _, m, at, _ in specs if m == model])
+    if getattr(args, "llm", None):
+        if args.llm_split is None:
+            raise UsageError("--llm needs --llm-split K")
+        lm_name(args.llm, "--llm")
+    for c in (getattr(args, "llm_codec", None) or "").split(","):
+        if c:
+            codec_name(c, "--llm-codec")
+    require_file(args.tls_cert, "--tls-cert")
+    require_file(args.tls_key, "--tls-key")
+
+
 def build_server(args: argparse.Namespace) -> Server:
     """The server the arguments describe (models built and split, not started)."""
     if (args.tls_cert is None) != (args.tls_key is None):
-        raise SystemExit("--tls-cert and --tls-key go together")
+        raise UsageError("--tls-cert and --tls-key go together")
+    specs = _deploy_specs(args)
+    tokens = load_tokens(args.tokens)  # a bad tokens file: before any model is loaded
+    _check(args, specs)
     deployments: list[Deployment] = []
-    for name, model, at, codecs in _deploy_specs(args):
+    for name, model, at, codecs in specs:
         dep, _head = zoo_deployment(model, at, weights=args.weights, name=name, codecs=codecs,
                                     max_batch_size=args.max_batch_size,
                                     max_wait_ms=args.max_wait_ms)
         deployments.append(dep)
     deployments.extend(_checkpoint_deployments(args))
-    return Server(deployments, args.host, args.port, tokens=args.tokens, llm=_llm(args),
+    return Server(deployments, args.host, args.port, tokens=tokens, llm=_llm(args),
                   tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
                   max_frame_bytes=args.max_frame_bytes,
                   max_inflight_per_client=args.max_inflight_per_client,
@@ -254,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
+    check_port_free(args.host, args.port)  # before any model is loaded
     if getattr(args, "backend", "embedded") == "ray":
         from ..runtime.ray_backend import run_cli
 
@@ -267,12 +306,20 @@ def run(args: argparse.Namespace) -> int:
             llm = functools.partial(_llm, args)  # built in the replica
         if _checkpoints(args):
             raise SystemExit("--checkpoint / a trained --plan: the embedded backend only")
-        return run_cli(args, _deploy_specs(args), llm)
+        specs = _deploy_specs(args)
+        load_tokens(args.tokens)
+        _check(args, specs)
+        return run_cli(args, specs, llm)
     try:
         server = build_server(args)
     except ValueError as e:  # e.g. two deployments under one name
-        raise SystemExit(f"splitcomp serve: {e}") from None
-    asyncio.run(server.serve_forever(announce=True))
+        raise UsageError(str(e)) from None
+    try:
+        asyncio.run(server.serve_forever(announce=True))
+    except OSError as e:  # the port taken since the check
+        if e.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        raise UsageError(bind_problem(args.host, args.port, e)) from None
     return 0
 
 

@@ -39,7 +39,7 @@ from ..train import (
     train_bottleneck,
 )
 from ..train.ckpt_eval import model_tables
-from ._common import fail, standalone
+from ._common import add_force, check_output, fail, standalone
 from ._sweep import SWEEPABLE, sweep
 from ._training import check_targets, teacher_setup, weights_ref, write_json
 from .train_adapter import add_adapter_parser, run_adapter
@@ -110,6 +110,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_exit_parser(sub)
     add_adapter_parser(sub)
     add_gate_parser(sub)
+    for component in sub.choices.values():
+        add_force(component)
 
 
 def also_records(args: argparse.Namespace) -> list[TailRecord]:
@@ -267,6 +269,7 @@ def _evaluate_saved(args: argparse.Namespace, setup: EvalSetup, extra: list[Teac
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output(args.json, args.force)  # before any training
     try:
         return {"bottleneck": _bottleneck_command, "exit": run_exit,
                 "adapter": run_adapter, "gate": run_gate}[args.component](args)

@@ -3,17 +3,22 @@
 :class:`AsyncSplitClient` (asyncio) multiplexes any number of concurrent requests over one
 WebSocket by request id. When the connection drops it reconnects with exponential backoff
 and re-sends each unanswered request with the *same* id, so the server (which remembers
-recent ids per session) runs it once. :class:`SplitClient` is the same thing for synchronous
-code: an event loop in a background thread, callable from many threads at once.
+recent ids per session) runs it once. A server never reached (connection refused, unknown
+host on the first connect) fails at once with :class:`ConnectionLost` instead: retrying is for
+a server that was there before (restarting), or for one still starting (``wait_for_server``).
+:class:`SplitClient` is the same thing for synchronous code: an event loop in a background
+thread, callable from many threads at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 import random
 import secrets
+import socket
 import ssl
 import time
 import urllib.request
@@ -63,6 +68,26 @@ class _Lost(Exception):
     """The connection carrying a request closed before its answer."""
 
 
+#: connect errors meaning that nothing can be reached at the address
+_UNREACHABLE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
+
+
+def unreachable(e: BaseException) -> str | None:
+    """Why a failed connect shows that nothing answers at the address (refused, unknown
+    host, no route), or None for a failure worth retrying (a timeout, a handshake)."""
+    if isinstance(e, socket.gaierror):
+        return f"unknown host ({e.strerror or e})"
+    if not isinstance(e, OSError) or isinstance(e, TimeoutError):
+        return None
+    if isinstance(e, ConnectionRefusedError) or e.errno == errno.ECONNREFUSED:
+        return "connection refused"
+    if e.errno in _UNREACHABLE:
+        return e.strerror or str(e)
+    if "Connect call failed" in str(e):  # asyncio, several addresses: "Multiple exceptions"
+        return "connection refused" if f"[Errno {errno.ECONNREFUSED}]" in str(e) else str(e)
+    return None
+
+
 class AsyncSplitClient:
     """Send features to a deployment of a splitcomp server (asyncio).
 
@@ -77,7 +102,9 @@ class AsyncSplitClient:
     thread so the event loop stays responsive. ``session``: the dedup namespace kept across
     reconnections (default: 128 random bits per client object). ``compact``: send compact
     streams (one tensor; the header a template both ends registered, docs/bitstream.md), as
-    for a trained bottleneck's latent (:mod:`.trained`). ``early_exit``: a module on the
+    for a trained bottleneck's latent (:mod:`.trained`). ``wait_for_server``: keep retrying
+    a first connection that is refused (a server still starting) instead of failing at once
+    with :class:`ConnectionLost`. ``early_exit``: a module on the
     head's first output returning ``(logits, confidence, exits)`` (``splitcomp.train.exits.
     EdgeExit``): a request whose inputs all exit is answered on the edge, nothing sent
     (``InferResult.source == "edge"``; :attr:`exits` and :attr:`sent` count both kinds).
@@ -91,9 +118,12 @@ class AsyncSplitClient:
                  max_backoff_s: float = 2.0, max_inflight: int | None = None,
                  head_in_thread: bool = True, session: str | None = None,
                  max_response_bytes: int = 256 << 20, compact: bool = False,
-                 early_exit: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
-                 ) -> None:
+                 early_exit: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None,
+                 wait_for_server: bool = False) -> None:
         self.url = url
+        self.wait_for_server = wait_for_server
+        self._reached = False  #: a connection succeeded once (the server was there)
+        self._connect_problem: BaseException | None = None  #: the last failed connect's
         self.early_exit = early_exit
         self.exits = 0  #: requests answered on the edge
         self.sent = 0  #: requests sent to the server
@@ -251,9 +281,10 @@ class AsyncSplitClient:
                                              f"({last!r})") from last
                     await asyncio.sleep(self._backoff(attempts))
         except TimeoutError:
+            problem = last if last is not None else self._connect_problem
             raise RuntimeTimeout(f"request {rid} to {self.deployment!r} at {self.url}: no answer "
                                  f"within {self.timeout_s} s ({attempts} attempt(s); last "
-                                 f"problem: {last!r})") from None
+                                 f"problem: {problem!r})") from None
 
     def _backoff(self, attempt: int) -> float:
         base = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
@@ -306,13 +337,20 @@ class AsyncSplitClient:
                 if isinstance(e, ssl.SSLCertVerificationError):
                     raise
                 problem = e
+                why = unreachable(e)
+                if why and not self._reached and not self.wait_for_server:
+                    raise ConnectionLost(f"cannot connect to {self.url}: {why} (is a splitcomp "
+                                         "server running there?)") from None
             else:
                 max_frame = ws.response.headers.get(P.HEADER_MAX_FRAME) if ws.response else None
                 self.max_frame_bytes = int(max_frame) if max_frame and max_frame.isdigit() \
                     else None
                 if self._reader is not None:  # connected before: this is a reconnection
                     self.reconnects += 1
+                self._reached = True
+                self._connect_problem = None
                 return ws
+            self._connect_problem = problem
             delay = self._backoff(tries)
             if loop.time() + delay >= deadline:
                 await asyncio.sleep(max(deadline - loop.time(), 0))  # the caller's timeout fires

@@ -306,7 +306,7 @@ def test_generate_command_with_server(tiny_models, serve, tmp_path, capsys) -> N
         cli_generate.add_arguments(p)
         out = tmp_path / "g.json"
         argv = ["--model", "llama_tiny", "--split", str(SPLIT), "--max-new-tokens", "6",
-                "--json", str(out), *extra, "hello"]
+                "--json", str(out), "--force", *extra, "hello"]
         assert cli_generate.run(p.parse_args(argv)) == 0
         return capsys.readouterr().out, json.loads(out.read_text())
 
