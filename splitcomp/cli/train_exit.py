@@ -49,6 +49,9 @@ def add_exit_parser(sub: Any) -> None:
     e.add_argument("--n-train", type=int, default=5000, help="images in the train part")
     e.add_argument("--n-calib", type=int, default=1000,
                    help="train-part images held out of training to calibrate the threshold")
+    e.add_argument("--margin", type=float, default=1.0, metavar="Z",
+                   help="calibrate with Z standard deviations of the measured cost in reserve "
+                   "(0: the raw measurement, optimistic)")
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -94,7 +97,7 @@ def run_exit(args: argparse.Namespace) -> int:
         return fail(str(e).strip("'\""))
     cfg = ExitConfig(hidden=args.hidden, blocks=args.blocks, rule=args.rule, epochs=args.epochs,
                      minutes=args.minutes, batch_size=args.batch_size, seed=args.seed,
-                     n_calib=args.n_calib, device=args.device)
+                     n_calib=args.n_calib, margin=args.margin, device=args.device)
     images = torch.stack([fit.image_uint8(i) for i in range(len(fit))])
     bar = tqdm(desc="train exit", file=sys.stderr, disable=args.no_progress)
 
@@ -109,7 +112,8 @@ def run_exit(args: argparse.Namespace) -> int:
     bar.close()
     cal = score_exit(exit_head, cfg.rule, setup.head, setup.tail, calib, codec,
                      device=args.device)
-    threshold = calibrate(cal.confidence, cal.exit_right, cal.server_right, args.target_drop)
+    threshold = calibrate(cal.confidence, cal.exit_right, cal.server_right, args.target_drop,
+                          cfg.margin)
     info = {"train_seconds": hist.seconds, "steps": hist.steps,
             "calibration": exit_figures(cal, threshold, exit_head, setup.head,
                                         setup.dataset[0][0].unsqueeze(0))}

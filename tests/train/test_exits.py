@@ -32,6 +32,17 @@ def test_calibrate_exits_the_most_confident_within_the_budget() -> None:
     assert calibrate(conf, ~server, server, 0.0) == float("inf")
 
 
+def test_calibrate_with_a_margin_keeps_a_reserve() -> None:
+    conf = torch.linspace(1.0, 0.5, 100)
+    exit_right = torch.ones(100, dtype=torch.bool)
+    exit_right[[10, 30, 60]] = False  # three exits differ from the server path
+    server = torch.ones(100, dtype=torch.bool)
+    # 1 pp allows one wrong exit raw; with a 1-sigma reserve, one wrong exit costs 1 + 1 pp
+    assert calibrate(conf, exit_right, server, 1.0) == pytest.approx(float(conf[29]))
+    assert calibrate(conf, exit_right, server, 1.0, margin=1.0) == pytest.approx(float(conf[9]))
+    assert calibrate(conf, exit_right, server, 2.0, margin=1.0) == pytest.approx(float(conf[29]))
+
+
 def test_calibrate_never_splits_a_tie_and_counts_exits_that_fix_the_server() -> None:
     conf = _t(0.9, 0.9, 0.5)
     # the tie at 0.9 is one wrong and one right exit: both or neither
