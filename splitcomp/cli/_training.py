@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +42,23 @@ def check_targets(result: dict[str, Any], drop: float | None, size: float | None
     want = " and ".join(w for w in (f"<= {drop:g} pp drop" if drop is not None else "",
                                      f"<= {size:g} B/sample" if size is not None else "") if w)
     return f"{want}: {'met' if met else 'MISSED'}"
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model, --weights, --data, --split: the frozen model a component trains around."""
+    p.add_argument("--model", required=True, help="zoo name, e.g. resnet20")
+    p.add_argument("--weights", help="weights file, 'hub', or 'random' (seeded by --seed); "
+                   "default: the model's offline default weights")
+    p.add_argument("--data", required=True, help="'cifar10' or an image folder")
+    p.add_argument("--split", required=True, help="cut point: module path or graph node name")
+
+
+def add_run_args(p: argparse.ArgumentParser, device: bool = True) -> None:
+    """--seed, --device, --threads, --out, --json, --no-progress."""
+    p.add_argument("--seed", type=int, default=0, help="split, augmentation and init seed")
+    if device:
+        p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--json", type=Path, help="write the eval figures here")
+    p.add_argument("--no-progress", action="store_true")

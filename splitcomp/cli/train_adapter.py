@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,16 +29,13 @@ from ..train.adapters import (
 )
 from ._common import fail
 from ._llm_args import parse_params
-from ._training import teacher_setup, weights_ref, write_json
+from ._training import add_model_args, add_run_args, teacher_setup, weights_ref, write_json
 
 
 def add_adapter_parser(sub: Any) -> None:
     a = sub.add_parser("adapter", help="a client adapter between the frozen head and the codec "
                        "for a shifted input distribution", description=__doc__)
-    a.add_argument("--model", required=True, help="zoo name, e.g. resnet20")
-    a.add_argument("--weights", help="weights file, 'hub', or 'random' (seeded by --seed)")
-    a.add_argument("--data", required=True, help="'cifar10' or an image folder")
-    a.add_argument("--split", required=True, help="cut point: module path or graph node name")
+    add_model_args(a)
     a.add_argument("--shift", required=True, metavar="NAME:SEVERITY",
                    help="gaussian_noise, defocus_blur, contrast or jpeg_compression, 1-5")
     a.add_argument("--codec", default="int8", help="the codec every path goes through")
@@ -52,12 +48,7 @@ def add_adapter_parser(sub: Any) -> None:
     a.add_argument("--n-train", type=int, default=5000, help="images in the train part")
     a.add_argument("--batch-size", type=int, default=128)
     a.add_argument("--lr", type=float, default=2e-3)
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    a.add_argument("--threads", type=int, help="torch CPU threads")
-    a.add_argument("--out", type=Path, required=True, help="checkpoint folder")
-    a.add_argument("--json", type=Path, help="write the eval figures here")
-    a.add_argument("--no-progress", action="store_true")
+    add_run_args(a)
 
 
 def adapter_summary(r: dict[str, Any]) -> str:

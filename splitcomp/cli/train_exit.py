@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,16 +23,20 @@ from ..train.exit_ckpt import ExitCheckpoint, exit_figures, load_exit, save_exit
 from ..train.exits import RULES, EdgeExit, ExitConfig, calibrate, train_exit
 from ._common import fail
 from ._llm_args import parse_params
-from ._training import check_targets, teacher_setup, weights_ref, write_json
+from ._training import (
+    add_model_args,
+    add_run_args,
+    check_targets,
+    teacher_setup,
+    weights_ref,
+    write_json,
+)
 
 
 def add_exit_parser(sub: Any) -> None:
     e = sub.add_parser("exit", help="an early exit on the edge after the cut (distilled, "
                        "threshold calibrated for --target-drop)", description=__doc__)
-    e.add_argument("--model", required=True, help="zoo name, e.g. resnet20")
-    e.add_argument("--weights", help="weights file, 'hub', or 'random' (seeded by --seed)")
-    e.add_argument("--data", required=True, help="'cifar10' or an image folder")
-    e.add_argument("--split", required=True, help="cut point: module path or graph node name")
+    add_model_args(e)
     e.add_argument("--target-drop", type=float, required=True, metavar="PP",
                    help="top-1 points the exits may cost (calibrated on the train part)")
     e.add_argument("--rule", default="softmax", choices=sorted(RULES),
@@ -53,12 +56,7 @@ def add_exit_parser(sub: Any) -> None:
                    help="calibrate with Z standard deviations of the measured cost in reserve "
                    "(0: the raw measurement, optimistic)")
     e.add_argument("--batch-size", type=int, default=128)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    e.add_argument("--threads", type=int, help="torch CPU threads")
-    e.add_argument("--out", type=Path, required=True, help="checkpoint folder")
-    e.add_argument("--json", type=Path, help="write the eval figures here")
-    e.add_argument("--no-progress", action="store_true")
+    add_run_args(e)
 
 
 def exit_summary(r: dict[str, Any]) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +32,7 @@ from ..train.gate import (
 )
 from ._common import fail
 from ._llm_args import parse_params
-from ._training import teacher_setup, weights_ref, write_json
+from ._training import add_model_args, add_run_args, teacher_setup, weights_ref, write_json
 
 DEFAULT_OPTIONS = ("slicer:quality=0.05", "slicer:quality=0.2", "slicer:quality=0.5", "int8")
 
@@ -41,10 +40,7 @@ DEFAULT_OPTIONS = ("slicer:quality=0.05", "slicer:quality=0.2", "slicer:quality=
 def add_gate_parser(sub: Any) -> None:
     g = sub.add_parser("gate", help="a per-input gate choosing among codec settings, trained "
                        "bottlenecks and an exit", description=__doc__)
-    g.add_argument("--model", required=True, help="zoo name, e.g. resnet20")
-    g.add_argument("--weights", help="weights file, 'hub', or 'random' (seeded by --seed)")
-    g.add_argument("--data", required=True, help="'cifar10' or an image folder")
-    g.add_argument("--split", required=True, help="cut point: module path or graph node name")
+    add_model_args(g)
     g.add_argument("--option", action="append", default=[], metavar="SPEC",
                    help="CODEC[:K=V,...], bottleneck=DIR or exit=DIR (repeatable; default: "
                    + ", ".join(DEFAULT_OPTIONS) + ")")
@@ -52,11 +48,7 @@ def add_gate_parser(sub: Any) -> None:
     g.add_argument("--n-train", type=int, default=5000, help="images in the train part")
     g.add_argument("--n-calib", type=int, default=1000,
                    help="train-part images held out of the gate's training to calibrate it")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--threads", type=int, help="torch CPU threads")
-    g.add_argument("--out", type=Path, required=True, help="checkpoint folder")
-    g.add_argument("--json", type=Path, help="write the eval figures here")
-    g.add_argument("--no-progress", action="store_true")
+    add_run_args(g, device=False)
 
 
 def _per_sample(codec: codecs.Codec, feat: torch.Tensor, compact: bool = False,
