@@ -46,6 +46,9 @@ def add_gate_parser(sub: Any) -> None:
                    + ", ".join(DEFAULT_OPTIONS) + ")")
     g.add_argument("--epochs", type=int, default=60, help="gate training epochs")
     g.add_argument("--n-train", type=int, default=5000, help="images in the train part")
+    g.add_argument("--max-drop", type=float, default=1.0, metavar="PP",
+                   help="the gate's top-1 may fall at most this far below the full model's "
+                   "(on the calibration images)")
     g.add_argument("--n-calib", type=int, default=1000,
                    help="train-part images held out of the gate's training to calibrate it")
     add_run_args(g, device=False)
@@ -123,7 +126,7 @@ def run_gate(args: argparse.Namespace) -> int:
     order = s_fit.cost_order()
     gate, losses = train_gate(s_fit.features, s_fit.gate_labels(), len(options), args.epochs,
                               seed=args.seed)
-    cal = calibrate_tau(gate, scored(calib, "options (calibration)"))
+    cal = calibrate_tau(gate, scored(calib, "options (calibration)"), args.max_drop)
     save_gate(args.out, EdgeGate(gate, order.tolist(), cal.tau, specs), args.model, weights,
               args.split, record, {"gate_loss": losses})
     edge_gate, _ = load_gate(args.out)
@@ -137,6 +140,7 @@ def run_gate(args: argparse.Namespace) -> int:
         "model": args.model, "split": args.split, "n_train": len(fit), "n_calib": len(calib),
         "n_eval": n, "tau": cal.tau, "top1": r.top1, "bytes_per_sample": r.bytes_per_sample,
         "top1_baseline": 100.0 * float((s_eval.teacher == s_eval.labels).double().mean()),
+        "max_drop_pp": args.max_drop,
         "best_fixed_setting": specs[r.best_fixed] if r.best_fixed >= 0 else None,
         "best_fixed_top1": r.best_fixed_top1, "best_fixed_bytes_per_sample": r.best_fixed_bytes,
         "saving_pct": 100.0 * r.saving if r.best_fixed >= 0 else None,

@@ -143,7 +143,7 @@ class GateResult:
 def gate_result(s: OptionScores, picks: torch.Tensor, tau: float) -> GateResult:
     n, k = s.preds.shape
     rows = torch.arange(n)
-    top1 = 100.0 * float((s.preds[rows, picks] == s.labels).float().mean())
+    top1 = 100.0 * float((s.preds[rows, picks] == s.labels).double().mean())
     size = float(s.sizes[rows, picks].double().mean())
     fixed_top1 = 100.0 * (s.preds == s.labels[:, None]).double().mean(0)
     fixed_bytes = s.sizes.double().mean(0)
@@ -155,12 +155,19 @@ def gate_result(s: OptionScores, picks: torch.Tensor, tau: float) -> GateResult:
                       [float((picks == j).double().mean()) for j in range(k)])
 
 
-def calibrate_tau(gate: nn.Module, s: OptionScores,
+def calibrate_tau(gate: nn.Module, s: OptionScores, max_drop_pp: float = 1.0,
                   taus: Sequence[float] = tuple(i / 40 for i in range(1, 40))) -> GateResult:
-    """The ``tau`` whose saving against the best fixed option is largest on ``s``."""
+    """The ``tau`` whose saving against the best fixed option is largest on ``s`` among those
+    keeping the gate's top-1 within ``max_drop_pp`` of the full model's (else the most
+    accurate ``tau``). Without the floor a gate that sends almost everything to the cheapest
+    option "saves" against the next one while being as poor as the cheapest."""
     order = s.cost_order()
+    floor = 100.0 * float((s.teacher == s.labels).double().mean()) - max_drop_pp
     results = [gate_result(s, choose(gate, s.features, order, t), t) for t in taus]
-    return max(results, key=lambda r: (r.saving, r.top1))
+    ok = [r for r in results if r.top1 >= floor - 1e-9]
+    if not ok:
+        return max(results, key=lambda r: (r.top1, -r.bytes_per_sample))
+    return max(ok, key=lambda r: (r.saving, r.top1))
 
 
 class EdgeGate(nn.Module):

@@ -76,3 +76,22 @@ def test_train_gate_command_end_to_end(tmp_path) -> None:
     assert [o["option"] for o in r["options"]] == ["slicer:quality=0.1", "int8"]
     assert abs(sum(o["share"] for o in r["options"]) - 1) < 1e-9
     assert (tmp_path / "g" / "checkpoint.json").exists()
+
+
+def test_calibration_keeps_the_gate_within_its_drop() -> None:
+    """A gate that sends everything to the cheap, poor option is not a saving."""
+    from splitcomp.train.gate import calibrate_tau
+
+    n = 100
+    teacher = torch.arange(n) % 10
+    cheap = torch.where(torch.arange(n) < 50, teacher, (teacher + 1) % 10)  # half right
+    preds = torch.stack([cheap, teacher], 1)
+    sizes = torch.tensor([[0, 100]] * n)
+
+    class Always(torch.nn.Module):  # tau decides: below 0.9 the cheap option, else the dear
+        def forward(self, f: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([[0.9, 0.1]]).log().expand(len(f), 2)
+
+    s = OptionScores(preds, sizes, teacher, teacher.clone(), torch.zeros(n, 2, 4, 4))
+    r = calibrate_tau(Always(), s, max_drop_pp=1.0)
+    assert r.top1 == 100.0 and r.bytes_per_sample == 100.0
