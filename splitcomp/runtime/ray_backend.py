@@ -56,6 +56,7 @@ FRAME_TYPE = "application/octet-stream"
 GUARD_ENV = "SPLITCOMP_RAY_PROXY_GUARD"
 #: Serve's hook for middlewares in its HTTP proxy (``HTTPOptions.middlewares`` is gone)
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_READY_ENV = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
 OPEN_PATHS = frozenset({"/-/healthz"})  #: answered without a token (like /healthz embedded)
 
 DeploymentSource = Sequence[Service] | Callable[[], Sequence[Service]]
@@ -333,7 +334,10 @@ def guard_env(tokens: Tokens | None, route: str, max_frame_bytes: int) -> dict[s
     """The environment that installs :class:`ProxyGuard` in Serve's proxies."""
     settings = {"tokens": tokens, "route": route, "max_frame_bytes": max_frame_bytes}
     return {PROXY_CALLBACK_ENV: f"{__name__}:proxy_middlewares",
-            GUARD_ENV: base64.b64encode(pickle.dumps(settings)).decode("ascii")}
+            GUARD_ENV: base64.b64encode(pickle.dumps(settings)).decode("ascii"),
+            # the proxy imports this module (torch with it) before it reports ready: several
+            # seconds on a loaded 2-core machine, against Serve's default check of 5 s
+            PROXY_READY_ENV: os.environ.get(PROXY_READY_ENV, "60")}
 
 
 def init_local(host: str, num_cpus: int | None = None,
