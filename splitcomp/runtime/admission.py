@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import protocol as P
 from .dedup import DedupCache, InFlight
 from .errors import RequestError
+from .inflight import InflightLedger
 from .service import SERVICE_KINDS, Service, Work, kind_of
 from .stats import ServerMetrics
 
@@ -62,14 +63,9 @@ class Admission:
         self.scheduler = scheduler
         self.metrics = metrics
         self.dedup = dedup
-        self.max_inflight_per_client = max_inflight_per_client
-        self.max_inflight_bytes_per_client = max_inflight_bytes_per_client
+        self.inflight = InflightLedger(max_inflight_per_client, max_inflight_bytes_per_client)
         self.max_queue = max_queue
         self.draining = False
-        self.inflight: dict[Hashable, int] = {}  #: requests in flight per client
-        self.inflight_bytes: dict[Hashable, int] = {}  #: their request bytes per client
-        self.inflight_total = 0
-        self.inflight_bytes_total = 0
 
     # -- requests --------------------------------------------------------------------
     def on_frame(self, conn: Peer, frame: bytes) -> str | None:
@@ -100,16 +96,9 @@ class Admission:
             self.reply_error(conn, label, rid, P.ErrorCode.UNAVAILABLE, "server shutting down")
             return None
         who, size = conn.inflight_key, len(frame)
-        held = self.inflight.get(who, 0)
-        if held >= self.max_inflight_per_client:
-            self.reply_error(conn, label, rid, P.ErrorCode.OVERLOADED,
-                             f"{held} requests in flight (limit {self.max_inflight_per_client})")
-            return None
-        held_bytes = self.inflight_bytes.get(who, 0)
-        if held and held_bytes + size > self.max_inflight_bytes_per_client:
-            self.reply_error(conn, label, rid, P.ErrorCode.OVERLOADED,
-                             f"{held_bytes} request bytes in flight, {size} more would pass "
-                             f"the limit ({self.max_inflight_bytes_per_client})")
+        refused = self.inflight.refusal(who, size)
+        if refused is not None:
+            self.reply_error(conn, label, rid, P.ErrorCode.OVERLOADED, refused)
             return None
         try:
             admitted = target.admit(conn.client_id, req, lambda: self._check_queue(target))
@@ -125,10 +114,7 @@ class Admission:
             m.bytes_out.inc((label,), len(admitted))
             conn.send(admitted)
             return None
-        self.inflight[who] = held + 1
-        self.inflight_bytes[who] = held_bytes + size
-        self.inflight_total += 1
-        self.inflight_bytes_total += size
+        self.inflight.add(who, size)
         key, entry = self.dedup.begin(key, frame, conn)
         self.scheduler.submit(target, Work(rid, admitted, key, who, time.perf_counter()),
                               who, size, entry.seal)
@@ -160,7 +146,7 @@ class Admission:
             return False
         self.metrics.dedup_hits.inc((label,))
         if isinstance(seen, InFlight):
-            if len(seen.waiters) >= self.max_inflight_per_client:
+            if len(seen.waiters) >= self.inflight.max_requests:
                 self.reply_error(conn, label, rid, P.ErrorCode.OVERLOADED,
                                  f"request {rid} re-sent too often while in flight")
             else:
@@ -186,13 +172,4 @@ class Admission:
         for conn in waiters:
             conn.send(frame)
         self.metrics.bytes_out.inc((service.name,), len(frame) * len(waiters))
-        who, size = work.inflight_key, entry.size if entry is not None else 0
-        left = self.inflight.get(who, 1) - 1
-        if left > 0:
-            self.inflight[who] = left
-            self.inflight_bytes[who] -= size
-        else:
-            self.inflight.pop(who, None)
-            self.inflight_bytes.pop(who, None)
-        self.inflight_total -= 1
-        self.inflight_bytes_total -= size
+        self.inflight.release(work.inflight_key, entry.size if entry is not None else 0)

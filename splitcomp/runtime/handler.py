@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Se
 from . import protocol as P
 from .dedup import DedupCache, InFlight
 from .errors import RequestError
+from .inflight import InflightLedger
 from .service import Service, Work, kind_of
 
 #: a valid ``X-Splitcomp-Session`` header value (docs/protocol.md)
@@ -103,11 +104,8 @@ class FrontGate:
     def __init__(self, *, max_inflight_per_client: int = 256,
                  max_inflight_bytes_per_client: int = 64 << 20,
                  dedup: DedupCache | None = None) -> None:
-        self.max_inflight_per_client = max_inflight_per_client
-        self.max_inflight_bytes_per_client = max_inflight_bytes_per_client
+        self.inflight = InflightLedger(max_inflight_per_client, max_inflight_bytes_per_client)
         self.dedup = dedup if dedup is not None else DedupCache()
-        self.inflight: dict[Hashable, int] = {}  #: requests in flight per client
-        self.inflight_bytes: dict[Hashable, int] = {}  #: their bytes per client
         self.replays = 0  #: retries answered without running again
         self.refused = 0  #: requests refused for a client's in-flight limits
 
@@ -128,17 +126,11 @@ class FrontGate:
             if seen is not None:
                 return await self._replay(seen, rid)
         size = len(frame)
-        held, held_bytes = self.inflight.get(who, 0), self.inflight_bytes.get(who, 0)
-        refused = None
-        if held >= self.max_inflight_per_client:
-            refused = f"{held} requests in flight (limit {self.max_inflight_per_client})"
-        elif held and held_bytes + size > self.max_inflight_bytes_per_client:
-            refused = (f"{held_bytes} request bytes in flight, {size} more would pass the "
-                       f"limit ({self.max_inflight_bytes_per_client})")
+        refused = self.inflight.refusal(who, size)
         if refused is not None:
             self.refused += 1
             return P.encode_error(rid, P.ErrorCode.OVERLOADED, refused)
-        self.inflight[who], self.inflight_bytes[who] = held + 1, held_bytes + size
+        self.inflight.add(who, size)
         if key is not None:
             key, _ = self.dedup.begin(key, frame, None)  # the sender awaits ``run`` itself
         answer: bytes | None = None
@@ -146,7 +138,7 @@ class FrontGate:
             answer = await run()
             return answer
         finally:
-            self._release(who, size)
+            self.inflight.release(who, size)
             if key is not None:
                 self._settle(key, rid, answer)
 
@@ -154,21 +146,12 @@ class FrontGate:
         self.replays += 1
         if isinstance(seen, bytes):
             return seen
-        if len(seen.waiters) > self.max_inflight_per_client:
+        if len(seen.waiters) > self.inflight.max_requests:
             return P.encode_error(rid, P.ErrorCode.OVERLOADED,
                                   f"request {rid} re-sent too often while in flight")
         waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         seen.waiters.append(waiter)
         return await waiter
-
-    def _release(self, who: Hashable, size: int) -> None:
-        left = self.inflight.get(who, 1) - 1
-        if left > 0:
-            self.inflight[who] = left
-            self.inflight_bytes[who] -= size
-        else:
-            self.inflight.pop(who, None)
-            self.inflight_bytes.pop(who, None)
 
     def _settle(self, key: Hashable, rid: int, answer: bytes | None) -> None:
         """End an in-flight request: keep a successful answer, hand it to retries waiting."""

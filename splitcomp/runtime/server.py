@@ -203,9 +203,9 @@ class Server:
         self._handshakes: weakref.WeakKeyDictionary[ServerConnection, tuple[str, str | None]] = (
             weakref.WeakKeyDictionary())
         self.metrics = ServerMetrics(
-            inflight=lambda: self.admission.inflight_total,
+            inflight=lambda: self.admission.inflight.total,
             connections=lambda: len(self._conns), loop_cpu=self._loop_cpu,
-            inflight_bytes=lambda: self.admission.inflight_bytes_total,
+            inflight_bytes=lambda: self.admission.inflight.total_bytes,
             output_bytes=self.output_bytes, deferrals=lambda: self.scheduler.deferrals())
         for s in self.services.values():
             s.attach(self.metrics.registry)

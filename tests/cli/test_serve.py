@@ -41,14 +41,14 @@ def test_limit_and_metrics_flags(tmp_path) -> None:
             "--tokens", str(tokens)]
     server = build_server(parse_args(serve, base))
     assert not server.metrics_public  # with tokens, /metrics takes one by default
-    assert server.admission.max_inflight_bytes_per_client == 64 << 20
+    assert server.admission.inflight.max_bytes == 64 << 20
     server = build_server(parse_args(serve, [
         *base, "--metrics-public", "--max-inflight-per-client", "8",
         "--max-inflight-bytes-per-client", "1000000", "--max-batch-bytes", "65536",
         "--fair-grace-ms", "0", "--output-pause-bytes", "4096", "--max-output-bytes", "8192"]))
     assert server.metrics_public
-    assert (server.admission.max_inflight_per_client,
-            server.admission.max_inflight_bytes_per_client) == (8, 1_000_000)
+    assert (server.admission.inflight.max_requests,
+            server.admission.inflight.max_bytes) == (8, 1_000_000)
     assert (server.scheduler.max_batch_bytes, server.scheduler.fair_grace_s) == (65536, 0.0)
     assert (server.output_pause_bytes, server.max_output_bytes) == (4096, 8192)
     with pytest.raises(ValueError):

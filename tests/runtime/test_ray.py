@@ -72,7 +72,7 @@ def test_gate_answers_a_retry_once_and_tells_payloads_apart() -> None:
         for _ in range(2):  # errors are not kept
             assert P.parse_response(
                 await gate.submit(bad, runner(bad), who="c", identity=("c", "s"))).code
-        assert len(runs) == 6 and not gate.inflight
+        assert len(runs) == 6 and not gate.inflight.requests
 
     asyncio.run(main())
 
@@ -100,7 +100,7 @@ def test_gate_limits_each_client_in_flight() -> None:
                                 ).code == P.ErrorCode.BAD_FRAME
         release.set()
         assert await asyncio.gather(*held, other) == [b"\x81ok"] * 3
-        assert not gate.inflight and not gate.inflight_bytes and gate.refused == 2
+        assert not gate.inflight.requests and not gate.inflight.bytes and gate.refused == 2
 
     asyncio.run(main())
 
