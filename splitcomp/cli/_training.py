@@ -53,6 +53,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", required=True, help="cut point: module path or graph node name")
 
 
+def add_reserve_arg(p: argparse.ArgumentParser) -> None:
+    """--reserve N: train-part images kept out of training for a gate trained later."""
+    p.add_argument("--reserve", type=int, default=0, metavar="N",
+                   help="keep N train-part images out of training (recorded in the "
+                   "checkpoint) so that a gate over this option learns on images it never "
+                   "saw (default 0)")
+
+
 def add_run_args(p: argparse.ArgumentParser, device: bool = True) -> None:
     """--seed, --device, --threads, --out, --json, --no-progress."""
     p.add_argument("--seed", type=int, default=0, help="split, augmentation and init seed")

@@ -34,6 +34,7 @@ from ..train import (
     load_checkpoint,
     open_tails,
     read_meta,
+    reserve_part,
     save_checkpoint,
     split_dataset,
     train_bottleneck,
@@ -41,7 +42,7 @@ from ..train import (
 from ..train.ckpt_eval import model_tables
 from ._common import add_force, check_output, fail, standalone
 from ._sweep import SWEEPABLE, sweep
-from ._training import check_targets, teacher_setup, weights_ref, write_json
+from ._training import add_reserve_arg, check_targets, teacher_setup, weights_ref, write_json
 from .train_adapter import add_adapter_parser, run_adapter
 from .train_exit import add_exit_parser, run_exit
 from .train_gate import add_gate_parser, run_gate
@@ -89,6 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--lr", type=float, default=2e-3)
     b.add_argument("--n-train", type=int, default=5000, help="images in the train part; the "
                    "rest of --data is the eval part")
+    add_reserve_arg(b)
     b.add_argument("--seed", type=int, default=0, help="split, augmentation and init seed")
     b.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     b.add_argument("--threads", type=int, help="torch CPU threads")
@@ -194,6 +196,7 @@ def _bottleneck(args: argparse.Namespace) -> int:
             train, _, again = split_dataset(setup.dataset, record.n_train, record.seed)
             if again.eval_digest != record.eval_digest:
                 return fail(f"--resume: --data is not what {args.out} was split from")
+            train, _ = reserve_part(train, record)
             student, start, total = old.student, old.step, old.total_steps or None
             prior, records = old.info, old.tails
         else:
@@ -206,6 +209,8 @@ def _bottleneck(args: argparse.Namespace) -> int:
                               seed=args.seed, device=args.device,
                               symbol_error_rate=args.symbol_error_rate)
             train, _, record = split_dataset(setup.dataset, args.n_train, args.seed)
+            record.reserved = args.reserve
+            train, _ = reserve_part(train, record)
             records = also_records(args)
         extra = open_tails(records, seed, setup.model)
         crossing_shapes([Teacher(args.model, setup.head, setup.tail), *extra],

@@ -18,13 +18,14 @@ import torch
 from tqdm import tqdm
 
 from .. import codecs
-from ..train import CheckpointError, eval_part, split_dataset
+from ..train import CheckpointError, eval_part, reserve_part, split_dataset
 from ..train.exit_ckpt import ExitCheckpoint, exit_figures, load_exit, save_exit, score_exit
 from ..train.exits import RULES, EdgeExit, ExitConfig, calibrate, train_exit
 from ._common import fail
 from ._llm_args import parse_params
 from ._training import (
     add_model_args,
+    add_reserve_arg,
     add_run_args,
     check_targets,
     teacher_setup,
@@ -52,6 +53,7 @@ def add_exit_parser(sub: Any) -> None:
     e.add_argument("--n-train", type=int, default=5000, help="images in the train part")
     e.add_argument("--n-calib", type=int, default=1000,
                    help="train-part images held out of training to calibrate the threshold")
+    add_reserve_arg(e)
     e.add_argument("--margin", type=float, default=1.0, metavar="Z",
                    help="calibrate with Z standard deviations of the measured cost in reserve "
                    "(0: the raw measurement, optimistic)")
@@ -90,7 +92,9 @@ def run_exit(args: argparse.Namespace) -> int:
     try:
         setup = teacher_setup(args.model, weights, args.data, args.split, args.seed)
         train, _, record = split_dataset(setup.dataset, args.n_train, args.seed)
-        fit, calib, _ = split_dataset(train, args.n_train - args.n_calib, args.seed + 1)
+        record.reserved = args.reserve
+        train, _ = reserve_part(train, record)
+        fit, calib, _ = split_dataset(train, len(train) - args.n_calib, args.seed + 1)
     except (ValueError, KeyError, OSError) as e:
         return fail(str(e).strip("'\""))
     cfg = ExitConfig(hidden=args.hidden, blocks=args.blocks, rule=args.rule, epochs=args.epochs,

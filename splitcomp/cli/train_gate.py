@@ -5,6 +5,8 @@ cut tensor), ``bottleneck=DIR`` (a trained bottleneck checkpoint at the same cut
 (an early exit: answered on the edge, 0 bytes). Default: four training-free settings from
 cheap to safe. The gate trains on the train part minus ``--n-calib`` images, its rule (``tau``)
 is calibrated on those, and the figures come from the eval part against every fixed option.
+When the trained options were trained with ``--reserve N``, the gate learns and calibrates on
+those N images only, which no option saw.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..train.gate import (
     EdgeGate,
     Option,
     calibrate_tau,
+    gate_images,
     gate_result,
     load_gate,
     save_gate,
@@ -76,7 +79,7 @@ def build_option(spec: str, head: torch.nn.Module, tail: torch.nn.Module, model:
 
         def run_exit(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
             return ck.exit.head(head(x)[0]).argmax(-1), [0] * len(x)
-        return Option(spec, run_exit)
+        return Option(spec, run_exit, ck.split)
     if eq and kind == "bottleneck":
         _, (trained,) = open_checkpoints([path], weights)
         if (trained.ckpt.model, trained.ckpt.cut) != (model, cut):
@@ -88,7 +91,7 @@ def build_option(spec: str, head: torch.nn.Module, tail: torch.nn.Module, model:
         def run_bn(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
             y_hat, sizes = _per_sample(codec, edge(x), compact=True, contexts=contexts)
             return server(y_hat).argmax(-1), sizes
-        return Option(spec, run_bn)
+        return Option(spec, run_bn, trained.ckpt.split)
     name, _, params = spec.partition(":")
     codec = codecs.get(name, **parse_params(name, [p for p in params.split(",") if p]))
 
@@ -110,10 +113,13 @@ def run_gate(args: argparse.Namespace) -> int:
         options = [build_option(s, setup.head, setup.tail, args.model, args.split, weights)
                    for s in specs]
         train, _, record = split_dataset(setup.dataset, args.n_train, args.seed)
-        fit, calib, _ = split_dataset(train, args.n_train - args.n_calib, args.seed + 1)
+        images, where = gate_images(train, record, options)
+        fit, calib, _ = split_dataset(images, len(images) - args.n_calib, args.seed + 1)
     except (ValueError, KeyError, TypeError, OSError, CheckpointError) as e:
         return fail(str(e).strip("'\""))
     quiet = args.no_progress
+    if where.startswith("train part:"):
+        print(f"warning: gate images: {where}", file=sys.stderr)
 
     def scored(ds: Any, what: str) -> Any:
         bar = tqdm(total=len(ds), desc=what, file=sys.stderr, disable=quiet)
@@ -138,7 +144,8 @@ def run_gate(args: argparse.Namespace) -> int:
     n = len(held)
     result = {
         "model": args.model, "split": args.split, "n_train": len(fit), "n_calib": len(calib),
-        "n_eval": n, "tau": cal.tau, "top1": r.top1, "bytes_per_sample": r.bytes_per_sample,
+        "gate_images": where, "n_eval": n, "tau": cal.tau, "top1": r.top1,
+        "bytes_per_sample": r.bytes_per_sample,
         "top1_baseline": 100.0 * float((s_eval.teacher == s_eval.labels).double().mean()),
         "max_drop_pp": args.max_drop,
         "best_fixed_setting": specs[r.best_fixed] if r.best_fixed >= 0 else None,

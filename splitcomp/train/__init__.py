@@ -14,7 +14,7 @@ from .bottleneck import Bottleneck, EdgeModel, ServerModel, trainable_head
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_meta, save_checkpoint
 from .ckpt_eval import evaluate_checkpoint
 from .entropy_model import EntropyBottleneck
-from .splits import SplitRecord, TrainedOnError, eval_part, split_dataset
+from .splits import SplitRecord, TrainedOnError, eval_part, reserve_part, split_dataset
 from .tails import TailRecord, Teacher, crossing_shapes, open_tails
 from .trained import (
     Trained,
@@ -30,6 +30,6 @@ __all__ = [
     "ServerModel", "SplitRecord", "Student", "TailRecord", "Teacher", "TrainConfig", "Trained",
     "TrainedOnError", "check_untrained", "crossing_shapes", "eval_part", "evaluate_checkpoint",
     "kd_loss", "load_checkpoint", "open_checkpoints", "open_tails", "read_meta",
-    "save_checkpoint", "split_dataset", "teacher_model", "train_bottleneck", "trainable_head",
-    "untrained_part",
+    "reserve_part", "save_checkpoint", "split_dataset", "teacher_model", "train_bottleneck",
+    "trainable_head", "untrained_part",
 ]

@@ -24,7 +24,7 @@ from ..data import ImageFolderDataset
 from .checkpoint import CheckpointError
 from .exits import ExitHead
 from .plain_ckpt import load_plain, prefixed, save_plain
-from .splits import SplitRecord
+from .splits import SplitRecord, reserve_part
 
 GATE_FORMAT, GATE_VERSION = "splitcomp-gate", 1
 
@@ -35,6 +35,7 @@ class Option:
 
     name: str
     run: Callable[[torch.Tensor], tuple[torch.Tensor, list[int]]]
+    split: SplitRecord | None = None  #: a trained option's split (None: training-free)
 
 
 @dataclass
@@ -59,6 +60,31 @@ class OptionScores:
         first = torch.where(ok.any(1), ok.float().argmax(1), torch.full_like(
             self.teacher, len(order) - 1))
         return order[first]
+
+
+def gate_images(train: ImageFolderDataset, record: SplitRecord, options: Sequence[Option]
+                ) -> tuple[ImageFolderDataset, str]:
+    """(the train-part images the gate learns and calibrates on, a note on them). When the
+    trained options kept images out of their training (``--reserve``), the gate uses those:
+    on the images an option trained on its answers look better than they are, so labels and
+    ``tau`` learned there do not carry to new inputs. ValueError when the options disagree."""
+    trained = [o for o in options if o.split is not None]
+    if not trained:
+        return train, "train part (no trained option)"
+    for o in trained:
+        if not o.split.same_split(record):
+            raise ValueError(f"--option {o.name}: trained on another split of the data than "
+                             "--n-train/--seed make")
+    reserved = {o.split.reserved for o in trained}
+    if reserved == {0}:
+        return train, ("train part: the trained options learned on these images (train them "
+                       "with --reserve N): the gate's labels and tau are optimistic")
+    if len(reserved) > 1:
+        raise ValueError("the trained options reserve different numbers of images "
+                         f"({sorted(reserved)}): train them with the same --reserve")
+    _, kept = reserve_part(train, o.split)
+    assert kept is not None
+    return kept, f"the {len(kept)} train-part images the options reserved"
 
 
 @torch.no_grad()

@@ -41,6 +41,8 @@ class SplitRecord:
     n_eval: int
     eval_digest: str  #: SHA-256 of the eval part's relative file names, in order
     train_fingerprints: list[str] = field(default_factory=list, repr=False)
+    #: train-part images kept out of training for a later component (:func:`reserve_part`)
+    reserved: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,7 +50,12 @@ class SplitRecord:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SplitRecord:
         return cls(int(d["seed"]), int(d["n_train"]), int(d["n_eval"]), str(d["eval_digest"]),
-                   [str(f) for f in d.get("train_fingerprints", [])])
+                   [str(f) for f in d.get("train_fingerprints", [])], int(d.get("reserved", 0)))
+
+    def same_split(self, other: SplitRecord) -> bool:
+        """Whether ``other`` cut the same dataset into the same train and eval parts."""
+        return (self.seed, self.n_train, self.n_eval, self.eval_digest) == (
+            other.seed, other.n_train, other.n_eval, other.eval_digest)
 
     def check_disjoint(self, ds: ImageFolderDataset) -> None:
         """Raise :class:`TrainedOnError` if any image of ``ds`` is one the split trained on."""
@@ -119,3 +126,21 @@ def eval_part(ds: ImageFolderDataset, record: SplitRecord) -> ImageFolderDataset
         return ds.subset(held)
     record.check_disjoint(ds)
     return ds
+
+
+#: seed offset of the reserved part's draw (apart from the exits' and gates' seed + 1)
+_RESERVE_SEED = 101
+
+
+def reserve_part(train: ImageFolderDataset, record: SplitRecord
+                 ) -> tuple[ImageFolderDataset, ImageFolderDataset | None]:
+    """(images to train on, reserved images or None): ``record.reserved`` images of the train
+    part, drawn class-stratified by the split's seed, kept for a component trained after this
+    one (a gate must learn which option answers right on images no option trained on)."""
+    n = record.reserved
+    if n <= 0:
+        return train, None
+    if n >= len(train):
+        raise ValueError(f"--reserve {n}: the train part has only {len(train)} images")
+    used, kept, _ = split_dataset(train, len(train) - n, record.seed + _RESERVE_SEED)
+    return used, kept
