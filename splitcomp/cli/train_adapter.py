@@ -20,6 +20,7 @@ from .. import codecs
 from ..data.corruptions import corrupted, parse_shift
 from ..train import CheckpointError, split_dataset
 from ..train.adapters import (
+    PLACES,
     AdapterCheckpoint,
     AdapterConfig,
     coded_top1,
@@ -41,7 +42,14 @@ def add_adapter_parser(sub: Any) -> None:
     a.add_argument("--codec", default="int8", help="the codec every path goes through")
     a.add_argument("--param", action="append", default=[], metavar="K=V",
                    help="a parameter of --codec (repeatable)")
-    a.add_argument("--hidden", type=int, help="adapter width (default: the cut's channels)")
+    a.add_argument("--place", default="cut", choices=PLACES,
+                   help="after the head on the crossing tensor (SALT, default), before it on "
+                   "the image, or both")
+    a.add_argument("--hidden", type=int, help="width of the adapter at the cut (default: the "
+                   "cut's channels)")
+    a.add_argument("--input-hidden", type=int, default=32, help="width of the input adapter")
+    a.add_argument("--depth", type=int, help="3x3 convolutions per adapter (default 1 at the "
+                   "cut, 2 on the input)")
     length = a.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=float, help="passes over the train part")
     length.add_argument("--minutes", type=float, help="time budget (the schedule is fitted)")
@@ -53,7 +61,8 @@ def add_adapter_parser(sub: Any) -> None:
 
 def adapter_summary(r: dict[str, Any]) -> str:
     return "\n".join([
-        f"{r['model']} @ {r['split']}, adapter for {r['shift']} ({r['adapter_params']:,} "
+        f"{r['model']} @ {r['split']}, adapter ({r.get('place', 'cut')}) for {r['shift']} "
+        f"({r['adapter_params']:,} "
         f"params, {r['train_seconds']:.0f} s): {r['n_eval']} eval images through {r['codec']}",
         f"  clean              {r['top1_clean']:.2f} %",
         f"  shifted, before    {r['top1_shift_before']:.2f} %",
@@ -82,7 +91,8 @@ def run_adapter(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, OSError) as e:
         return fail(str(e).strip("'\""))
     train_s = corrupted(train, name, severity, args.seed)
-    cfg = AdapterConfig(shift=f"{name}:{severity}", hidden=args.hidden, epochs=args.epochs,
+    cfg = AdapterConfig(shift=f"{name}:{severity}", place=args.place, hidden=args.hidden,
+                        depth=args.depth, input_hidden=args.input_hidden, epochs=args.epochs,
                         minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                         seed=args.seed, device=args.device)
     images = torch.stack([train_s.image_uint8(i) for i in range(len(train_s))])
@@ -93,11 +103,12 @@ def run_adapter(args: argparse.Namespace) -> int:
         bar.n = int(d["step"])
         bar.set_postfix(loss=f"{d['loss']:.3f}", acc=f"{d['agree']:.2f}")
 
-    adapter, hist = train_adapter(setup.head, setup.tail, images, train_s.labels,
+    edge, hist = train_adapter(setup.head, setup.tail, images, train_s.labels,
                                   train_s.preprocess.normalize, cfg, progress)
     bar.close()
-    ck = AdapterCheckpoint(args.model, weights, args.split, adapter, cfg, record,
-                           {"train_seconds": hist.seconds, "steps": hist.steps})
+    ck = AdapterCheckpoint(args.model, weights, args.split, edge.adapter, cfg, record,
+                           {"train_seconds": hist.seconds, "steps": hist.steps},
+                           edge.input_adapter)
     save_adapter(ck, args.out)
     try:
         back = load_adapter(args.out)
@@ -115,7 +126,7 @@ def run_adapter(args: argparse.Namespace) -> int:
               "recovered_share": (after - before) / (clean - before) if clean > before
               else float("nan"),
               "bytes_per_sample": size,
-              "adapter_params": sum(p.numel() for p in back.adapter.parameters()),
+              "place": cfg.place, "adapter_params": back.params(),
               "train_seconds": hist.seconds, "steps": hist.steps,
               "server_changed": False, "checkpoint": str(args.out),
               "n_eval_note": f"one image of {n} is {100.0 / n:.3f} pp of top-1"}

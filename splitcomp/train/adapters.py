@@ -1,10 +1,14 @@
 """Client adapters (SALT): a small module on the edge between the frozen head and the codec,
 trained on one client's own data while the server's model stays untouched.
 
-    x (the client's shifted inputs) --frozen head--> crossing tensor --adapter--> codec
-        --> the server's unchanged tail
+    x (the client's shifted inputs) [--input adapter-->] frozen head --> crossing tensor
+        --adapter--> codec --> the server's unchanged tail
 
-The adapter is residual (``f + up(relu(bn(down(f))))``, ``up`` starting at zero), so an
+The adapter on the crossing tensor is SALT's; an input adapter (on the normalised image,
+before the head) is for shifts that destroy what the head's early layers need and a feature
+adapter cannot bring back (JPEG blocking: measured in ``docs/results/trained_parts.md``).
+
+Each adapter is residual (``f + up(relu(bn(down(f))))``, ``up`` starting at zero), so an
 untrained adapter is the identity and training can only move away from the unadapted
 model as far as the client's data pays. It trains on the client's labelled images (cross
 entropy through the frozen tail, crops and flips); several clients, each with its own
@@ -37,36 +41,52 @@ VERSION = 1
 
 
 class Adapter(nn.Module):
-    """Crossing tensor (N, K, H, W) -> adapted tensor of the same shape (identity at init)."""
+    """Tensor (N, K, H, W) -> adapted tensor of the same shape (identity at init): ``depth``
+    3x3 convolutions of ``hidden`` channels (BN, ReLU), then a zero-initialised 1x1 back."""
 
-    def __init__(self, channels: int, hidden: int | None = None) -> None:
+    def __init__(self, channels: int, hidden: int | None = None, depth: int = 1) -> None:
         super().__init__()
         hidden = hidden or channels
-        self.channels, self.hidden = channels, hidden
+        self.channels, self.hidden, self.depth = channels, hidden, depth
         self.down = nn.Conv2d(channels, hidden, 3, 1, 1, bias=False)
         self.bn = nn.BatchNorm2d(hidden)
+        if depth > 1:
+            self.more = nn.Sequential(*[m for _ in range(depth - 1) for m in (
+                nn.Conv2d(hidden, hidden, 3, 1, 1, bias=False), nn.BatchNorm2d(hidden),
+                nn.ReLU())])
         self.up = nn.Conv2d(hidden, channels, 1)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 
     def config(self) -> dict[str, int]:
-        return {"channels": self.channels, "hidden": self.hidden}
+        return {"channels": self.channels, "hidden": self.hidden, "depth": self.depth}
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features + self.up(F.relu(self.bn(self.down(features))))
+        h = F.relu(self.bn(self.down(features)))
+        if self.depth > 1:
+            h = self.more(h)
+        return features + self.up(h)
 
 
 class AdaptedHead(nn.Module):
-    """The frozen head followed by a client's adapter; returns a 1-tuple like a cut head, so
-    a :class:`~splitcomp.runtime.SplitClient` runs it as its head."""
+    """A client's input adapter (on the normalised image), the frozen head, and its adapter on
+    the crossing tensor (either may be absent); returns a 1-tuple like a cut head, so a
+    :class:`~splitcomp.runtime.SplitClient` runs it as its head."""
 
-    def __init__(self, head: nn.Module, adapter: Adapter) -> None:
+    def __init__(self, head: nn.Module, adapter: Adapter | None,
+                 input_adapter: Adapter | None = None) -> None:
         super().__init__()
-        self.head, self.adapter = head, adapter
+        self.head, self.adapter, self.input_adapter = head, adapter, input_adapter
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor]:
+        if self.input_adapter is not None:
+            inputs = (self.input_adapter(inputs[0]), *inputs[1:])
         (features,) = self.head(*inputs)
-        return (self.adapter(features),)
+        return (features if self.adapter is None else self.adapter(features),)
+
+
+#: where an adapter goes: after the head (on the crossing tensor), on the input, or both
+PLACES = ("cut", "input", "both")
 
 
 @dataclass
@@ -74,7 +94,10 @@ class AdapterConfig:
     """Settings of one adapter run (recorded in its checkpoint)."""
 
     shift: str = ""
+    place: str = "cut"
     hidden: int | None = None
+    depth: int | None = None  #: convolutions per adapter (None: 1 at the cut, 2 on the input)
+    input_hidden: int = 32
     epochs: float | None = None
     minutes: float | None = None
     batch_size: int = 128
@@ -92,30 +115,44 @@ class AdapterConfig:
 def train_adapter(head: nn.Module, tail: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                   normalize: Callable[[torch.Tensor], torch.Tensor], cfg: AdapterConfig,
                   progress: Callable[[dict[str, float]], None] | None = None
-                  ) -> tuple[Adapter, History]:
-    """Train an adapter after the frozen ``head`` through the frozen ``tail`` on the client's
-    ``images`` (N uint8, already shifted) and ``labels``."""
+                  ) -> tuple[AdaptedHead, History]:
+    """Train the adapters ``cfg.place`` names around the frozen ``head``, through the frozen
+    ``tail``, on the client's ``images`` (N uint8, already shifted) and ``labels``; returns
+    the adapted head (what the client runs)."""
     device = torch.device(cfg.device)
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     freeze(head.to(device), tail.to(device))
+    if cfg.place not in PLACES:
+        raise ValueError(f"place {cfg.place!r}: one of {', '.join(PLACES)}")
     with torch.no_grad():
-        (feat,) = head(normalize(images[:2]).to(device))
-    adapter = Adapter(feat.shape[1], cfg.hidden).to(device)
-    opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        x0 = normalize(images[:2]).to(device)
+        (feat,) = head(x0)
+    adapter = (Adapter(feat.shape[1], cfg.hidden, cfg.depth or 1)
+               if cfg.place in ("cut", "both") else None)
+    before = (Adapter(x0.shape[1], cfg.input_hidden, cfg.depth or 2)
+              if cfg.place in ("input", "both") else None)
+    edge = AdaptedHead(head, adapter, before).to(device)
+    opt = torch.optim.AdamW([p for p in edge.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     n = images.shape[0]
     budget = StepBudget(round(cfg.epochs * max(n // cfg.batch_size, 1)) if cfg.epochs
                         else None, cfg.minutes)
     hist, step, batches = History(), 0, Batches(n, cfg.batch_size, g)
-    adapter.train()
+    edge.train()
+    head.eval()
     while budget.running(step):
         total = budget.update(step)
         idx = batches.next()
         x = normalize(crop_flip(images[idx], cfg.pad, g)).to(device)
         y = labels[idx].to(device)
-        with torch.no_grad():
-            (feat,) = head(x)
-        logits = tail(adapter(feat))
+        if before is None:  # nothing before the head: no gradient through it
+            with torch.no_grad():
+                (feat,) = head(x)
+            feat = adapter(feat)
+        else:
+            (feat,) = edge(x)
+        logits = tail(feat)
         loss = F.cross_entropy(logits, y)
         budget.set_lr(opt, step, cfg.lr)
         opt.zero_grad(set_to_none=True)
@@ -126,7 +163,7 @@ def train_adapter(head: nn.Module, tail: nn.Module, images: torch.Tensor, labels
             acc = float((logits.argmax(-1) == y).float().mean())
             hist.log(step, total, float(loss.detach()), acc, progress)
     hist.seconds, hist.steps = budget.seconds, step
-    return adapter.eval(), hist
+    return edge.eval(), hist
 
 
 @dataclass
@@ -136,19 +173,28 @@ class AdapterCheckpoint:
     model: str
     weights: str | None
     cut: str
-    adapter: Adapter
+    adapter: Adapter | None
     config: AdapterConfig
     split: SplitRecord
     info: dict[str, Any] = field(default_factory=dict)
+    input_adapter: Adapter | None = None
 
     def edge_model(self, head: nn.Module) -> AdaptedHead:
-        return AdaptedHead(head, self.adapter).eval()
+        return AdaptedHead(head, self.adapter, self.input_adapter).eval()
+
+    def params(self) -> int:
+        """Trained parameters (both adapters)."""
+        return sum(p.numel() for a in (self.adapter, self.input_adapter) if a is not None
+                   for p in a.parameters())
 
 
 def save_adapter(ck: AdapterCheckpoint, folder: str | Path) -> Path:
+    parts = {"adapter": ck.adapter, "input_adapter": ck.input_adapter}
     meta = {"model": ck.model, "weights": ck.weights, "cut": ck.cut,
-            "adapter": ck.adapter.config(), "config": ck.config.to_json(), "info": ck.info}
-    tensors = {f"adapter.{k}": v for k, v in ck.adapter.state_dict().items()}
+            **{k: a.config() if a is not None else None for k, a in parts.items()},
+            "config": ck.config.to_json(), "info": ck.info}
+    tensors = {f"{k}.{n}": v for k, a in parts.items() if a is not None
+               for n, v in a.state_dict().items()}
     return save_plain(folder, FORMAT, VERSION, meta, tensors, ck.split)
 
 
@@ -156,11 +202,19 @@ def load_adapter(folder: str | Path) -> AdapterCheckpoint:
     """Read an adapter checkpoint (:class:`CheckpointError` when it is not one)."""
     meta, tensors, split = load_plain(folder, FORMAT, VERSION)
     try:
-        adapter = Adapter(**meta["adapter"])
-        adapter.load_state_dict(prefixed(tensors, "adapter"))
-        return AdapterCheckpoint(meta["model"], meta["weights"], meta["cut"], adapter.eval(),
+        parts: dict[str, Adapter | None] = {}
+        for key in ("adapter", "input_adapter"):
+            if meta.get(key) is None:
+                parts[key] = None
+                continue
+            parts[key] = Adapter(**meta[key])
+            parts[key].load_state_dict(prefixed(tensors, key))
+            parts[key].eval()
+        if parts["adapter"] is None and parts["input_adapter"] is None:
+            raise ValueError("no adapter in it")
+        return AdapterCheckpoint(meta["model"], meta["weights"], meta["cut"], parts["adapter"],
                                  AdapterConfig(**meta["config"]), split,
-                                 dict(meta.get("info") or {}))
+                                 dict(meta.get("info") or {}), parts["input_adapter"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{folder}: bad adapter checkpoint ({e!r})") from None
 

@@ -54,19 +54,26 @@ def test_parse_shift_and_corrupted_datasets(tmp_path) -> None:
     assert not torch.equal(shifted.image_uint8(0), ds.image_uint8(0))
 
 
-def test_a_tiny_adapter_run_lowers_its_loss_and_round_trips(tmp_path) -> None:
+@pytest.mark.parametrize("place", ["cut", "input", "both"])
+def test_a_tiny_adapter_run_lowers_its_loss_and_round_trips(tmp_path, place) -> None:
     head, tail = random_resnet20()
+    frozen = {k: v.clone() for k, v in {**head.state_dict(), **tail.state_dict()}.items()}
     images, labels = random_images(64), torch.arange(64) % 10
-    cfg = AdapterConfig(shift="contrast:3", epochs=12, batch_size=16, lr=1e-2)
-    adapter, hist = train_adapter(head, tail, images, labels, CIFAR_EVAL.normalize, cfg)
+    cfg = AdapterConfig(shift="contrast:3", place=place, epochs=12, batch_size=16, lr=1e-2)
+    edge, hist = train_adapter(head, tail, images, labels, CIFAR_EVAL.normalize, cfg)
     assert hist.steps == 48
     assert sum(hist.loss[-2:]) < 0.9 * sum(hist.loss[:2]), hist.loss
-    ck = AdapterCheckpoint("resnet20", "random", "layer2", adapter, cfg,
-                           SplitRecord(0, 64, 0, "", []))
+    assert (edge.adapter is not None) == (place != "input")
+    assert (edge.input_adapter is not None) == (place != "cut")
+    # the model itself (its BN statistics too) is untouched
+    after = {**head.state_dict(), **tail.state_dict()}
+    assert all(torch.equal(v, after[k]) for k, v in frozen.items())
+    ck = AdapterCheckpoint("resnet20", "random", "layer2", edge.adapter, cfg,
+                           SplitRecord(0, 64, 0, "", []), input_adapter=edge.input_adapter)
     back = load_adapter(save_adapter(ck, tmp_path / "ad"))
     x = CIFAR_EVAL.normalize(random_images(2, seed=9))
-    assert torch.equal(back.edge_model(head)(x)[0], adapter(head(x)[0]))
-    assert back.config.shift == "contrast:3"
+    assert torch.equal(back.edge_model(head)(x)[0], edge(x)[0])
+    assert back.config.shift == "contrast:3" and back.params() == ck.params()
     with pytest.raises(CheckpointError):
         load_adapter(tmp_path / "missing")
 
