@@ -128,6 +128,11 @@ class Codec(abc.ABC):
         """The bytes of the context this instance codes against (None: none)."""
         return None
 
+    def context_owner(self) -> Codec:
+        """The codec whose session context this one codes against: itself, or the codec a
+        wrapper (``resilient``) delegates to; a runtime names the context by its id."""
+        return self
+
     @classmethod
     def load_context(cls, data: bytes | bytearray | memoryview) -> object:
         """Parse and validate context bytes (a peer's: untrusted); raises BitstreamError."""

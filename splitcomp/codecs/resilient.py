@@ -138,6 +138,9 @@ class ResilientCodec(Codec):
     def session_context(self) -> bytes | None:
         return self.inner.session_context()
 
+    def context_owner(self) -> Codec:
+        return self.inner.context_owner()
+
     # -- geometry ----------------------------------------------------------------------------
     def _axis(self, ndim: int) -> int | None:
         """The axis cut: ``slice_axis``, the last one where that is out of range; None for a

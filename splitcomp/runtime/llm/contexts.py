@@ -28,11 +28,13 @@ from ..protocol import CodecContext, ErrorCode
 
 def codec_context(codec: Codec, send: bool = True) -> CodecContext | None:
     """What an OPEN carries for ``codec``: its session context (bytes, or only their digest
-    when ``send`` is False), None for a codec without one."""
-    data = codec.session_context()
+    when ``send`` is False), None for a codec without one. A wrapper's context is named by
+    the codec that owns it (``resilient`` over ``tokenwise``: tokenwise's)."""
+    owner = codec.context_owner()
+    data = owner.session_context()
     if data is None:
         return None
-    return CodecContext.of(codec.codec_id, data, send)
+    return CodecContext.of(owner.codec_id, data, send)
 
 
 class ContextStore:

@@ -95,6 +95,23 @@ def test_a_context_the_server_lacks_is_sent_once(tiny_models, serve, prompt, ctx
     assert total(metrics, "splitcomp_llm_codec_contexts") == 1
 
 
+def test_a_resilient_stream_over_tokenwise_names_the_inner_context(tiny_models, serve, prompt,
+                                                                   ctx) -> None:
+    """The wrapper sends the inner codec's context under the inner codec's id; the server
+    decodes the sliced streams with it."""
+    model = tiny_models["llama_tiny"]
+    inner = tw.TokenwiseCodec.with_context(ctx, level=-8)
+    codec = codecs.get("resilient", inner="tokenwise", slices=2, slice_axis=1, **inner.params)
+    ref = codec_context(codec)
+    assert ref is not None and ref.codec_id == TW
+    want = [s.token for s in SplitLM(model, SPLIT, codec).generate(prompt, 8)]
+    srv, dep = serve(model)
+    with RemoteLM(model, SPLIT, srv.url, "lm", codec, token=TOKENS["alice"]) as lm:
+        assert [s.token for s in lm.generate(prompt, 8)] == want
+        assert lm.context_bytes_sent == len(ctx.to_bytes())
+    assert dep.contexts.uploaded == 1
+
+
 def test_sessions_decode_with_their_own_context(tiny_models, serve, prompt, ctx) -> None:
     """Another context under the same 20-bit id (as a hostile client could make) would not
     change what a session decodes: each session uses the context it opened with."""
