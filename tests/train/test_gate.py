@@ -95,3 +95,34 @@ def test_calibration_keeps_the_gate_within_its_drop() -> None:
     s = OptionScores(preds, sizes, teacher, teacher.clone(), torch.zeros(n, 2, 4, 4))
     r = calibrate_tau(Always(), s, max_drop_pp=1.0)
     assert r.top1 == 100.0 and r.bytes_per_sample == 100.0
+
+
+def test_a_gate_learns_on_the_images_its_options_reserved(tmp_path) -> None:
+    """An exit trained with --reserve 8 keeps 8 train-part images out; a gate over it trains
+    and calibrates on exactly those; options without a reserve give a warning instead."""
+    from splitcomp.cli import main
+
+    data = image_folder(tmp_path / "data", classes=4, per_class=8)
+    common = ["--model", "resnet20", "--weights", "random", "--data", str(data), "--split",
+              "layer2", "--n-train", "16", "--no-progress"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for reserve, name in ((8, "e8"), (0, "e0")):
+            assert main(["train", "exit", *common, "--target-drop", "50", "--epochs", "1",
+                         "--n-calib", "4", "--reserve", str(reserve), "--out",
+                         str(tmp_path / name)]) == 0
+        rc = [main(["train", "gate", *common, "--option", f"exit={tmp_path / name}",
+                    "--option", "int8", "--epochs", "1", "--n-calib", "4", "--out",
+                    str(tmp_path / f"g{name}"), "--json", str(tmp_path / f"{name}.json")])
+              for name in ("e8", "e0")]
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == [0, 0]
+    split = json.loads((tmp_path / "e8" / "split.json").read_text())
+    assert split["reserved"] == 8 and split["n_train"] == 16
+    r8 = json.loads((tmp_path / "e8.json").read_text())
+    assert (r8["n_train"], r8["n_calib"]) == (4, 4)  # the 8 reserved images only
+    assert r8["gate_images"].startswith("the 8 train-part images")
+    r0 = json.loads((tmp_path / "e0.json").read_text())
+    assert (r0["n_train"], r0["n_calib"]) == (12, 4) and "optimistic" in r0["gate_images"]

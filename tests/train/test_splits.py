@@ -82,3 +82,25 @@ def test_cifar10_test_set_splits_5000_5000(shared_path) -> None:
     assert (len(train), len(held)) == (5000, 5000)
     assert torch.bincount(held.labels).tolist() == [500] * 10
     assert names(eval_part(ds, rec)) == names(held)
+
+
+def test_reserve_part_keeps_images_out_and_round_trips(folder) -> None:
+    from splitcomp.train import SplitRecord, reserve_part
+
+    train, _, rec = split_dataset(load_dataset(folder), 20, seed=0)
+    assert reserve_part(train, rec) == (train, None)
+    rec.reserved = 8
+    used, kept = reserve_part(train, rec)
+    assert (len(used), len(kept)) == (12, 8)
+    assert not set(names(used)) & set(names(kept))
+    assert sorted(names(used) + names(kept)) == sorted(names(train))
+    assert torch.bincount(kept.labels).tolist() == [2, 2, 2, 2]
+    again = SplitRecord.from_json(rec.to_json())
+    assert again.reserved == 8 and again.same_split(rec)
+    assert names(reserve_part(train, again)[1]) == names(kept)  # the same images each time
+    old = rec.to_json()
+    del old["reserved"]  # checkpoints written before --reserve existed
+    assert SplitRecord.from_json(old).reserved == 0
+    rec.reserved = 20
+    with pytest.raises(ValueError, match="reserve"):
+        reserve_part(train, rec)
