@@ -79,7 +79,7 @@ def build_option(spec: str, head: torch.nn.Module, tail: torch.nn.Module, model:
 
         def run_exit(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
             return ck.exit.head(head(x)[0]).argmax(-1), [0] * len(x)
-        return Option(spec, run_exit, ck.split)
+        return Option(spec, run_exit, ck.split, ck.exit.head)
     if eq and kind == "bottleneck":
         _, (trained,) = open_checkpoints([path], weights)
         if (trained.ckpt.model, trained.ckpt.cut) != (model, cut):
@@ -130,10 +130,11 @@ def run_gate(args: argparse.Namespace) -> int:
 
     s_fit = scored(fit, "options (train)")
     order = s_fit.cost_order()
-    gate, losses = train_gate(s_fit.features, s_fit.gate_labels(), len(options), args.epochs,
+    gate, losses = train_gate(s_fit.features, s_fit.signals, s_fit.agree(), args.epochs,
                               seed=args.seed)
     cal = calibrate_tau(gate, scored(calib, "options (calibration)"), args.max_drop)
-    save_gate(args.out, EdgeGate(gate, order.tolist(), cal.tau, specs), args.model, weights,
+    exits = [o.exit for o in options if o.exit is not None]
+    save_gate(args.out, EdgeGate(gate, exits, order.tolist(), cal.tau, specs), args.model, weights,
               args.split, record, {"gate_loss": losses})
     edge_gate, _ = load_gate(args.out)
     held = eval_part(setup.dataset, record)

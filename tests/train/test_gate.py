@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from splitcomp.train.gate import OptionScores, choose, gate_result, train_gate
+from splitcomp.train.gate import OptionScores, choose, exit_signals, gate_result, train_gate
 
 from .tiny import image_folder
 
@@ -17,11 +17,15 @@ def _scores() -> OptionScores:
     preds = torch.tensor([[1, 1, 1], [0, 2, 2], [0, 0, 3], [5, 5, 5]])
     sizes = torch.tensor([[10, 100, 1000]] * 4)
     teacher = torch.tensor([1, 2, 3, 4])
-    return OptionScores(preds, sizes, teacher, teacher.clone(), torch.zeros(4, 2, 4, 4))
+    return OptionScores(preds, sizes, teacher, teacher.clone(), torch.zeros(4, 2, 4, 4),
+                        torch.zeros(4, 0))
 
 
-def test_gate_labels_pick_the_cheapest_agreeing_option() -> None:
-    assert _scores().gate_labels().tolist() == [0, 1, 2, 2]
+def test_gate_targets_say_which_options_agree() -> None:
+    s = _scores()
+    assert s.agree().tolist() == [[True, True, True], [False, True, True],
+                                  [False, False, True], [False, False, False]]
+    assert s.gate_labels().tolist() == [0, 1, 2, 2]
 
 
 def test_gate_result_against_the_best_fixed_option() -> None:
@@ -32,24 +36,47 @@ def test_gate_result_against_the_best_fixed_option() -> None:
     assert r.saving == 1 - 280 / 1000 and r.share == [0.5, 0.25, 0.25]
 
 
-def test_choose_by_cumulative_probability() -> None:
-    class Fixed(torch.nn.Module):
-        def forward(self, f: torch.Tensor) -> torch.Tensor:
-            return torch.tensor([[0.5, 0.3, 0.2]]).log().expand(len(f), 3)
+def test_choose_the_cheapest_option_predicted_to_agree() -> None:
+    class Fixed(torch.nn.Module):  # agreement 0.5, 0.8, 0.3 for options 0, 1, 2
+        def forward(self, f: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
+            return torch.logit(torch.tensor([[0.5, 0.8, 0.3]])).expand(len(f), 3)
 
-    order = torch.tensor([0, 1, 2])
-    f = torch.zeros(2, 2, 4, 4)
-    assert choose(Fixed(), f, order, 0.4).tolist() == [0, 0]
-    assert choose(Fixed(), f, order, 0.7).tolist() == [1, 1]
-    assert choose(Fixed(), f, order, 1.0).tolist() == [2, 2]
+    f, sig = torch.zeros(2, 2, 4, 4), torch.zeros(2, 0)
+    assert choose(Fixed(), f, sig, torch.tensor([0, 1, 2]), 0.4).tolist() == [0, 0]
+    assert choose(Fixed(), f, sig, torch.tensor([0, 1, 2]), 0.7).tolist() == [1, 1]
+    assert choose(Fixed(), f, sig, torch.tensor([0, 1, 2]), 0.9).tolist() == [2, 2]
+    assert choose(Fixed(), f, sig, torch.tensor([2, 0, 1]), 0.2).tolist() == [2, 2]
 
 
-def test_train_gate_fits_separable_labels() -> None:
+def test_train_gate_fits_separable_targets_from_features_or_signals() -> None:
     torch.manual_seed(0)
     labels = torch.arange(64) % 2
+    agree = torch.stack([labels == 1, torch.ones(64, dtype=torch.bool)], 1)
     f = torch.randn(64, 4, 8, 8) + 2.0 * (2 * labels - 1).float()[:, None, None, None]
-    gate, losses = train_gate(f, labels, 2, epochs=30, batch_size=16)
+    gate, losses = train_gate(f, torch.zeros(64, 0), agree, epochs=30, batch_size=16)
     assert losses[-1] < 0.5 * losses[0]
+    # the same targets from an exit's confidence alone (features are noise)
+    sig = exit_signals(torch.stack([4.0 * labels.float(), torch.zeros(64)], 1))
+    gate, losses = train_gate(torch.randn(64, 4, 8, 8), sig, agree, epochs=80, batch_size=16)
+    assert losses[-1] < 0.5 * losses[0]
+    assert gate.mix is not None
+
+
+def test_exit_signals_and_a_saved_gate_with_its_exit(tmp_path) -> None:
+    from splitcomp.train import SplitRecord
+    from splitcomp.train.exits import ExitHead
+    from splitcomp.train.gate import EdgeGate, GateNet, load_gate, save_gate
+
+    sig = exit_signals(torch.tensor([[10.0, 0.0], [0.0, 0.0]]))
+    assert sig[0, 0] > 9 and abs(float(sig[1, 0])) < 1e-6  # log-odds of p = 1/2 is 0
+    assert sig[0, 1] > sig[1, 1]  # sharper = higher negative entropy
+    torch.manual_seed(1)
+    ex = ExitHead(4, 10).eval()
+    edge = EdgeGate(GateNet(4, 3, 2).eval(), [ex], [2, 0, 1], 0.7, ["a", "b", "c"])
+    back, meta = load_gate(save_gate(tmp_path / "g", edge, "resnet20", None, "layer2",
+                                     SplitRecord(0, 4, 0, "", [])))
+    f = torch.randn(5, 4, 8, 8)
+    assert torch.equal(back(f), edge(f)) and meta["options"] == ["a", "b", "c"]
 
 
 def test_train_gate_command_end_to_end(tmp_path) -> None:
@@ -88,11 +115,12 @@ def test_calibration_keeps_the_gate_within_its_drop() -> None:
     preds = torch.stack([cheap, teacher], 1)
     sizes = torch.tensor([[0, 100]] * n)
 
-    class Always(torch.nn.Module):  # tau decides: below 0.9 the cheap option, else the dear
-        def forward(self, f: torch.Tensor) -> torch.Tensor:
-            return torch.tensor([[0.9, 0.1]]).log().expand(len(f), 2)
+    class Always(torch.nn.Module):  # tau decides: up to 0.9 the cheap option, else the dear
+        def forward(self, f: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
+            return torch.logit(torch.tensor([[0.9, 1.0 - 1e-6]])).expand(len(f), 2)
 
-    s = OptionScores(preds, sizes, teacher, teacher.clone(), torch.zeros(n, 2, 4, 4))
+    s = OptionScores(preds, sizes, teacher, teacher.clone(), torch.zeros(n, 2, 4, 4),
+                     torch.zeros(n, 0))
     r = calibrate_tau(Always(), s, max_drop_pp=1.0)
     assert r.top1 == 100.0 and r.bytes_per_sample == 100.0
 
