@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,11 +11,11 @@ import torch
 from .. import codecs
 from ..codecs import Codec
 from ._checks import parse_params
-from ._common import UsageError
+from ._common import UsageError, split_param
 
 __all__ = ["add_codec_context", "add_common", "add_session_limits", "codec_params",
-           "load_codec_contexts", "make_codec", "parse_params", "session_limits", "set_threads",
-           "weights_arg"]
+           "context_files", "load_codec_contexts", "make_codec", "parse_params",
+           "resolve_context_params", "session_limits", "set_threads", "weights_arg"]
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -26,7 +27,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="cut before this block: the edge runs blocks [0, K)")
     p.add_argument("--codec", default="fp32", choices=codecs.available())
     p.add_argument("--param", action="append", default=[], metavar="K=V",
-                   help="codec parameter, typed by the codec's declaration (repeatable)")
+                   help="codec parameter, typed by the codec's declaration (repeatable); a "
+                        "context parameter takes a context file's path (e.g. tokenwise "
+                        "context=FILE from `splitcomp calibrate-lm`) or a registered id")
     add_codec_context(p)
     p.add_argument("--per-message", action="store_true",
                    help="one bitstream per message instead of one per token")
@@ -36,9 +39,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 def add_codec_context(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec-context", action="append", default=[], metavar="FILE",
-                   help="a codec context file (from `splitcomp lm-context`), loaded before the "
-                        "codec is made (repeatable); with one file, the tokenwise codec uses it "
-                        "unless --param context=ID names another")
+                   help="a codec context file (from `splitcomp calibrate-lm`), loaded before "
+                        "the codec is made (repeatable); with one file, the tokenwise codec "
+                        "uses it unless --param context=... names another")
 
 
 def add_session_limits(g: argparse._ActionsContainer) -> None:
@@ -80,10 +83,50 @@ def load_codec_contexts(files: list[str]) -> list[int]:
     return ids
 
 
+def _load_context(registry: Any, flag: str, path: str) -> int:
+    try:
+        return int(registry.load_file(Path(path).expanduser()))
+    except (OSError, ValueError) as e:  # BitstreamError is a ValueError
+        reason = "no such file" if isinstance(e, FileNotFoundError) else e
+        raise UsageError(f"{flag}: {reason}") from None
+
+
+def resolve_context_params(codec: str, items: list[str]) -> list[str]:
+    """``--param`` items with a context file in place of a context id: for a codec with a
+    session context (tokenwise ``context``, bottleneck ``tables``), a value of that parameter
+    that is not an integer is a file path; the file is loaded and registered here and the
+    item names its id."""
+    cls = codecs.codec_class(codec)
+    key = getattr(cls, "context_param", None)
+    if not key:
+        return list(items)
+    out = []
+    for item in items:
+        k, v = split_param(item)
+        if k == key and not v.strip().lstrip("+-").isdigit():
+            item = f"{k}={_load_context(cls.context_registry, f'--param {item}', v)}"
+        out.append(item)
+    return out
+
+
+def context_files(items: list[str]) -> list[str]:
+    """The files of ``splitcomp serve``'s ``--param context=FILE`` items (the form
+    ``generate`` and ``eval-lm`` take; a server needs a context's file, not its id)."""
+    files = []
+    for item in items:
+        k, v = split_param(item)
+        if k != "context" or v.strip().lstrip("+-").isdigit():
+            raise UsageError(f"--param {item}: a server takes only context=FILE (a codec "
+                             "context file it holds for its sessions)")
+        files.append(v)
+    return files
+
+
 def codec_params(args: argparse.Namespace) -> dict[str, Any]:
-    """The codec's parameters from ``--param`` and ``--codec-context``."""
+    """The codec's parameters from ``--param`` (a context parameter may name a context file)
+    and ``--codec-context``."""
     ids = load_codec_contexts(args.codec_context)
-    params = parse_params(args.codec, args.param)
+    params = parse_params(args.codec, resolve_context_params(args.codec, args.param))
     names = {p.name for p in codecs.codec_class(args.codec).params_spec}
     if len(ids) == 1 and "context" in names and "context" not in params:
         params["context"] = ids[0]

@@ -4,11 +4,14 @@
 that cross the cut; :class:`ServerHalf` (blocks ``[k, L)`` + final norm + LM head) turns them
 into logits, keeping one :class:`TailSession` (a KV cache and a position) per client. Each side
 derives positions from its own cache length and builds its own mask, so per decode step only
-one token's hidden state crosses; the whole prompt crosses once, at prefill.
+one token's hidden state crosses; the whole prompt crosses once, at prefill. Each block gets
+the mask of its own attention window (full causal or sliding, :func:`attention_masks`), and a
+sliding-window block's cache keeps only its window, as the library's cache does.
 
 :meth:`ServerHalf.step_batch` runs the waiting decode steps of many sessions as one forward
 (continuous batching): one matmul per weight for all of them, attention over each session's
-own cache (right-padded, masked).
+own cache (right-padded, masked; a sliding-window block's keys start at each row's own
+offset, and its mask says so).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .cache import BatchedKV, KVCache, causal_mask, positions_for
+from .cache import BatchedKV, KVCache, attention_masks, positions_for
 from .families import Family, family_for
 
 
@@ -34,7 +37,33 @@ def _attn_impl(model: nn.Module) -> str:
     return str(getattr(model.config, "_attn_implementation", None) or "eager")
 
 
-class EdgeHalf:
+class _Side:
+    """What both halves share: their blocks' attention windows, their caches and masks."""
+
+    part: nn.Module
+    attn_implementation: str
+    #: attention window of each block this side runs (None: full attention)
+    block_windows: list[int | None]
+    _cache_windows: dict[int, int]
+
+    def _init_windows(self, model: nn.Module, start: int, stop: int) -> None:
+        windows = self.family.windows(model)  # type: ignore[attr-defined]
+        self.block_windows = windows[start:stop]
+        self._cache_windows = {i: w for i, w in enumerate(windows)
+                               if w is not None and start <= i < stop}
+        self.dtype = next(iter(self.part.parameters()), torch.zeros(())).dtype
+
+    def new_cache(self) -> KVCache:
+        """An empty KV cache for this side's blocks (sliding-window blocks keep their window)."""
+        return KVCache(self._cache_windows)
+
+    def masks(self, past: Sequence[int], q_len: int) -> dict[int | None, torch.Tensor | None]:
+        """The attention mask of each window this side's blocks use."""
+        return attention_masks(past, q_len, self.attn_implementation, self.dtype,
+                               self.block_windows)
+
+
+class EdgeHalf(_Side):
     """Embeddings + blocks ``[0, split)`` of ``model`` and one sequence's KV cache."""
 
     def __init__(self, model: nn.Module, split: int, family: type[Family] | None = None) -> None:
@@ -44,7 +73,8 @@ class EdgeHalf:
         self.hidden_size = self.family.hidden_size(model)
         self.part = self.family.edge(model, split).eval()
         self.attn_implementation = _attn_impl(model)
-        self.cache = KVCache()
+        self._init_windows(model, 0, split)
+        self.cache = self.new_cache()
 
     @property
     def position(self) -> int:
@@ -56,8 +86,8 @@ class EdgeHalf:
         """New token ids (T,) or (1, T) -> hidden states (1, T, H) to send."""
         ids = input_ids.reshape(1, -1).long()
         past = [len(self.cache)]
-        mask = causal_mask(past, ids.shape[1], self.attn_implementation)
-        hidden = self.part(ids, positions_for(past, ids.shape[1]), mask, self.cache)
+        hidden = self.part(ids, positions_for(past, ids.shape[1]), self.masks(past, ids.shape[1]),
+                           self.cache)
         self.cache.advance(ids.shape[1])
         return hidden
 
@@ -66,8 +96,7 @@ class EdgeHalf:
         """Stateless teacher-forced pass: ids (B, T) from position 0 -> hidden (B, T, H)."""
         b, t = input_ids.shape
         past = [0] * b
-        mask = causal_mask(past, t, self.attn_implementation)
-        return self.part(input_ids.long(), positions_for(past, t), mask, None)
+        return self.part(input_ids.long(), positions_for(past, t), self.masks(past, t), None)
 
     def reset(self) -> None:
         self.cache.clear()
@@ -79,7 +108,7 @@ class TailSession:
     def __init__(self, server: ServerHalf, session_id: int) -> None:
         self.server = server
         self.id = session_id
-        self.cache = KVCache()
+        self.cache = server.new_cache()
 
     @property
     def position(self) -> int:
@@ -99,7 +128,7 @@ class TailSession:
         self.cache.clear()
 
 
-class ServerHalf:
+class ServerHalf(_Side):
     """Blocks ``[split, L)`` + final norm + LM head, shared by any number of sessions."""
 
     def __init__(self, model: nn.Module, split: int, family: type[Family] | None = None) -> None:
@@ -109,8 +138,9 @@ class ServerHalf:
         self.hidden_size = self.family.hidden_size(model)
         self.part = self.family.tail(model, split).eval()
         self.attn_implementation = _attn_impl(model)
-        self.dtype = next(self.part.parameters()).dtype
-        #: bytes of KV cache each token adds to a session (for a runtime's memory cap)
+        self._init_windows(model, split, self.num_layers)
+        #: bytes of KV cache each token adds to a session (for a runtime's memory cap; an
+        #: upper bound when sliding-window blocks drop what left their window)
         self.kv_bytes_per_token = (self.family.kv_width(model) * (self.num_layers - split)
                                    * torch.finfo(self.dtype).bits // 8)
         self._ids = itertools.count(1)
@@ -140,10 +170,10 @@ class ServerHalf:
         hidden = self._check(hidden)
         t = hidden.shape[1]
         past = [len(session.cache)]
-        mask = causal_mask(past, t, self.attn_implementation, hidden.dtype)
         keep = torch.tensor([t - 1]) if last_only and t > 1 else None
         try:
-            logits = self.part(hidden, positions_for(past, t), mask, session.cache, keep)
+            logits = self.part(hidden, positions_for(past, t), self.masks(past, t),
+                               session.cache, keep)
         except BaseException:
             session.cache.rollback()
             raise
@@ -174,10 +204,10 @@ class ServerHalf:
         elif single:
             caches = [sessions[i].cache for i in single]
             past = [len(c) for c in caches]
-            mask = causal_mask(past, 1, self.attn_implementation, self.dtype)
             batch = torch.cat([hiddens[i] for i in single], dim=0)
             try:
-                logits = self.part(batch, positions_for(past, 1), mask, BatchedKV(caches))
+                logits = self.part(batch, positions_for(past, 1), self.masks(past, 1),
+                                   BatchedKV(caches))
             except BaseException:
                 for c in caches:
                     c.rollback()
@@ -195,5 +225,4 @@ class ServerHalf:
         b, t, _ = hidden.shape
         past = [0] * b
         hidden = hidden.to(self.dtype)
-        mask = causal_mask(past, t, self.attn_implementation, hidden.dtype)
-        return self.part(hidden, positions_for(past, t), mask, None, keep)
+        return self.part(hidden, positions_for(past, t), self.masks(past, t), None, keep)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -173,28 +174,41 @@ class Calibration:
 
     quality: float
     met: bool
-    tried: list[dict[str, float]]
+    tried: list[dict[str, Any]]
+
+
+#: a further test a setting must pass besides perplexity: codec -> (passed, figures to record)
+Guard = Callable[[Codec], tuple[bool, dict[str, Any]]]
 
 
 def choose_quality(server: ServerHalf, calib: Sequence[EdgeBatch],
                    make_codec: Callable[[float], Codec], grid: Sequence[float],
-                   target_pct: float, per_token: bool = True) -> Calibration:
+                   target_pct: float, per_token: bool = True, guard: Guard | None = None
+                   ) -> Calibration:
     """The lowest-rate setting of ``grid`` (ordered lowest rate first) such that it and every
     higher-rate setting raise perplexity on the calibration windows by at most ``target_pct``
-    percent: the walk starts at the highest rate and stops at the first miss. (Perplexity
-    changes under 1 % are noisy; walking up from the lowest rate could pick a lucky setting
-    below a failing one.) If even the highest rate misses, it is returned with ``met=False``."""
+    percent (and pass ``guard``, e.g. a floor on generation agreement, run only where the
+    perplexity target is met): the walk starts at the highest rate and stops at the first
+    miss. (Perplexity changes under 1 % are noisy; walking up from the lowest rate could pick
+    a lucky setting below a failing one.) If even the highest rate misses, it is returned with
+    ``met=False``."""
     if not grid:
         raise ValueError("this codec has no quality grid to search")
     base = perplexity(server, calib, None).ppl
-    tried = []
+    tried: list[dict[str, Any]] = []
     best, met = len(grid) - 1, False
     for i in range(len(grid) - 1, -1, -1):
-        res = perplexity(server, calib, make_codec(grid[i]), per_token)
+        codec = make_codec(grid[i])
+        res = perplexity(server, calib, codec, per_token)
         inc = increase_pct(res.ppl, base)
         tried.append({"quality": grid[i], "ppl_increase_pct": inc,
                       "bits_per_element": res.stats.bits_per_element})
         if inc > target_pct:
             break
+        if guard is not None:
+            ok, figures = guard(codec)
+            tried[-1].update(figures)
+            if not ok:
+                break
         best, met = i, True
     return Calibration(grid[best], met, tried)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -37,10 +38,38 @@ class SplitLM:
 
     def __init__(self, model: nn.Module, split: int, codec: Codec | str = "fp32",
                  per_token: bool = True, server: ServerHalf | None = None) -> None:
-        self.edge = EdgeHalf(model, split)
-        self.server = server if server is not None else ServerHalf(model, split)
+        self._wire_up(EdgeHalf(model, split),
+                      server if server is not None else ServerHalf(model, split),
+                      codec, per_token)
+
+    def _wire_up(self, edge: EdgeHalf, server: ServerHalf, codec: Codec | str,
+                 per_token: bool) -> None:
+        if edge.split != server.split:
+            raise ValueError(f"the edge cuts at block {edge.split}, the server at {server.split}")
+        self.edge = edge
+        self.server = server
         self.wire = Wire(as_codec(codec), per_token=per_token)
         self.session: TailSession = self.server.new_session()
+
+    @classmethod
+    def from_halves(cls, edge: EdgeHalf, server: ServerHalf, codec: Codec | str = "fp32",
+                    per_token: bool = True) -> SplitLM:
+        """Two halves built apart (e.g. each holding only its part, :mod:`.partial`)."""
+        lm = cls.__new__(cls)
+        lm._wire_up(edge, server, codec, per_token)
+        return lm
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, split: int, codec: Codec | str = "fp32",
+                        per_token: bool = True, dtype: torch.dtype = torch.float32,
+                        attn_implementation: str | None = None) -> SplitLM:
+        """Both halves of the model in folder ``path``, each loaded with only its own tensors
+        (:func:`~splitcomp.llm.partial.load_side`)."""
+        from .partial import load_side
+
+        edge = load_side(path, split, "edge", dtype, attn_implementation)
+        server = load_side(path, split, "server", dtype, attn_implementation)
+        return cls.from_halves(edge, server, codec, per_token)  # type: ignore[arg-type]
 
     def forward_step(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
         """New ids -> (logits of the last one (1, 1, V), bytes sent for them)."""

@@ -37,10 +37,10 @@ def test_eval_lm_json(texts, tmp_path) -> None:
     out = tmp_path / "r.json"
     argv = ["--model", "llama_tiny", "--split", "2", "--codec", "int8", "--windows", "3",
             "--window", "32", "--items", "3", "--wikitext", str(wiki), "--hellaswag", str(hs),
-            "--json", str(out)]
+            "--gen-prompts", "0", "--json", str(out)]
     assert run_command(eval_lm, argv) == 0
     r = json.loads(out.read_text())
-    assert KEYS <= set(r)
+    assert KEYS <= set(r) and r["gen_prompts"] == 0 and r["gen_agreement"] is None
     assert r["model"] == "llama_tiny" and r["split"] == 2 and r["codec"] == "int8"
     assert r["ppl_tokens"] == 3 * 31 and r["hellaswag_items"] == 3
     assert r["kl_mean"] >= 0 and 0 <= r["top1_agreement"] <= 1
@@ -54,7 +54,8 @@ def test_eval_lm_target_search(texts, tmp_path) -> None:
     out = tmp_path / "r.json"
     argv = ["--model", "gpt2_tiny", "--split", "1", "--codec", "rans", "--windows", "2",
             "--window", "32", "--calib-windows", "2", "--items", "0", "--wikitext", str(wiki),
-            "--target-ppl-increase", "1.0", "--json", str(out)]
+            "--target-ppl-increase", "1.0", "--gen-prompts", "0", "--calib-gen-prompts", "0",
+            "--json", str(out)]
     assert run_command(eval_lm, argv) == 0
     r = json.loads(out.read_text())
     cal = r["calibration"]
@@ -81,3 +82,75 @@ def test_param_parsing() -> None:
                                                                      "axis": -1}
     with pytest.raises(SystemExit, match="no parameter"):
         parse_params("int8", ["bits=3"])
+
+
+GEN = ["--model", "llama_tiny", "--split", "1", "--windows", "1", "--window", "32",
+       "--items", "0", "--gen-tokens", "12"]
+
+
+def test_eval_lm_generation_figures(texts, tmp_path) -> None:
+    """fp32 generates exactly what the whole model does; a coarse codec does not, and says
+    so (agreement, first divergence, a warning under the floor)."""
+    wiki, _ = texts
+    figures = {}
+    for codec, params in (("fp32", []), ("rans", ["--param", "bits=2"])):
+        out = tmp_path / f"{codec}.json"
+        assert run_command(eval_lm, [*GEN, "--codec", codec, *params, "--gen-prompts", "6",
+                                     "--wikitext", str(wiki), "--json", str(out)]) == 0
+        figures[codec] = json.loads(out.read_text())
+    exact, coarse = figures["fp32"], figures["rans"]
+    for r in (exact, coarse):
+        assert r["gen_prompts"] == 6 and r["gen_tokens"] == 12 and r["min_agreement"] == 0.9
+        assert r["gen_exact_items"] == 3 and r["gen_exact_match_baseline"] is not None
+    assert exact["gen_agreement"] == 1.0 and exact["first_divergence_mean"] == 12
+    assert exact["gen_exact_match"] == exact["gen_exact_match_baseline"]
+    assert coarse["gen_agreement"] < 0.5 and coarse["first_divergence_mean"] < 6
+
+
+def test_target_search_refuses_settings_below_the_agreement_floor(texts, tmp_path) -> None:
+    """With no perplexity target to speak of, the agreement floor alone stops the walk: the
+    chosen setting and every one above it agree on the calibration prompts."""
+    wiki, _ = texts
+    out = tmp_path / "r.json"
+    argv = [*GEN, "--codec", "rans", "--calib-windows", "1", "--target-ppl-increase", "1e9",
+            "--gen-prompts", "2", "--calib-gen-prompts", "4", "--min-agreement", "0.95",
+            "--wikitext", str(wiki), "--json", str(out)]
+    assert run_command(eval_lm, argv) == 0
+    r = json.loads(out.read_text())
+    cal = r["calibration"]
+    assert cal["min_agreement"] == 0.95 and cal["gen_prompts"] == 4
+    agree = [t["gen_agreement"] for t in cal["tried"]]
+    assert all(a >= 0.95 for a in agree[:-1]) and agree[-1] < 0.95  # stopped by the floor
+    assert cal["quality"] == cal["tried"][-2]["quality"] > 2 and cal["met"]
+    assert r["params"]["bits"] == cal["quality"] and r["gen_prompts"] == 2
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--gen-prompts", "49"], "prompt set has 48"),
+    (["--gen-prompts", "40", "--target-ppl-increase", "1"], "must not overlap"),
+    (["--min-agreement", "1.5"], "a share"),
+    (["--gen-tokens", "0"], "--gen-tokens"),
+])
+def test_generation_option_mistakes(extra, message) -> None:
+    with pytest.raises(SystemExit, match=message):
+        run_command(eval_lm, ["--model", "llama_tiny", "--split", "1", "--codec", "rans",
+                              "--items", "0", *extra])
+
+
+def test_context_params_take_ids_or_files(tmp_path) -> None:
+    import numpy as np
+
+    from splitcomp.cli._llm_args import resolve_context_params
+    from splitcomp.codecs.tokenwise import CONTEXTS, calibrate, save_context
+
+    assert resolve_context_params("tokenwise", ["context=5", "level=1"]) == ["context=5",
+                                                                            "level=1"]
+    assert resolve_context_params("rans", ["bits=4"]) == ["bits=4"]
+    with pytest.raises(SystemExit, match="no such file"):
+        resolve_context_params("tokenwise", [f"context={tmp_path / 'none.sctx'}"])
+    ctx = calibrate(np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32))
+    path = save_context(ctx, tmp_path)
+    cid = CONTEXTS.key_of(ctx)
+    CONTEXTS.remove(cid)
+    assert resolve_context_params("tokenwise", [f"context={path}"]) == [f"context={cid}"]
+    assert CONTEXTS.get(cid) is not None  # loaded and registered

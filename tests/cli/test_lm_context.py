@@ -1,24 +1,78 @@
-"""``splitcomp lm-context``: a tokenwise context calibrated on a tiny LLM's edge half."""
+"""``splitcomp calibrate-lm`` (old name ``lm-context``): a tokenwise context calibrated on a
+tiny LLM's edge half, written where ``--out`` says, and used by ``eval-lm`` through
+``--param context=FILE`` with no other flag."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
 
-from splitcomp.cli import main  # noqa: E402
-from splitcomp.codecs.tokenwise import TokenwiseContext, context_id  # noqa: E402
+from splitcomp.cli import eval_lm, main  # noqa: E402
+from splitcomp.codecs.tokenwise import CONTEXTS, TokenwiseContext, context_id  # noqa: E402
+
+from .commands import run_command  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+ARGS = ["--model", "llama_tiny", "--split", "1", "--windows", "2", "--window", "16"]
 
 
-def test_lm_context_writes_the_printed_context(tmp_path, single_thread, capsys) -> None:
+@pytest.fixture
+def wiki(tmp_path: Path) -> Path:
     text = tmp_path / "wiki.txt"
     text.write_text(" = Lobster = \n The lobster is a crustacean of the sea . " * 40)
+    return text
+
+
+@pytest.mark.parametrize("command", ["calibrate-lm", "lm-context"])
+def test_calibrate_lm_into_a_folder(command, wiki, tmp_path, capsys) -> None:
     out = tmp_path / "contexts"
-    assert main(["lm-context", "--model", "llama_tiny", "--split", "1", "--windows", "2",
-                 "--window", "16", "--text", str(text), "--out", str(out)]) == 0
+    assert main([command, *ARGS, "--text", str(wiki), "--out", str(out)]) == 0
     (path,) = out.glob("tokenwise-*.sctx")
     data = path.read_bytes()
     cid = context_id(data)
     assert path.name == f"tokenwise-{cid:05x}.sctx"
     assert capsys.readouterr().out.strip() == f"context {cid} ({len(data)} bytes): {path}"
     assert TokenwiseContext.from_bytes(data).to_bytes() == data
+
+
+def test_calibrate_lm_to_a_file_then_eval_lm_with_its_path(wiki, tmp_path, capsys) -> None:
+    ctx = tmp_path / "sub" / "ctx.sctx"
+    assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(ctx)]) == 0
+    data = ctx.read_bytes()
+    cid = context_id(data)
+    assert capsys.readouterr().out.strip() == f"context {cid} ({len(data)} bytes): {ctx}"
+    # the file exists now: replaced only with --force
+    assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(ctx)]) == 2
+    assert "--force" in capsys.readouterr().err
+    CONTEXTS.remove(cid)  # only the file can make it known
+    out = tmp_path / "r.json"
+    assert run_command(eval_lm, [
+        "--model", "llama_tiny", "--split", "1", "--codec", "tokenwise", "--param",
+        f"context={ctx}", "--param", "level=0", "--windows", "2", "--window", "32", "--items",
+        "0", "--gen-prompts", "2", "--gen-tokens", "8", "--wikitext", str(wiki),
+        "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["codec"] == "tokenwise" and r["params"]["context"] == cid
+    # context mode: a few bits per element (self-contained rows cost far more)
+    assert r["bits_per_element"] < 8 and r["gen_prompts"] == 2
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["eval-lm", "--model", "llama_tiny", "--split", "1", "--codec", "tokenwise",
+      "--param", "context=/no/such.sctx"], "context=/no/such.sctx: no such file"),
+    (["eval-lm", "--model", "llama_tiny", "--split", "1", "--codec", "tokenwise",
+      "--param", "context={junk}"], "context="),
+    (["calibrate-lm", *ARGS, "--split", "9", "--out", "{tmp}/c.sctx", "--text", "{wiki}"],
+     "split 9"),
+])
+def test_context_mistakes(argv, message, wiki, tmp_path, capsys) -> None:
+    junk = tmp_path / "junk.sctx"
+    junk.write_bytes(b"not a context")
+    argv = [a.format(junk=junk, tmp=tmp_path, wiki=wiki) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("splitcomp: error:") and message in err and "\n" not in err

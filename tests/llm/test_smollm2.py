@@ -30,3 +30,27 @@ def test_smollm2_split_matches_unsplit() -> None:
     for ref, step in zip(ref_logits, steps, strict=True):
         assert torch.equal(ref, step.logits)
     assert lm.wire.stats.bytes_per_token == 4 * 576 + 17
+
+
+def test_smollm2_sides_loaded_apart_hold_only_their_part() -> None:
+    """Split at 15, each side reads only its tensors from the converted folder: 60.5 % of the
+    whole model's parameter bytes each (the tied embedding matrix is on both sides: the edge's
+    embeddings, the server's LM head), and together they generate what the whole model does."""
+    from splitcomp.llm import load_side, side_bytes
+    from splitcomp.llm.partial import model_folder
+    from splitcomp.llm.text import load_lm
+
+    sizes = side_bytes("smollm2", 15)
+    embedding = 49152 * 576 * 4
+    assert sizes["whole"] == 538_060_032
+    assert sizes["edge"] + sizes["server"] == sizes["whole"] + embedding
+    edge = load_side(model_folder("smollm2"), 15, "edge")
+    server = load_side(model_folder("smollm2"), 15, "server")
+    for half, side in ((edge, "edge"), (server, "server")):
+        assert sum(p.nbytes for p in half.part.parameters()) == sizes[side]
+    model, tok = load_lm("smollm2")
+    prompt = torch.tensor(tok.encode("The capital of France is"))
+    ref_tokens, ref_logits = greedy_unsplit(model, prompt, 8)
+    steps = list(SplitLM.from_halves(edge, server).generate(prompt, 8))
+    assert [s.token for s in steps] == ref_tokens
+    assert all(torch.equal(a, s.logits) for a, s in zip(ref_logits, steps, strict=True))

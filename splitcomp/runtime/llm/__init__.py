@@ -13,10 +13,11 @@ LLM sessions".
 
 from .client import AsyncRemoteLM, RemoteLM, RemoteStep
 from .contexts import ContextStore, codec_context
+from .remote_lm import SplitCausalLM
 from .service import LLMDeployment, StepItem
 from .sessions import ServerSession, SessionError, SessionManager
 
 __all__ = [
     "AsyncRemoteLM", "ContextStore", "LLMDeployment", "RemoteLM", "RemoteStep", "ServerSession",
-    "SessionError", "SessionManager", "StepItem", "codec_context",
+    "SessionError", "SessionManager", "SplitCausalLM", "StepItem", "codec_context",
 ]

@@ -1,0 +1,75 @@
+"""Calibrate a tokenwise codec context on the edge half of a split LLM (no labels needed).
+
+    splitcomp calibrate-lm --model smollm2 --split 15 --text FILE --out ctx.sctx
+    splitcomp eval-lm --model smollm2 --split 15 --codec tokenwise --param context=ctx.sctx
+
+``--out`` is the context file when it ends in ``.sctx``, else a folder that gets
+``tokenwise-<id hex>.sctx``; ``--param context=FILE`` (``eval-lm``, ``generate``, ``serve``) or
+``--codec-context FILE`` loads it. The calibration windows are the *last* ``--windows`` windows
+of the text (:mod:`splitcomp.llm.tokenwise_calibration`), away from the first ones ``eval-lm``
+reports on.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..codecs.tokenwise import CONTEXTS, context_id, save_context
+from ..llm.halves import EdgeHalf
+from ..llm.text import default_wikitext, load_lm
+from ..llm.tokenwise_calibration import calibrate_edge, tail_windows
+from ._checks import lm_name, require_file
+from ._common import UsageError, add_force, at_least, check_output, write_atomic
+from ._llm_args import set_threads, weights_arg
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2",
+                   help="registered causal LM (smollm2, llama_tiny, gpt2_tiny) or a HF folder")
+    p.add_argument("--weights", default="auto",
+                   help="'auto' (real weights where the model has them), 'random', or a path")
+    p.add_argument("--split", type=int, required=True,
+                   help="cut before this block: the context models the hidden state there")
+    p.add_argument("--text", type=Path, help="calibration text (default: shared WikiText-2)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="the context file (NAME.sctx), or a folder for tokenwise-<id>.sctx")
+    p.add_argument("--windows", type=int, default=4, help="calibration windows (4)")
+    p.add_argument("--window", type=int, default=512, help="tokens per window (512)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1)")
+    add_force(p)
+
+
+def _is_file(out: Path) -> bool:
+    return out.suffix == f".{CONTEXTS.file_ext}" and not out.is_dir()
+
+
+def run(args: argparse.Namespace) -> int:
+    at_least("--windows", args.windows)
+    at_least("--window", args.window)
+    at_least("--split", args.split, 0)
+    lm_name(args.model)
+    require_file(args.text, "--text")
+    text = args.text or default_wikitext()
+    if text is None:
+        raise UsageError("no calibration text: pass --text FILE (or provide ../shared/data)")
+    if _is_file(args.out):
+        check_output(args.out, args.force, "--out")
+    elif args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file, not a folder (a context file's name "
+                         f"ends in .{CONTEXTS.file_ext})")
+    set_threads(args.threads)
+    model, tok = load_lm(args.model, weights_arg(args.weights))
+    try:
+        edge = EdgeHalf(model, args.split)
+        windows = tail_windows(tok, text, args.window, args.windows)
+    except ValueError as e:  # a split out of range, a text too short
+        raise UsageError(str(e)) from None
+    ctx = calibrate_edge(edge, windows)
+    data = ctx.to_bytes()
+    if _is_file(args.out):
+        path = write_atomic(args.out, lambda tmp: tmp.write_bytes(data))
+    else:
+        path = save_context(ctx, args.out)
+    print(f"context {context_id(data)} ({len(data)} bytes): {path}")
+    return 0
