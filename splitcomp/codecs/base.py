@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
 from .errors import DEFAULT_LIMITS, BitstreamError, DecodeLimits
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch only in the adapters (encode, decode): the core is numpy
+    import torch
+
     from .contexts import ContextRegistry
+
+    TensorsLike = torch.Tensor | Sequence[torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,6 @@ class Param:
         if self.high is not None and value > self.high:
             raise ValueError(f"{self.name}={value} above {self.high}")
         return value
-
-
-TensorsLike = torch.Tensor | Sequence[torch.Tensor]
 
 
 class Codec(abc.ABC):
@@ -117,6 +117,24 @@ class Codec(abc.ABC):
         from .container import unpack
 
         return unpack(data, limits=limits, expect_codec=self.codec_id, contexts=contexts)
+
+    def encode_numpy(self, arrays: np.ndarray | Sequence[np.ndarray],
+                     compact: bool = False) -> bytes:
+        """:meth:`encode` for numpy arrays, without torch: the same bytes for the same values."""
+        from .container import pack_arrays
+
+        return pack_arrays(self, arrays, compact)
+
+    def decode_numpy(
+        self,
+        data: bytes | bytearray | memoryview,
+        limits: DecodeLimits = DEFAULT_LIMITS,
+        contexts: Mapping[int, object] | None = None,
+    ) -> tuple[np.ndarray, ...]:
+        """:meth:`decode` into numpy arrays, without torch."""
+        from .container import unpack_arrays
+
+        return unpack_arrays(data, limits=limits, expect_codec=self.codec_id, contexts=contexts)
 
     # -- session contexts --------------------------------------------------------------
     # A codec with ``has_session_context`` codes against static side information sent once

@@ -4,6 +4,10 @@ Layout: ``docs/bitstream.md`` (the container table at the top, "Decoding rules")
 checked before anything is parsed; every count is checked against :class:`DecodeLimits`
 before anything is allocated.
 
+The core works on numpy arrays (:func:`pack_arrays`, :func:`unpack_arrays`), so an edge
+device without torch writes the same bytes; :func:`pack` and :func:`unpack` are the torch
+adapters around it, and only they import torch.
+
 A codec that checks its own payload (``checks_payload``, the ``resilient`` codec) is written
 in the *resilient framing* (magic ``SR``, compact ``SQ``; "Resilient streams" in
 ``docs/bitstream.md``): the same layout, but the trailing CRC covers only the header, so a bit
@@ -20,7 +24,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from . import compact as compact_module
 from .bytes_io import Reader, put_varint, unzigzag, zigzag
@@ -29,6 +32,8 @@ from .errors import DEFAULT_LIMITS, BitstreamError, DecodeLimits, require
 from .registry import codec_class_by_id
 
 if TYPE_CHECKING:
+    import torch
+
     from .base import Codec, Param
 
 MAGIC = b"SC"
@@ -39,31 +44,60 @@ RESILIENT_MAGIC = b"SR"
 #: magic of a compact stream whose CRC covers only its prefix (magic and template id)
 RESILIENT_COMPACT_MAGIC = b"SQ"
 
-DTYPE_CODES: dict[torch.dtype, int] = {
-    torch.float32: 1,
-    torch.float16: 2,
-    torch.bfloat16: 3,
-    torch.float64: 4,
-    torch.uint8: 10,
-    torch.int8: 11,
-    torch.int16: 12,
-    torch.int32: 13,
-    torch.int64: 14,
-    torch.bool: 15,
+#: dtype code on the wire -> dtype name (torch's and numpy's, but numpy has no bfloat16)
+CODE_NAMES: dict[int, str] = {
+    1: "float32", 2: "float16", 3: "bfloat16", 4: "float64", 10: "uint8", 11: "int8",
+    12: "int16", 13: "int32", 14: "int64", 15: "bool",
 }
-CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+NAME_CODES = {v: k for k, v in CODE_NAMES.items()}
+#: codes of floating-point tensors: coded by the codec (as float32); the others are sent raw
+FLOAT_CODES = frozenset({1, 2, 3, 4})
+
+
+def dtype_code(dtype: Any) -> int:
+    """The wire code of a torch dtype, numpy dtype or dtype name; TypeError if unsupported."""
+    if isinstance(dtype, (np.dtype, type)):
+        dtype = np.dtype(dtype).name if np.dtype(dtype).isnative else dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in NAME_CODES:
+        raise TypeError(f"unsupported dtype {dtype}")
+    return NAME_CODES[name]
+
+
+def torch_dtype(code: int) -> torch.dtype:
+    """The torch dtype of a wire code (imports torch)."""
+    import torch
+
+    return getattr(torch, CODE_NAMES[code])
+
+
+def numpy_dtype(code: int) -> np.dtype:
+    """The numpy dtype of a wire code (bfloat16: float32, numpy has none)."""
+    return np.dtype("float32" if code == 3 else CODE_NAMES[code])
 
 
 @dataclass(frozen=True)
 class TensorInfo:
-    dtype: torch.dtype
+    code: int  #: the dtype's wire code (:data:`CODE_NAMES`)
     shape: tuple[int, ...]
     payload_bytes: int
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype (imports torch; :attr:`dtype_name` does not)."""
+        return torch_dtype(self.code)
+
+    @property
+    def dtype_name(self) -> str:
+        return CODE_NAMES[self.code]
+
+    @property
+    def is_float(self) -> bool:
+        return self.code in FLOAT_CODES
 
 
 @dataclass(frozen=True)
@@ -82,6 +116,8 @@ class Header:
 
 
 def _as_tensor_list(tensors: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    import torch
+
     if isinstance(tensors, torch.Tensor):
         return [tensors]
     out = list(tensors)
@@ -155,20 +191,21 @@ def _codec_head(codec: Codec, count: int) -> bytearray:
     return head
 
 
-def _tensor_head(head: bytearray, dtype: torch.dtype, shape: Sequence[int]) -> None:
-    head.append(DTYPE_CODES[dtype])
+def _tensor_head(head: bytearray, dtype: Any, shape: Sequence[int]) -> None:
+    """``dtype``: a wire code, or a dtype (torch, numpy or name)."""
+    head.append(dtype if isinstance(dtype, int) else dtype_code(dtype))
     head.append(len(shape))
     for d in shape:
         put_varint(head, int(d))
 
 
-def template(codec: Codec, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> bytes:
-    """The compact-stream template of one ``dtype`` tensor of ``shape`` coded by ``codec``:
-    its full header without the payload length (:mod:`.compact`)."""
-    if dtype not in DTYPE_CODES:
-        raise TypeError(f"unsupported dtype {dtype}")
+def template(codec: Codec, shape: Sequence[int], dtype: Any = "float32") -> bytes:
+    """The compact-stream template of one ``dtype`` tensor (torch or numpy dtype, or its
+    name) of ``shape`` coded by ``codec``: its full header without the payload length
+    (:mod:`.compact`)."""
+    code = dtype_code(dtype)
     head = _codec_head(codec, 1)
-    _tensor_head(head, dtype, shape)
+    _tensor_head(head, code, shape)
     return bytes(head)
 
 
@@ -176,33 +213,59 @@ def pack(codec: Codec, tensors: torch.Tensor | Sequence[torch.Tensor],
          compact: bool = False) -> bytes:
     """Encode ``tensors`` with ``codec`` into one container bitstream. ``compact``: one tensor
     only, the header replaced by a template id (the template is registered here; the decoder
-    must have registered it too, see :mod:`.compact`)."""
+    must have registered it too, see :mod:`.compact`). The torch adapter of
+    :func:`pack_arrays`: the same bytes for the same values."""
+    import torch
+
     items = _as_tensor_list(tensors)
     if compact and len(items) != 1:
         raise ValueError(f"a compact stream carries one tensor, not {len(items)}")
+    arrays: list[tuple[int, np.ndarray]] = []
+    for t in items:
+        t = t.detach()
+        code = dtype_code(t.dtype)
+        t = t.cpu().contiguous()
+        arrays.append((code, t.to(torch.float32).numpy() if code in FLOAT_CODES else t.numpy()))
+    return _pack(codec, arrays, compact)
+
+
+def pack_arrays(codec: Codec, arrays: np.ndarray | Sequence[np.ndarray],
+                compact: bool = False) -> bytes:
+    """:func:`pack` for numpy arrays (no torch): float16/32/64 arrays are coded by ``codec``,
+    integer and bool arrays sent raw; the stream records each array's dtype."""
+    items = [arrays] if isinstance(arrays, np.ndarray) else list(arrays)
+    if compact and len(items) != 1:
+        raise ValueError(f"a compact stream carries one tensor, not {len(items)}")
+    out: list[tuple[int, np.ndarray]] = []
+    for a in items:
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"expected numpy arrays, got {type(a).__name__}")
+        code = dtype_code(a.dtype)
+        out.append((code, a.astype(np.float32, copy=False) if code in FLOAT_CODES else a))
+    return _pack(codec, out, compact)
+
+
+def _pack(codec: Codec, items: Sequence[tuple[int, np.ndarray]], compact: bool) -> bytes:
+    """The container of ``(dtype code, array)`` items: float codes come as float32 arrays."""
     resilient = checks_payload(type(codec))
     head = _codec_head(codec, len(items))
     payloads: list[bytes] = []
-    for t in items:
-        t = t.detach()
-        if t.dtype not in DTYPE_CODES:
-            raise TypeError(f"unsupported dtype {t.dtype}")
-        t = t.cpu().contiguous()
-        if t.dtype in FLOAT_DTYPES:
-            arr = t.to(torch.float32).numpy()
+    for code, arr in items:
+        if code in FLOAT_CODES:
             payload = codec.encode_array(np.ascontiguousarray(arr))
         else:  # integer / bool tensors crossing a cut are sent raw, losslessly
-            payload = t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).tobytes()
+            arr = np.ascontiguousarray(arr)
+            payload = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
             if resilient:  # nothing can conceal an integer: its own check
                 payload += struct.pack("<I", zlib.crc32(payload))
         if compact:
-            tid = compact_module.register_template(template(codec, t.shape, t.dtype))
+            tid = compact_module.register_template(template(codec, arr.shape, CODE_NAMES[code]))
             if resilient:
                 pre = RESILIENT_COMPACT_MAGIC + tid.to_bytes(3, "little")
                 return pre + payload + struct.pack("<I", zlib.crc32(pre))
             body = compact_module.prefix(tid) + payload
             return body + struct.pack("<I", zlib.crc32(body))
-        _tensor_head(head, t.dtype, t.shape)
+        _tensor_head(head, code, arr.shape)
         put_varint(head, len(payload))
         payloads.append(payload)
     if resilient:
@@ -283,7 +346,7 @@ def _read_full(r: Reader, limits: DecodeLimits, implied_payload: int | None, tot
     total_payload = 0
     for _ in range(n_tensors):
         code = r.u8()
-        require(code in CODE_DTYPES, f"unknown dtype code {code}")
+        require(code in CODE_NAMES, f"unknown dtype code {code}")
         ndim = r.u8()
         require(ndim <= limits.max_ndim, f"ndim {ndim} exceeds limit")
         shape = tuple(r.varint() for _ in range(ndim))
@@ -292,7 +355,7 @@ def _read_full(r: Reader, limits: DecodeLimits, implied_payload: int | None, tot
         limits.check_elements(total_elements, "total elements")
         if implied_payload is not None:
             require(n_tensors == 1, "a compact template holds one tensor")
-            infos.append(TensorInfo(CODE_DTYPES[code], shape, implied_payload))
+            infos.append(TensorInfo(code, shape, implied_payload))
             require(r.remaining() == 0, "compact template: trailing bytes")
             header = Header(codec_id, cls.name, codec.params, tuple(infos),
                             compact_module.PREFIX_BYTES, total)
@@ -300,7 +363,7 @@ def _read_full(r: Reader, limits: DecodeLimits, implied_payload: int | None, tot
         size = r.varint()
         total_payload += size
         require(total_payload <= r.remaining(), "truncated: payloads exceed bitstream")
-        infos.append(TensorInfo(CODE_DTYPES[code], shape, size))
+        infos.append(TensorInfo(code, shape, size))
     require(implied_payload is None, "a compact template holds one tensor")
     require(total_payload == r.remaining(), "payload lengths do not match bitstream size")
     header = Header(codec_id, cls.name, codec.params, tuple(infos), r.pos, total)
@@ -334,14 +397,37 @@ def unpack(
     ``contexts`` (key -> context from :meth:`Codec.load_context`) are the session contexts
     in scope while this stream decodes (:func:`~splitcomp.codecs.contexts.context_scope`):
     the codec finds the one its stream names there before any registered in this process.
+    The torch adapter of :func:`unpack_arrays`.
     """
+    import torch
+
+    out = _scoped(data, limits, expect_codec, check, contexts)
+    return tuple(torch.from_numpy(a).to(torch_dtype(c)) if c in FLOAT_CODES
+                 else torch.from_numpy(a) for c, a in out)
+
+
+def unpack_arrays(
+    data: bytes | bytearray | memoryview,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    expect_codec: int | None = None,
+    check: Callable[[Header], object] | None = None,
+    contexts: Mapping[int, object] | None = None,
+) -> tuple[np.ndarray, ...]:
+    """:func:`unpack` into numpy arrays (no torch): the values torch would hold, in the
+    original dtypes (bfloat16 tensors as float32: numpy has no bfloat16)."""
+    out = _scoped(data, limits, expect_codec, check, contexts)
+    return tuple(a.astype(numpy_dtype(c), copy=False) for c, a in out)
+
+
+def _scoped(data, limits, expect_codec, check, contexts) -> list[tuple[int, np.ndarray]]:
     if contexts is None:
         return _unpack(data, limits, expect_codec, check)
     with context_scope(contexts):
         return _unpack(data, limits, expect_codec, check)
 
 
-def _unpack(data, limits, expect_codec, check) -> tuple[torch.Tensor, ...]:
+def _unpack(data, limits, expect_codec, check) -> list[tuple[int, np.ndarray]]:
+    """``(dtype code, array)`` per tensor: float tensors as float32, the others raw."""
     header, codec, pos = read_header(data, limits)
     if check is not None:
         check(header)
@@ -352,7 +438,7 @@ def _unpack(data, limits, expect_codec, check) -> tuple[torch.Tensor, ...]:
     for info in header.tensors:
         payload = view[pos : pos + info.payload_bytes]
         pos += info.payload_bytes
-        if info.dtype in FLOAT_DTYPES:
+        if info.is_float:
             try:
                 arr = codec.decode_array(payload, info.shape, limits)
             except BitstreamError:
@@ -363,9 +449,8 @@ def _unpack(data, limits, expect_codec, check) -> tuple[torch.Tensor, ...]:
             require(arr.shape == info.shape, f"{header.codec_name}: decoded shape mismatch")
             if not (arr.flags.c_contiguous and arr.flags.writeable):
                 arr = arr.copy(order="C")
-            t = torch.from_numpy(arr).to(info.dtype)
         else:
-            np_dtype = torch.empty(0, dtype=info.dtype).numpy().dtype.newbyteorder("<")
+            np_dtype = numpy_dtype(info.code).newbyteorder("<")
             size = info.numel * np_dtype.itemsize
             crc_bytes = CRC_BYTES if header.resilient else 0
             require(info.payload_bytes == size + crc_bytes, "raw tensor payload size mismatch")
@@ -373,6 +458,6 @@ def _unpack(data, limits, expect_codec, check) -> tuple[torch.Tensor, ...]:
                 (want,) = struct.unpack("<I", payload[size:])
                 require(zlib.crc32(payload[:size]) == want, "raw tensor CRC mismatch")
             arr = np.frombuffer(payload[:size], dtype=np_dtype).reshape(info.shape).copy()
-            t = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="), copy=False))
-        out.append(t)
-    return tuple(out)
+            arr = arr.astype(arr.dtype.newbyteorder("="), copy=False)
+        out.append((info.code, arr))
+    return out

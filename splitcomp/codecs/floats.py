@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from .base import Codec
 from .errors import DecodeLimits, require
@@ -19,6 +18,14 @@ def _raw(payload: memoryview, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     n = math.prod(shape)
     require(len(payload) == n * itemsize, f"payload is {len(payload)} bytes, want {n * itemsize}")
     return np.frombuffer(payload, dtype=dtype).reshape(shape)
+
+
+def _to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns, rounded to nearest even, any NaN 0xFFFF: what
+    torch's CPU conversion writes, bit for bit (``tests/edge/test_numpy_codecs.py``)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (u + (0x7FFF + ((u >> 16) & 1))) >> 16  # uint32 arithmetic wraps like C's
+    return np.where(np.isnan(x), np.uint32(0xFFFF), rounded).astype(np.uint16)
 
 
 @register_codec("fp32", codec_id=1)
@@ -56,12 +63,11 @@ class BFloat16Codec(Codec):
     """bfloat16 (fp32 range, 8-bit mantissa), 16 bits per element, round to nearest even."""
 
     def encode_array(self, x: np.ndarray) -> bytes:
-        bits = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy()
-        return bits.astype("<i2", copy=False).tobytes()
+        return _to_bf16_bits(x).astype("<u2", copy=False).tobytes()
 
     def decode_array(self, payload, shape, limits: DecodeLimits) -> np.ndarray:
-        bits = _raw(payload, shape, "<i2").astype(np.int16)
-        return torch.from_numpy(bits).view(torch.bfloat16).to(torch.float32).numpy()
+        bits = _raw(payload, shape, "<u2").astype(np.uint32)
+        return (bits << 16).view(np.float32)
 
     def error_bound(self, x: np.ndarray) -> float:
         return float(np.max(np.abs(x))) * 2.0**-8 if x.size else 0.0

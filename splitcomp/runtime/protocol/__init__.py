@@ -42,31 +42,42 @@ from .frames import (
     parse_request,
     ws_frame_bytes,
 )
-from .llm_frames import (
-    CONTEXT_DIGEST_BYTES,
-    LLM_VERSION,
-    LLM_VERSION_CONTEXT,
-    MAX_TOP_K_LOGPROBS,
-    SESSION_ID_BYTES,
-    TYPE_LLM_REQUEST,
-    TYPE_LLM_RESULT,
-    CodecContext,
-    LLMClosed,
-    LLMOp,
-    LLMOpened,
-    LLMRequest,
-    LLMResult,
-    LLMToken,
-    Sampling,
-    encode_llm_close,
-    encode_llm_closed,
-    encode_llm_open,
-    encode_llm_opened,
-    encode_llm_step,
-    encode_llm_token,
-    parse_llm_request,
-    parse_llm_result,
-)
+
+#: the LLM session frames' names, loaded on first use (:mod:`.llm_frames` needs
+#: ``splitcomp.llm``, hence torch; a vision client such as :mod:`splitcomp.edge` does not)
+_LLM_NAMES = frozenset({
+    "CONTEXT_DIGEST_BYTES",
+    "LLM_VERSION",
+    "LLM_VERSION_CONTEXT",
+    "MAX_TOP_K_LOGPROBS",
+    "SESSION_ID_BYTES",
+    "TYPE_LLM_REQUEST",
+    "TYPE_LLM_RESULT",
+    "CodecContext",
+    "LLMClosed",
+    "LLMOp",
+    "LLMOpened",
+    "LLMRequest",
+    "LLMResult",
+    "LLMToken",
+    "Sampling",
+    "encode_llm_close",
+    "encode_llm_closed",
+    "encode_llm_open",
+    "encode_llm_opened",
+    "encode_llm_step",
+    "encode_llm_token",
+    "parse_llm_request",
+    "parse_llm_result",
+})
+
+
+def __getattr__(name: str) -> object:
+    if name in _LLM_NAMES:
+        from . import llm_frames
+
+        return getattr(llm_frames, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parse_response(frame: bytes | bytearray | memoryview) -> Response:
@@ -92,9 +103,11 @@ def parse_response(frame: bytes | bytearray | memoryview) -> Response:
             raise FrameError(f"unknown error code {code}", request_id) from None
         message = bytes(view[end:]).decode("utf-8", "replace")
         return Response(request_id, code=code, message=message)
-    if ftype == TYPE_LLM_RESULT:
-        _, result = parse_llm_result(frame)
-        timing = result.timing if isinstance(result, LLMToken) else None
+    from . import llm_frames  # only for frames neither vision answer is
+
+    if ftype == llm_frames.TYPE_LLM_RESULT:
+        _, result = llm_frames.parse_llm_result(frame)
+        timing = result.timing if isinstance(result, llm_frames.LLMToken) else None
         return Response(request_id, timing=timing, llm=result)
     raise FrameError(f"frame type 0x{ftype:02x} is not a response", request_id)
 
