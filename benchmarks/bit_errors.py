@@ -22,7 +22,8 @@ would. Rows:
 
 Prints one JSON document (per row and BER, means over ``--repeats`` channel seeds on the same
 images: top-1, drop against the teacher, drop against the same stream without errors,
-requests lost, slices concealed, bytes per image) and draws top-1 against BER into ``--png``.
+requests lost, slices concealed, bytes per image) and draws top-1 against BER into ``--png``
+(with 95 % Wilson intervals over the images; SVG and PDF copies beside it).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from splitcomp.bench.input_compression import encode_image  # noqa: E402
+from splitcomp.bench.plots import CI_NOTE, accuracy_yerr, save_figure  # noqa: E402
 from splitcomp.codecs.channel_errors import flip_bits, sample_rng  # noqa: E402
 from splitcomp.data import load_dataset  # noqa: E402
 from splitcomp.train import eval_part, open_checkpoints  # noqa: E402
@@ -141,20 +143,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
               "resilient, channel slices": "v--", "resilient + BER-aware": "D-"}
     for name, rows in result["rows"].items():
         b = rows[0]["bytes_per_sample"]
-        ax.plot(xs, [r["top1"] for r in rows], styles.get(name, ".-"),
-                label=f"{name} ({b:.0f} B)")
+        ys = [r["top1"] for r in rows]
+        ax.errorbar(xs, ys, yerr=accuracy_yerr(ys, result["n_images"]), fmt=styles.get(name, ".-"),
+                    capsize=2, elinewidth=0.8, label=f"{name} ({b:.0f} B)")
     ax.axhline(result["teacher_top1"], color="grey", lw=0.8, ls=":",
                label=f"unsplit model ({result['teacher_top1']:.1f} %)")
     ax.set_xticks(list(xs), ["0" if b == 0 else f"{b:g}" for b in bers])
     ax.set_xlabel("bit error rate (each bit flipped independently, no retransmission)")
     ax.set_ylabel("top-1 (%) (a rejected stream = wrong)")
     ax.set_title(f"{result['model']} @ {result['split']}, CIFAR-10, "
-                 f"{result['n_images']} eval images")
+                 f"{result['n_images']} eval images\n({CI_NOTE})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path, dpi=130)  # PNG, SVG and PDF
     plt.close(fig)
 
 

@@ -68,7 +68,11 @@ def upward_imports() -> list[str]:
             continue
         for module, line in imports_of(path):
             theirs = _package_of(module)
-            if theirs in order and theirs != mine and order[theirs] >= order[mine]:
+            if theirs not in order and theirs not in (None, "__version__"):
+                # a name the top-level package exposes lazily (its API): a back door upward
+                bad.append(f"{path.relative_to(ROOT)}:{line}: {mine} imports {module} from "
+                           "the top-level package (only packages and __version__ may be)")
+            elif theirs in order and theirs != mine and order[theirs] >= order[mine]:
                 bad.append(f"{path.relative_to(ROOT)}:{line}: {mine} (layer {order[mine]}) "
                            f"imports {module} (layer {order[theirs]})")
     return bad
@@ -91,6 +95,24 @@ def test_the_check_sees_lazy_relative_and_type_checking_imports() -> None:
     got = imports_of(PACKAGE / "codecs" / "probe.py", src)
     assert {_package_of(m) for m, _ in got} == {"runtime", "plan", None, "cli", "bench"}
     assert ("splitcomp.runtime.x", 3) in got and ("splitcomp.cli", 6) in got
+
+
+def test_the_top_level_api_is_lazy_and_only_the_top_imports_it() -> None:
+    """``splitcomp/__init__.py`` is no layer: it exposes the API of the packages above the
+    bottom lazily (PEP 562), and no package may reach that API through it."""
+    import subprocess
+    import sys
+
+    src = "from .. import SplitClient\nfrom .. import __version__, codecs\n"
+    got = {_package_of(m) for m, _ in imports_of(PACKAGE / "codecs" / "probe.py", src)}
+    assert "SplitClient" in got  # upward_imports flags it: not a package, not __version__
+    code = ("import sys, splitcomp; assert 'torch' not in sys.modules; "
+            "assert callable(splitcomp.split) and splitcomp.SplitClient.__name__ == "
+            "'SplitClient'; assert set(splitcomp.__all__) == {'__version__', *splitcomp._LAZY}; "
+            "print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr
 
 
 def test_no_module_is_too_long() -> None:

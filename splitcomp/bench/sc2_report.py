@@ -11,8 +11,9 @@ share its images; the feature codecs' bytes are whole bitstreams (header and CRC
 the input codecs' bytes whole image files. Trained checkpoints (:mod:`.sc2_trained`) add
 their rows at their cuts; the report's images are then those none of them trained on.
 
-:func:`build_report` computes, :func:`plot_split` draws one PNG per cut, :func:`write_report`
-writes ``report.md``, ``report.json`` and the PNGs.
+:func:`build_report` computes, :func:`~.sc2_plot.plot_split` draws one figure per cut (PNG, SVG
+and PDF, accuracies with 95 % Wilson intervals), :func:`write_report` writes ``report.md``,
+``report.json`` and the figures.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from .input_compression import (
     sweep_input_codec,
     uncompressed_accuracy,
 )
+from .plots import CI_NOTE, FORMATS
+from .sc2_plot import plot_split
 
 #: feature codecs swept by default (fixed-rate ones are the fp16 / int8 baselines)
 DEFAULT_CODECS: tuple[str, ...] = ("fp16", "int8", "zstd", "rans", "slicer")
@@ -245,77 +248,6 @@ def matched(rep: ModelReport, drop: float) -> list[tuple[str, dict[str, Any] | N
     return out
 
 
-# -- figure ---------------------------------------------------------------------------------
-
-#: fixed colours so that a codec looks the same in every figure
-_CODEC_COLORS = {"fp32": "tab:cyan", "fp16": "tab:blue", "bf16": "tab:pink", "int8": "tab:orange",
-                 "blockwise8": "gold", "zstd": "tab:green", "rans": "tab:red",
-                 "slicer": "tab:purple"}
-_INPUT_STYLE = {"jpeg": ("JPEG input (full offload)", "tab:gray", "s"),
-                "webp": ("WebP input (full offload)", "tab:brown", "D"),
-                "png": ("PNG input, lossless (full offload)", "tab:olive", "P")}
-
-
-def plot_split(rep: ModelReport, sr: SplitReport, path: Path) -> Path:
-    """Top-1 (%) against bytes per sample (log x) for every codec and baseline; two panels,
-    the whole range and a zoom near the uncompressed accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), dpi=90)
-    colors = plt.get_cmap("tab10").colors
-    zoom_lo = rep.baseline - 8
-    for k, ax in enumerate(axes):
-        ax.axhline(rep.baseline, color="black", lw=1.2, ls="-",
-                   label=f"uncompressed top-1 ({rep.baseline:.1f} %)")
-        ax.axvline(rep.raw_input_bytes, color="tab:red", lw=1.2, ls=":",
-                   label=f"raw uint8 input, full offload ({rep.raw_input_bytes:,} B)")
-        for fmt in dict.fromkeys(r["codec"] for r in rep.inputs):
-            rows = sorted((r for r in rep.inputs if r["codec"] == fmt),
-                          key=lambda r: r["bytes_per_sample"])
-            label, color, marker = _INPUT_STYLE.get(fmt, (fmt, "gray", "o"))
-            ax.plot([r["bytes_per_sample"] for r in rows], [r["accuracy"] for r in rows],
-                    ls="--" if len(rows) > 1 else "none", color=color, marker=marker,
-                    ms=4 if len(rows) > 1 else 8, lw=1.2, label=label)
-        for i, name in enumerate(dict.fromkeys(r.codec for r in sr.features)):
-            rows = sorted((r for r in sr.features if r.codec == name),
-                          key=lambda r: r.wire_bytes_per_sample)
-            xs = [r.wire_bytes_per_sample for r in rows]
-            ys = [r.top1 for r in rows]
-            color = _CODEC_COLORS.get(name, colors[(i + 5) % len(colors)])
-            if len(rows) == 1:
-                ax.plot(xs, ys, ls="none", marker="o", ms=7, color=color,
-                        label=f"{name} features ({xs[0]:,.0f} B)")
-            else:
-                knob = codecs.codec_class(name).quality_param
-                ax.plot(xs, ys, ls="-", marker="o", ms=4, lw=1.6, color=color,
-                        label=f"{name} features (swept {knob})")
-        sc2_trained.plot(ax, sr.trained)
-        ax.set_xscale("log")
-        ax.set_xlabel("bytes per sample on the wire (log scale)")
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.grid(True, which="both", alpha=0.3)
-        if k == 0:
-            ax.set_title("full range")
-            ax.set_ylim(bottom=0, top=max(100.0, rep.baseline + 2))
-        else:
-            ax.set_title("zoom: within 8 pp of uncompressed")
-            ax.set_ylim(zoom_lo, rep.baseline + 2)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    shapes = " + ".join("x".join(map(str, s)) for s in sr.shapes)
-    held = ", none trained on" if rep.images_note else ""
-    fig.suptitle(f"{rep.model} cut at {sr.split} ({shapes}): top-1 vs bytes per sample, "
-                 f"{rep.n_images} images ({'+'.join(rep.data)}{held})", fontsize=11)
-    fig.tight_layout(rect=(0, 0.17, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 # -- Markdown -------------------------------------------------------------------------------
 
 
@@ -331,6 +263,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 def png_name(model: str, cut: str) -> str:
     return f"{model}_{cut.replace('.', '_')}.png"
+
+
+def _also(png: str) -> str:
+    """Links to a figure's vector copies (same stem, see :data:`~.plots.FORMATS`)."""
+    stem = png.removesuffix(".png")
+    return " and ".join(f"[{f.upper()}]({stem}.{f})" for f in FORMATS[1:])
 
 
 def _highlight(best: dict[str, dict[str, Any] | None], drop: float, rep: ModelReport) -> str:
@@ -361,7 +299,8 @@ def model_markdown(rep: ModelReport) -> list[str]:
     L.append(f"{rep.n_images} images ({', '.join(rep.data)}), input {shape} uint8 "
              f"({rep.raw_input_bytes:,} B raw). Uncompressed top-1: **{rep.baseline:.2f} %** "
              f"(one image = {100 / rep.n_images:.2f} pp). Whole model: "
-             f"{rep.total_params:,} parameters, {rep.total_flops / 1e6:,.1f} MFLOPs. "
+             f"{rep.total_params:,} parameters, {rep.total_flops / 1e6:,.1f} MFLOPs per "
+             f"sample (FLOPs: a multiply-add counts 2). "
              f"Times: {rep.threads or '?'} torch thread(s).")
     if rep.images_note:
         L += ["", f"**{rep.images_note[0].upper()}{rep.images_note[1:]}.**"]
@@ -400,7 +339,8 @@ def model_markdown(rep: ModelReport) -> list[str]:
     for sr in rep.splits:
         shapes = " + ".join("x".join(map(str, s)) for s in sr.shapes)
         L += ["", f"### Cut {sr.split}: {shapes} ({sr.elements_per_sample:,} elements)", "",
-              f"![{rep.model} {sr.split} rate/accuracy]({png_name(rep.model, sr.split)})", ""]
+              f"![{rep.model} {sr.split} rate/accuracy]({png_name(rep.model, sr.split)})", "",
+              f"({CI_NOTE}; also as {_also(png_name(rep.model, sr.split))})", ""]
         rows = [(r.codec, setting_label(r), _fmt_int(r.wire_bytes_per_sample),
                  f"{r.bits_per_element:.3f}", f"{r.top1:.2f}", f"{r.drop_pp:+.2f}",
                  f"{r.encode_ms:.2f}", f"{r.decode_ms:.2f}") for r in sr.features]
@@ -422,7 +362,8 @@ def model_markdown(rep: ModelReport) -> list[str]:
 
 def write_report(reports: Sequence[ModelReport], out: Path, *, title: str = "",
                  preamble: str = "") -> Path:
-    """``report.md``, ``report.json`` and one PNG per model and cut under ``out``."""
+    """``report.md``, ``report.json`` and one figure per model and cut (PNG, SVG, PDF) under
+    ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     for rep in reports:
         for sr in rep.splits:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..data import ImageFolderDataset
 from ..train import Trained, check_untrained, untrained_part
+from .plots import accuracy_yerr
 
 #: what the figure's legend and the tables call a trained checkpoint
 LABEL = "trained bottleneck"
@@ -79,17 +80,19 @@ def matched_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(ax: Any, rows: Sequence[dict[str, Any]]) -> None:
-    """One star per checkpoint, or a curve through several (``ax``: a matplotlib axis)."""
+    """One star per checkpoint, or a curve through several (``ax``: a matplotlib axis), with
+    95 % Wilson intervals over each checkpoint's eval images."""
     if not rows:
         return
     rows = sorted(rows, key=lambda r: r["bytes_per_sample"])
     xs, ys = [r["bytes_per_sample"] for r in rows], [r["top1"] for r in rows]
+    bars = {"yerr": accuracy_yerr(ys, int(rows[0]["n_eval"])), "capsize": 2, "elinewidth": 0.8}
     if len(rows) == 1:
-        ax.plot(xs, ys, ls="none", marker="*", ms=13, color=_COLOR,
-                label=f"{LABEL} ({rows[0]['name']}, {xs[0]:,.0f} B)")
+        ax.errorbar(xs, ys, ls="none", marker="*", ms=13, color=_COLOR,
+                    label=f"{LABEL} ({rows[0]['name']}, {xs[0]:,.0f} B)", **bars)
     else:
-        ax.plot(xs, ys, ls="-", marker="*", ms=10, lw=1.6, color=_COLOR,
-                label=f"{LABEL} ({len(rows)} checkpoints)")
+        ax.errorbar(xs, ys, ls="-", marker="*", ms=10, lw=1.6, color=_COLOR,
+                    label=f"{LABEL} ({len(rows)} checkpoints)", **bars)
 
 
 def encoder_rows(cut: str, head_params: int, head_bytes: int, head_flops: int,

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 from .. import __version__
 from ._common import Parser, add_debug, guarded
+from ._provenance import recording
 
 #: command name -> module exposing ``add_arguments(parser)`` and ``run(args) -> int``
 COMMANDS: dict[str, str] = {
@@ -27,12 +29,15 @@ COMMANDS: dict[str, str] = {
     "report": "splitcomp.cli.report",
     "demo": "splitcomp.cli.demo",
     "serve": "splitcomp.cli.serve",
+    "export": "splitcomp.cli.export",
     "load": "splitcomp.cli.load",
     "generate": "splitcomp.cli.generate",
     "eval-lm": "splitcomp.cli.eval_lm",
+    "calibrate-lm": "splitcomp.cli.calibrate_lm",
     "lm-context": "splitcomp.cli.lm_context",
     "plan": "splitcomp.cli.plan",
     "train": "splitcomp.cli.train",
+    "run": "splitcomp.cli.run",
 }
 
 
@@ -55,10 +60,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 def main(argv: list[str] | None = None) -> int:
     """``splitcomp ...``: the exit status (0 done, 1 a bug, 2 a mistake, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if importlib.util.find_spec("torch") is None:  # `pip install splitcomp[edge]` alone
+        print("splitcomp: error: the commands need torch: pip install 'splitcomp[torch]' "
+              "(the torch-free edge client is splitcomp.edge)", file=sys.stderr)
+        return 2
     parser, modules = build_parser()
     parsed: list[argparse.Namespace] = []
     status = guarded(lambda: parsed.append(parser.parse_args(argv)), "--debug" in argv)
     if status:
         return status
     args = parsed[0]
-    return guarded(lambda: modules[args.command].run(args), args.debug)
+    with recording(args, argv):
+        return guarded(lambda: modules[args.command].run(args), args.debug)

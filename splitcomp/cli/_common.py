@@ -26,6 +26,7 @@ from torch import nn
 from ..codecs import codec_class
 from ..runtime.errors import SplitRuntimeError
 from ..train import CheckpointError, Trained, open_checkpoints, read_meta
+from ._provenance import add_provenance, recording, with_provenance
 
 #: exit status of a user's mistake (as argparse's own)
 USAGE_STATUS = 2
@@ -206,11 +207,12 @@ def write_text(path: Path | str, text: str) -> Path:
 
 
 def write_json(obj: Any, path: Path | str | None, indent: int = 1) -> None:
-    """``obj`` as JSON into ``path`` atomically (nothing when ``path`` is None)."""
+    """``obj`` as JSON into ``path`` atomically (nothing when ``path`` is None); a mapping
+    gets the ``provenance`` block of the run (:mod:`._provenance`: config, commit, versions)."""
     if path is not None:
         import json
 
-        write_text(path, json.dumps(obj, indent=indent) + "\n")
+        write_text(path, json.dumps(with_provenance(obj), indent=indent) + "\n")
 
 
 def write_folder(out: Path, write: Callable[[Path], Any]) -> None:
@@ -219,6 +221,7 @@ def write_folder(out: Path, write: Callable[[Path], Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         write(Path(tmp))
+        add_provenance(Path(tmp), out)
         out.mkdir(exist_ok=True)
         for f in sorted(Path(tmp).iterdir()):
             os.replace(f, out / f.name)
@@ -287,4 +290,5 @@ def standalone(command: str, module: ModuleType, argv: list[str] | None) -> int:
     if status:
         return status
     args = holder["args"]
-    return guarded(lambda: module.run(args), bool(getattr(args, "debug", False)))
+    with recording(args, [command, *argv]):
+        return guarded(lambda: module.run(args), bool(getattr(args, "debug", False)))

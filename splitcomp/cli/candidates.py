@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from ..partition import candidates, format_candidates
+from ..partition import FLOPS_NOTE, candidates, format_candidates
 from ..zoo import create_model
 from ._checks import zoo_config
 from ._common import UsageError
@@ -29,4 +29,5 @@ def run(args: argparse.Namespace) -> int:
     example = torch.zeros(1, *size)
     cands = candidates(model, (example,), modules_only=not args.all_nodes)
     print(format_candidates(cands))
+    print(f"(head MFLOPs: {FLOPS_NOTE})")
     return 0

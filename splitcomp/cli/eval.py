@@ -32,7 +32,9 @@ from ..bench.codec_eval import (
 )
 from ..bench.setup import EvalSetup
 from ..partition import split as split_model
+from ..runtime.device import on_device
 from ..train import CheckpointError, TrainedOnError, open_checkpoints
+from ..train.ckpt_eval import evaluate_checkpoint
 from ..train.ckpt_eval import evaluate_over_channel as checkpoint_over_channel
 from ._checks import (
     build_codec,
@@ -43,6 +45,7 @@ from ._checks import (
     zoo_config,
 )
 from ._common import UsageError, add_force, at_least, check_output, fail, standalone, write_json
+from ._device import add_device, checked_device
 from .train import summary
 
 
@@ -79,6 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slices", type=int, default=8, help="slices of --resilient")
     p.add_argument("--slice-axis", type=int, default=2, help="axis --resilient cuts (2: rows "
                    "of a feature map, 1: channels)")
+    add_device(p, "the model's head and tail (codecs: on the CPU either way)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -115,7 +119,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
                 trained.ckpt, trained.head, trained.tail, dataset, args.ber or 0.0,
                 slices=args.slices if args.resilient else None, slice_axis=args.slice_axis,
                 seed=args.ber_seed, batch_size=args.batch_size, limit=args.limit,
-                progress=bar.update)
+                device=args.device, progress=bar.update)
             result["checkpoint"] = str(args.checkpoint)
             bar.close()
             print(f"{result['model']} @ {result['split']}, {result['codec']}: "
@@ -123,8 +127,10 @@ def run_checkpoint(args: argparse.Namespace) -> int:
             print(channel_summary(result))
             write_json(result, args.json)
             return 0
-        result = trained.evaluate(dataset, args.batch_size, limit=args.limit,
-                                  progress=bar.update)
+        result = evaluate_checkpoint(trained.ckpt, trained.head, trained.tail, dataset,
+                                     args.batch_size, limit=args.limit, device=args.device,
+                                     progress=bar.update)
+        result["checkpoint"] = str(trained.folder)
     except (TrainedOnError, CheckpointError) as e:  # CheckpointError: an extra tail's model
         return fail(str(e))
     finally:
@@ -166,7 +172,9 @@ def _setup(args: argparse.Namespace) -> EvalSetup:
         _calibration_size(args, len(dataset))
     dataset.preload()
     head, tail = split_model(model, args.split, (dataset[0][0].unsqueeze(0),))
-    return EvalSetup(args.model, model, dataset, head, tail)
+    # off the CPU: batches go through pinned memory, features and outputs come back
+    return EvalSetup(args.model, model, dataset, on_device(head, args.device),
+                     on_device(tail, args.device))
 
 
 def _target_line(result: EvalResult, target: float, trials: list[EvalResult]) -> str:
@@ -188,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     problem = _channel_error(args)
     if problem:
         return fail(problem)
+    args.device = checked_device(args.device)
     at_least("--limit", args.limit)
     at_least("--batch-size", args.batch_size)
     at_least("--calib", args.calib, 0)

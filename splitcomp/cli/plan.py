@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..data import ImageFolderDataset, load_dataset
+from ..partition.costs import FLOPS_NOTE
 from ..plan.channel import Channel
 from ..plan.devices import available_devices, get_device
 from ..plan.input_codec import INPUT_FORMATS
@@ -199,9 +200,11 @@ def run(args: argparse.Namespace) -> int:
     offload = {o: choose(rows, o, exclude=("device",), max_latency_ms=args.max_latency_ms)
                for o in OBJECTIVES}
     chosen = winners[args.objective]
+    total = prof.cuts[0].total_flops if prof.cuts else 0
     print(f"{prof.model}: channel {channel.describe()}; edge {device.name} "
           f"({device.slowdown:g}x this machine); accuracy budget {args.max_drop} pp on "
-          f"{prof.n_calib} images (top-1 {prof.top1:.2f}); {len(rows)} plans")
+          f"{prof.n_calib} images (top-1 {prof.top1:.2f}); {len(rows)} plans; whole model "
+          f"{total / 1e6:,.1f} MFLOPs per sample (FLOPs: a multiply-add counts 2)")
     if prof.trained:
         print(f"{len(prof.trained)} trained checkpoint(s): the calibration images are outside "
               "their train parts (bytes: compact bottleneck streams)")
@@ -221,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
                "profile": prof.to_json(), "rows": [r.to_json() for r in rows],
                "best": {o: r.name for o, r in winners.items()},
                "best_offload": {o: r.name for o, r in offload.items()},
-               "objective": args.objective}
+               "objective": args.objective, "flops_note": FLOPS_NOTE}
         write_json(out, args.json)
     if args.plan_out:
         plan = plan_from_row(chosen, model=args.model, channel=channel,

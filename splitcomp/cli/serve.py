@@ -6,6 +6,8 @@ more deployments to the same server; ``--checkpoint CKPT_DIR`` serves a trained 
 (``splitcomp train bottleneck``: the edge sends compact ``bottleneck`` streams).
 ``--llm smollm2 --llm-split 15`` serves the server half of a causal LM to
 ``splitcomp generate --server`` clients (LLM sessions: docs/protocol.md).
+``--plan FILE`` serves what ``splitcomp plan`` chose, whatever its kind; ``--device cuda``
+(or ``auto``) runs tails, decoders and LLM sessions on the GPU.
 Prometheus metrics: ``GET /metrics`` on the same port (with ``--tokens``, for a valid token
 unless ``--metrics-public``). Clients share the worker fairly; the limits per client (requests
 and bytes in flight) and per connection (answer bytes left unread) are flags below.
@@ -19,7 +21,7 @@ import errno
 import functools
 import re
 import sys
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import torch
 
@@ -37,7 +39,11 @@ from ._checks import (
     zoo_config,
 )
 from ._common import UsageError, standalone
+from ._device import add_device, checked_device
 from ._llm_args import add_session_limits, session_limits
+
+if TYPE_CHECKING:
+    from ..plan.planfile import Plan
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,7 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default="default",
                    help="'default' (offline default weights), 'random', or a weights file")
     p.add_argument("--plan", default=None, metavar="FILE",
-                   help="serve what a plan file from `splitcomp plan --plan-out` chose")
+                   help="serve what a plan file from `splitcomp plan --plan-out` chose: a "
+                        "split (its cut and codec), a trained checkpoint, raw-pixel offload "
+                        "(MODEL-full) or JPEG/WebP input (MODEL-jpeg: the server decodes the "
+                        "file and runs the whole model). A device plan (all on the edge) needs "
+                        "no server: serve says so in one line and exits 0 (nothing failed)")
+    add_device(p, "tails, decoders and LLM sessions")
     p.add_argument("--checkpoint", action="append", default=[], metavar="CKPT_DIR",
                    help="serve a trained bottleneck checkpoint (repeatable), named after its "
                         "folder; clients run its edge model and send compact bottleneck streams")
@@ -70,8 +81,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the server runs blocks [K, L), norm and LM head")
     g.add_argument("--llm-deployment", default=None, help="its name (default: the model name)")
     g.add_argument("--codec-context", action="append", default=[], metavar="FILE",
-                   help="a codec context file the server holds (from `splitcomp lm-context`): "
+                   help="a codec context file the server holds (from `splitcomp calibrate-lm`): "
                         "sessions naming it by digest need not upload it (repeatable)")
+    g.add_argument("--param", action="append", default=[], metavar="context=FILE",
+                   help="the same as --codec-context FILE, in the form generate and eval-lm "
+                        "take (repeatable)")
     add_session_limits(g)
     g.add_argument("--llm-weights", default="auto",
                    help="'auto' (real weights where the model has them), 'random', or a path")
@@ -134,7 +148,8 @@ def _deploy_specs(args: argparse.Namespace) -> list[tuple[str, str, str, list[st
             raise SystemExit("--model and --split go together")
         codecs = args.codec.split(",") if args.codec else None
         specs.append((args.deployment or args.model, args.model, args.split, codecs))
-    if getattr(args, "plan", None) and not _plan_checkpoint(args):
+    plan = _plan(args)
+    if plan is not None and plan.kind == "split":
         specs.append(_plan_spec(args))
     for spec in args.deploy:
         name, eq, rest = spec.partition("=")
@@ -143,17 +158,62 @@ def _deploy_specs(args: argparse.Namespace) -> list[tuple[str, str, str, list[st
             raise SystemExit(f"--deploy {spec!r}: expected NAME=MODEL:SPLIT[:CODECS]")
         codecs = parts[2].split(",") if len(parts) == 3 and parts[2] else None
         specs.append((name, parts[0], parts[1], codecs))
-    if not specs and not getattr(args, "llm", None) and not _checkpoints(args):
+    if not specs and not getattr(args, "llm", None) and not _checkpoints(args) \
+            and not (plan is not None and plan.kind in _WHOLE_MODEL):
+        if plan is not None and plan.kind == "device":
+            raise SystemExit(device_plan_line(args))
         raise SystemExit("nothing to serve: give --model and --split, --deploy, --checkpoint "
                          "or --llm")
     return specs
 
 
-def _plan_spec(args: argparse.Namespace) -> tuple[str, str, str, list[str] | None]:
-    """The deployment a plan file describes (its model and weights, its split, its codec)."""
+#: plan kinds served as the whole model on what the edge sends (raw pixels, an image file)
+_WHOLE_MODEL = ("offload", "input")
+
+
+def _plan(args: argparse.Namespace) -> Plan | None:
+    """The ``--plan`` file, read once (None without one); a file that is not a plan is a
+    usage error."""
+    path = getattr(args, "plan", None)
+    if not path:
+        return None
+    cached = getattr(args, "_plan_file", None)
+    if cached is not None:
+        return cached
     from ..plan.planfile import load_plan
 
-    plan = load_plan(args.plan)
+    require_file(path, "--plan")
+    try:
+        plan = load_plan(path)
+    except (ValueError, TypeError, KeyError) as e:
+        raise UsageError(f"--plan {path}: not a plan file of `splitcomp plan --plan-out` "
+                         f"({str(e).splitlines()[0][:160]})") from None
+    known = ("split", "trained", "device", *_WHOLE_MODEL)
+    if plan.kind not in known:
+        raise UsageError(f"--plan {path}: unknown plan kind {plan.kind!r} (one of "
+                         f"{', '.join(known)})")
+    args._plan_file = plan
+    return plan
+
+
+def device_plan_line(args: argparse.Namespace) -> str:
+    """What serve says of a device plan: nothing leaves the edge, so nothing is served."""
+    plan = _plan(args)
+    return (f"--plan {args.plan}: {plan.model} runs entirely on the edge device (a 'device' "
+            "plan): there is nothing to serve")
+
+
+def _device_only(args: argparse.Namespace) -> bool:
+    """A device plan and nothing else asked for."""
+    plan = _plan(args)
+    return (plan is not None and plan.kind == "device" and not args.model and not args.split
+            and not args.deploy and not getattr(args, "llm", None)
+            and not getattr(args, "checkpoint", None))
+
+
+def _plan_spec(args: argparse.Namespace) -> tuple[str, str, str, list[str] | None]:
+    """The deployment a split plan file describes (its model and weights, split and codec)."""
+    plan = _plan(args)
     if plan.kind != "split" or not plan.split or not plan.codec:
         raise SystemExit(f"--plan {args.plan}: a {plan.kind!r} plan has no split to serve")
     if plan.weights:
@@ -161,14 +221,42 @@ def _plan_spec(args: argparse.Namespace) -> tuple[str, str, str, list[str] | Non
     return (plan.deployment or plan.model, plan.model, plan.split, [plan.codec])
 
 
+def _plan_whole_model(args: argparse.Namespace) -> list[Deployment]:
+    """The deployment of an ``offload`` plan (raw pixels) or an ``input`` plan (JPEG/WebP
+    files decoded on the server), each running the whole model; none for other plans."""
+    plan = _plan(args)
+    if plan is None or plan.kind not in _WHOLE_MODEL:
+        return []
+    from ..plan.planfile import deployment_name
+    from ..runtime.fulloffload import zoo_full_offload, zoo_image_input
+
+    weights = _check_whole_model(args, plan)
+    name = plan.deployment or deployment_name(plan.kind, plan.model, plan.codec)
+    opts = dict(weights=weights, name=name, max_batch_size=args.max_batch_size,
+                max_wait_ms=args.max_wait_ms, device=args.device)
+    if plan.kind == "offload":
+        return [zoo_full_offload(plan.model, **opts)]
+    return [zoo_image_input(plan.model, (plan.codec,), **opts)]
+
+
+def _check_whole_model(args: argparse.Namespace, plan: Plan) -> str:
+    """An offload or input plan's model, weights and image format, checked before any model
+    loads; returns the weights to load."""
+    from ..runtime.fulloffload import IMAGE_FORMATS
+
+    zoo_config(plan.model)
+    weights = plan.weights or args.weights
+    check_weights(plan.model, weights)
+    if plan.kind == "input" and plan.codec not in IMAGE_FORMATS:
+        raise UsageError(f"--plan {args.plan}: input format {plan.codec!r} is not one the "
+                         f"server decodes ({', '.join(IMAGE_FORMATS)})")
+    return weights
+
+
 def _plan_checkpoint(args: argparse.Namespace) -> str | None:
     """The checkpoint folder a ``trained`` plan file chose (None: another plan, or none)."""
-    if not getattr(args, "plan", None):
-        return None
-    from ..plan.planfile import load_plan
-
-    plan = load_plan(args.plan)
-    if plan.kind != "trained" and not plan.checkpoint:
+    plan = _plan(args)
+    if plan is None or (plan.kind != "trained" and not plan.checkpoint):
         return None
     if not plan.checkpoint:
         raise SystemExit(f"--plan {args.plan}: a trained plan without its checkpoint folder")
@@ -194,7 +282,8 @@ def _checkpoint_deployments(args: argparse.Namespace) -> list[Deployment]:
         try:
             deps, _edge, _codec = checkpoint_deployments(
                 folder, "all" if tail == "all" else (tail,),
-                max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms)
+                max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                device=args.device)
         except (CheckpointError, ValueError) as e:
             raise SystemExit(f"--checkpoint {folder}: {e}") from None
         out.extend(deps)
@@ -205,6 +294,9 @@ def _check(args: argparse.Namespace, specs: list[tuple[str, str, str, list[str] 
            ) -> None:
     """What can be checked before any model is built: names and files (the port: in
     :func:`run`, which binds it)."""
+    plan = _plan(args)
+    if plan is not None and plan.kind in _WHOLE_MODEL:
+        _check_whole_model(args, plan)
     for _name, model, _at, codecs in specs:
         zoo_config(model)
         for c in codecs or ():
@@ -230,12 +322,14 @@ def build_server(args: argparse.Namespace) -> Server:
     specs = _deploy_specs(args)
     tokens = load_tokens(args.tokens)  # a bad tokens file: before any model is loaded
     _check(args, specs)
+    args.device = checked_device(getattr(args, "device", "cpu"))
     deployments: list[Deployment] = []
     for name, model, at, codecs in specs:
         dep, _head = zoo_deployment(model, at, weights=args.weights, name=name, codecs=codecs,
                                     max_batch_size=args.max_batch_size,
-                                    max_wait_ms=args.max_wait_ms)
+                                    max_wait_ms=args.max_wait_ms, device=args.device)
         deployments.append(dep)
+    deployments.extend(_plan_whole_model(args))
     deployments.extend(_checkpoint_deployments(args))
     return Server(deployments, args.host, args.port, tokens=tokens, llm=_llm(args),
                   tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
@@ -260,9 +354,9 @@ def _llm(args: argparse.Namespace) -> list:
     from ..llm.halves import ServerHalf
     from ..llm.text import load_lm
     from ..runtime.llm.service import LLMDeployment
-    from ._llm_args import load_codec_contexts
+    from ._llm_args import context_files, load_codec_contexts
 
-    load_codec_contexts(args.codec_context)
+    load_codec_contexts(args.codec_context + context_files(args.param))
     model, _ = load_lm(args.llm, None if args.llm_weights == "random" else args.llm_weights)
     try:
         half = ServerHalf(model, args.llm_split)
@@ -275,7 +369,8 @@ def _llm(args: argparse.Namespace) -> list:
                           idle_timeout_s=args.session_idle_timeout,
                           max_sessions=args.max_sessions,
                           max_context_bytes=args.max_context_bytes,
-                          max_contexts=args.max_contexts, **session_limits(args))]
+                          max_contexts=args.max_contexts, **session_limits(args),
+                          device=getattr(args, "device", "cpu"))]
 
 
 def read_listening_url(stream: IO[str], max_lines: int = 50) -> str | None:
@@ -292,8 +387,19 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
+    if _device_only(args):  # nothing leaves the edge: no server, and that is no failure
+        print(device_plan_line(args))
+        return 0
+    args.device = checked_device(getattr(args, "device", "cpu"))
     check_port_free(args.host, args.port)  # before any model is loaded
     if getattr(args, "backend", "embedded") == "ray":
+        if args.device != "cpu":
+            raise UsageError(f"--device {args.device}: the embedded backend only (Ray "
+                             "replicas run on the CPU here)")
+        plan = _plan(args)
+        if plan is not None and plan.kind in _WHOLE_MODEL:
+            raise UsageError(f"--plan {args.plan}: an {plan.kind!r} plan is served by the "
+                             "embedded backend only")
         from ..runtime.ray_backend import run_cli
 
         llm = None

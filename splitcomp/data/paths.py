@@ -1,5 +1,11 @@
 """Where things live on disk: the shared evaluation data, the cache, installed data packages.
 
+Run from the project's checkout, the data is ``<repo>/../shared/data`` and the cache
+``<repo>/.cache``; an installed package (a wheel in site-packages) never writes beside itself:
+its cache is ``$XDG_CACHE_HOME/splitcomp`` (default ``~/.cache/splitcomp``) and its data
+``$XDG_DATA_HOME/splitcomp`` (default ``~/.local/share/splitcomp``). ``$SPLITCOMP_CACHE`` and
+``$SPLITCOMP_DATA`` override both, and a data set can always be named by its path.
+
 Nothing here imports a data package: some of them fail on import, and all we need is a folder.
 """
 
@@ -8,6 +14,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 #: environment variable naming the shared data folder; set it empty to mean "no shared data"
@@ -17,18 +24,55 @@ CACHE_ENV = "SPLITCOMP_CACHE"
 
 
 def repo_root() -> Path:
-    """The folder that holds the ``splitcomp`` package (the project root in a checkout)."""
+    """The folder that holds the ``splitcomp`` package (the project root in a checkout,
+    site-packages in an installed one)."""
     return Path(__file__).resolve().parents[2]
 
 
+def checkout_root() -> Path | None:
+    """The project root when the package runs from its checkout (a ``pyproject.toml`` of
+    splitcomp beside it, as in an editable install); None for an installed package."""
+    root = repo_root()
+    try:
+        text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return root if re.search(r'^name\s*=\s*"splitcomp"', text, re.MULTILINE) else None
+
+
+def _xdg(variable: str, default: str) -> Path:
+    """``$variable/splitcomp`` (an absolute ``$variable``, as the XDG spec asks), else
+    ``~/default/splitcomp``."""
+    base = os.environ.get(variable, "")
+    path = Path(base) if base and Path(base).is_absolute() else Path.home() / default
+    return path / "splitcomp"
+
+
+def user_data_dir() -> Path:
+    """The user's splitcomp data folder: ``$XDG_DATA_HOME/splitcomp`` or
+    ``~/.local/share/splitcomp`` (it may not exist)."""
+    return _xdg("XDG_DATA_HOME", ".local/share")
+
+
+def user_cache_dir() -> Path:
+    """The user's splitcomp cache folder: ``$XDG_CACHE_HOME/splitcomp`` or
+    ``~/.cache/splitcomp`` (it may not exist)."""
+    return _xdg("XDG_CACHE_HOME", ".cache")
+
+
 def shared_data_dir() -> Path | None:
-    """The shared data folder: ``$SPLITCOMP_DATA`` if set, else ``<repo>/../shared/data``.
+    """The shared data folder: ``$SPLITCOMP_DATA`` if set, else ``<repo>/../shared/data`` in
+    a checkout, else :func:`user_data_dir`.
 
     None when that folder does not exist (or the variable is set to an empty string), so that
     callers can skip or fall back instead of failing.
     """
     env = os.environ.get(DATA_ENV)
-    path = Path(env).expanduser() if env else repo_root().parent / "shared" / "data"
+    if env is not None:
+        path = Path(env).expanduser()
+    else:
+        root = checkout_root()
+        path = root.parent / "shared" / "data" if root is not None else user_data_dir()
     if env == "" or not path.is_dir():
         return None
     return path
@@ -44,9 +88,13 @@ def shared_data_path(*parts: str) -> Path | None:
 
 
 def cache_dir() -> Path:
-    """Folder for derived artefacts (not in git): ``$SPLITCOMP_CACHE`` or ``<repo>/.cache``."""
+    """Folder for derived artefacts (not in git): ``$SPLITCOMP_CACHE``, else ``<repo>/.cache``
+    in a checkout, else :func:`user_cache_dir` (it may not exist yet: writers create it)."""
     env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else repo_root() / ".cache"
+    if env:
+        return Path(env).expanduser()
+    root = checkout_root()
+    return root / ".cache" if root is not None else user_cache_dir()
 
 
 def _spec_dir(module: str) -> Path | None:

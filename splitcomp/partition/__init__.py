@@ -15,10 +15,11 @@ smaller input) are rebuilt there, and sizes are read off the tensors that do cro
 
 from .api import Partitioner, SplitInfo, split
 from .candidates import CutPoint, candidates, format_candidates
+from .costs import FLOPS_NOTE, count_flops
 from .cut import CrossingTensor, SplitError
 from .measure import TensorSpec
 
 __all__ = [
-    "CrossingTensor", "CutPoint", "Partitioner", "SplitError", "SplitInfo", "TensorSpec",
-    "candidates", "format_candidates", "split",
+    "FLOPS_NOTE", "CrossingTensor", "CutPoint", "Partitioner", "SplitError", "SplitInfo",
+    "TensorSpec", "candidates", "count_flops", "format_candidates", "split",
 ]

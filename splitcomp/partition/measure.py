@@ -11,6 +11,7 @@ import torch
 from torch import fx
 from torch.utils.flop_counter import FlopCounterMode
 
+from .costs import flop_counter
 from .scalars import packing
 
 #: how a node's value is treated when it would cross a cut
@@ -95,10 +96,9 @@ class _Recorder(fx.Interpreter):
 
 def measure(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> tuple[dict[fx.Node, NodeStat], Any]:
     """Run ``gm`` on ``inputs`` (one value per placeholder); return the per-node records and
-    the graph's output. FLOPs are torch's count (a multiply-add is 2) for the ops it knows
-    (convolutions, matmul family, attention); elementwise ops count 0."""
-    counter = FlopCounterMode(display=False)
-    recorder = _Recorder(gm, counter)
-    with torch.no_grad(), counter:
+    the graph's output. FLOPs are counted as :mod:`.costs` says (a multiply-add is 2;
+    convolutions, matmul family, attention; elementwise ops count 0)."""
+    with torch.no_grad(), flop_counter() as counter:
+        recorder = _Recorder(gm, counter)
         out = recorder.run(*inputs)
     return recorder.stats, out

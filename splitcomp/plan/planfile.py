@@ -21,9 +21,10 @@ PLAN_VERSION = 1
 @dataclass
 class Plan:
     """A chosen plan. ``kind``: ``split`` (serve ``split`` with ``codec``), ``offload`` (raw
-    pixels), ``input`` (compressed image), ``trained`` (the trained bottleneck in the
+    pixels; the whole model), ``input`` (a compressed image file, ``codec`` its format: the
+    server decodes it and runs the whole model), ``trained`` (the trained bottleneck in the
     ``checkpoint`` folder at ``split``; ``serve --plan`` serves it as ``--checkpoint``) or
-    ``device`` (nothing to serve).
+    ``device`` (nothing to serve). ``deployment``: the name ``serve --plan`` serves it under.
     ``predicted``: the latency breakdown in ms and the byte counts of the chosen row.
     ``alternatives``: the other Pareto rows (same keys as ``predicted`` plus split, codec and
     params), fastest first."""
@@ -58,9 +59,15 @@ class Plan:
         return float(self.predicted["end_to_end_ms"])
 
 
-#: the runtime deployment serving each kind (``zoo_deployment`` / ``zoo_full_offload`` names);
-#: compressed input has no runtime deployment yet, and all-on-edge needs none
-_DEPLOYMENT = {"split": "{model}", "offload": "{model}-full"}
+#: the runtime deployment serving each kind (``zoo_deployment`` / ``zoo_full_offload`` /
+#: ``zoo_image_input`` names); all-on-edge needs none, a trained plan is named by its folder
+_DEPLOYMENT = {"split": "{model}", "offload": "{model}-full", "input": "{model}-{codec}"}
+
+
+def deployment_name(kind: str, model: str, codec: str | None = None) -> str | None:
+    """The name ``serve --plan`` gives the deployment of a plan of ``kind`` (None: none)."""
+    pattern = _DEPLOYMENT.get(kind)
+    return pattern.format(model=model, codec=codec) if pattern else None
 
 
 def row_summary(r: PlanRow) -> dict[str, Any]:
@@ -85,8 +92,7 @@ def plan_from_row(row: PlanRow, *, model: str, channel: Channel, device: dict[st
     return Plan(model=model, kind=row.kind, split=split, codec=codec, params=dict(row.params),
                 channel=channel.to_json(), device=device, objective=objective,
                 max_drop=max_drop, predicted=row_summary(row), weights=weights,
-                deployment=_DEPLOYMENT[row.kind].format(model=model) if row.kind in _DEPLOYMENT
-                else None,
+                deployment=deployment_name(row.kind, model, codec),
                 alternatives=[row_summary(a) for a in others], checkpoint=row.checkpoint or None)
 
 

@@ -72,7 +72,7 @@ class PlanRow:
     downlink_bytes: int
     energy_j: float
     head_params: int = 0
-    head_flops: int = 0
+    head_flops: int = 0  #: FLOPs on the edge per sample (a multiply-add is 2)
     feasible: bool = True
     pareto: bool = False
     name: str = ""
@@ -202,7 +202,8 @@ def choose(rows: Sequence[PlanRow], objective: str = "latency", *,
 
 
 COLUMNS = ("plan", "split", "codec", "setting", "B/sample", "drop pp", "head ms", "enc ms",
-           "xfer ms", "dec ms", "tail ms", "e2e ms", "server ms", "uplink B", "edge mJ")
+           "xfer ms", "dec ms", "tail ms", "e2e ms", "server ms", "uplink B", "edge mJ",
+           "edge MFLOPs")
 
 
 def row_cells(r: PlanRow) -> tuple[str, ...]:
@@ -210,7 +211,8 @@ def row_cells(r: PlanRow) -> tuple[str, ...]:
             f"{r.bytes_per_sample:,.0f}",
             f"{r.drop_pp:.2f}", f"{r.head_ms:.2f}", f"{r.encode_ms:.2f}", f"{r.transfer_ms:.2f}",
             f"{r.decode_ms:.2f}", f"{r.tail_ms:.2f}", f"{r.end_to_end_ms:.2f}",
-            f"{r.server_ms:.2f}", f"{r.uplink_bytes:,}", f"{1e3 * r.energy_j:.2f}")
+            f"{r.server_ms:.2f}", f"{r.uplink_bytes:,}", f"{1e3 * r.energy_j:.2f}",
+            f"{r.head_flops / 1e6:,.1f}")
 
 
 def format_table(rows: Sequence[PlanRow], markdown: bool = False) -> str:

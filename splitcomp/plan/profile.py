@@ -108,6 +108,7 @@ class ModelProfile:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ModelProfile:
         d = dict(d)
+        d.pop("provenance", None)  # where the file came from (splitcomp.cli._provenance)
         d["raw"] = CodecOption(**d["raw"])
         d["inputs"] = [CodecOption(**o) for o in d.get("inputs", [])]
         d["cuts"] = [CutProfile(**{**c, "options": [CodecOption(**o) for o in c["options"]]})

@@ -24,6 +24,7 @@ from .. import codecs as _codecs
 from ..codecs import BitstreamError, DecodeLimits, Header
 from ..codecs.resilient import concealing
 from . import protocol as P
+from .device import OnDevice, resolve_device
 from .errors import RequestError
 from .protocol import ErrorCode
 from .service import BatchResult, QueueCheck, Service, Work, register_service
@@ -120,6 +121,10 @@ class Deployment(Service):
     ``max_request_samples``: the largest batch one request may carry (TOO_LARGE beyond).
     ``result_codec``: how results travel back; ``fp32`` (lossless, the default) or ``fp16``.
     ``allowed_clients``: client ids (from the tokens file) allowed to use it (None: all).
+    ``device``: where the tail runs, ``cpu`` (default), ``cuda`` or ``auto``
+    (:func:`~.device.resolve_device`; :class:`~.device.DeviceError` for a missing GPU);
+    off the CPU each batch travels through pinned memory and its outputs come back to the
+    CPU for encoding (:class:`~.device.OnDevice`).
     """
 
     def __init__(self, name: str, tail: nn.Module | Callable[..., Any], *,
@@ -129,12 +134,16 @@ class Deployment(Service):
                  max_request_samples: int = 256,
                  input_specs: Sequence[InputSpec] | str | None = "auto",
                  result_codec: str = "fp32",
-                 allowed_clients: Iterable[str] | None = None) -> None:
+                 allowed_clients: Iterable[str] | None = None,
+                 device: str | torch.device | None = "cpu") -> None:
         super().__init__(name, codecs=codecs, limits=limits, max_batch_size=max_batch_size,
                          max_wait_ms=max_wait_ms, allowed_clients=allowed_clients)
+        self.device = resolve_device(device)
         self.tail = tail
         if isinstance(tail, nn.Module):
             tail.eval()
+        elif self.device.type != "cpu":
+            raise ValueError(f"{name}: only an nn.Module tail can run on {self.device}")
         self.max_request_samples = max_request_samples
         self.concealed_slices = 0  #: resilient slices concealed so far (bit errors survived)
         if input_specs == "auto":
@@ -143,6 +152,8 @@ class Deployment(Service):
             raise ValueError(f"input_specs: 'auto', None or a sequence, not {input_specs!r}")
         else:
             self.input_specs = tuple(input_specs) if input_specs is not None else None
+        if self.device.type != "cpu":
+            self.tail = OnDevice(tail, self.device)  # type: ignore[arg-type]
         if result_codec not in ("fp32", "fp16"):
             raise ValueError("result_codec must be 'fp32' (lossless) or 'fp16'")
         self.result_codec = _codecs.get(result_codec)
@@ -151,7 +162,8 @@ class Deployment(Service):
 
     def __repr__(self) -> str:
         return (f"Deployment({self.name!r}, max_batch_size={self.max_batch_size}, "
-                f"max_wait_ms={self.max_wait_ms}, codecs={sorted(self.codecs or []) or 'any'})")
+                f"max_wait_ms={self.max_wait_ms}, codecs={sorted(self.codecs or []) or 'any'}, "
+                f"device={self.device})")
 
     # -- the Service interface -------------------------------------------------------
     parse = staticmethod(P.parse_request)

@@ -17,7 +17,6 @@ channel (seeded per image); a stream the decoder rejects is a lost request, scor
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,37 +28,11 @@ from .. import codecs
 from ..codecs.bottleneck import BottleneckTables, register_tables
 from ..codecs.channel_errors import sample_rng, transmit
 from ..data import ImageFolderDataset
+from ..partition.costs import FLOPS_NOTE, count_flops
 from .checkpoint import Checkpoint
 from .entropy_model import EntropyBottleneck
 from .splits import eval_part
 from .tails import Teacher
-
-_COUNTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
-
-
-@torch.no_grad()
-def count_macs(module: nn.Module, *inputs: torch.Tensor) -> int:
-    """Multiply-accumulates of the convolutions and linear layers of ``module`` on ``inputs``
-    (give it one sample), counted by forward hooks."""
-    total = 0
-
-    def hook(m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(m, nn.Conv2d):
-            total += out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
-        elif isinstance(m, nn.ConvTranspose2d):
-            total += args[0].numel() * (m.out_channels // m.groups) * math.prod(m.kernel_size)
-        else:
-            total += out.numel() * m.in_features
-
-    handles = [m.register_forward_hook(hook) for m in module.modules()
-               if isinstance(m, _COUNTED)]
-    try:
-        module(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return total
 
 
 def model_tables(entropy: EntropyBottleneck) -> BottleneckTables:
@@ -157,8 +130,8 @@ def evaluate_checkpoint(ckpt: Checkpoint, head: nn.Module, tail: nn.Module,
                        "the template agreed once per deployment, docs/bitstream.md); "
                        "bytes_per_sample_full_header: self-describing streams",
         "encoder_params": _params(enc),
-        "encoder_mflops": 2 * count_macs(enc, crossing) / 1e6,
-        "head_mflops": 2 * count_macs(head, one) / 1e6,
+        "encoder_mflops": count_flops(enc, crossing) / 1e6,
+        "head_mflops": count_flops(head, one) / 1e6,
         "train_seconds": float(ckpt.info.get("train_seconds", 0.0)),
         "weights": ckpt.weights, "tables_id": tid, "channels": ckpt.bottleneck.channels,
         "stride": ckpt.bottleneck.stride, "beta": ckpt.config.beta,
@@ -166,12 +139,11 @@ def evaluate_checkpoint(ckpt: Checkpoint, head: nn.Module, tail: nn.Module,
         "tuned_tail_blocks": ckpt.student.tuned_tail_blocks, "latent_shape": latent_shape,
         "cut_elements": elements, "agreement_pct": 100.0 * agree / n,
         "estimated_bytes_per_sample": est_bits / 8 / n,
-        "decoder_params": _params(dec), "decoder_mflops": 2 * count_macs(dec, edge(one)) / 1e6,
+        "decoder_params": _params(dec), "decoder_mflops": count_flops(dec, edge(one)) / 1e6,
         "steps": ckpt.step, "tails": tails,
         "n_eval_note": f"one image of {n} is {100.0 / n:.3f} pp of top-1",
-        "flops_note": "a multiply-add counts 2 FLOPs (convolutions and linear layers), per "
-                      "sample, as in `splitcomp candidates`; the edge runs the head (its "
-                      "tuned copy) plus the encoder",
+        "flops_note": FLOPS_NOTE + ", as in `splitcomp candidates`; the edge runs the head "
+                      "(its tuned copy) plus the encoder",
     }
 
 

@@ -23,8 +23,8 @@ from torch import nn
 
 from .. import codecs
 from ..data import ImageFolderDataset
+from ..partition.costs import count_flops
 from .checkpoint import CheckpointError
-from .ckpt_eval import count_macs
 from .exits import RULES, EdgeExit, ExitConfig, ExitHead
 from .plain_ckpt import load_plain, prefixed, save_plain
 from .splits import SplitRecord
@@ -145,7 +145,7 @@ def exit_figures(s: Scores, threshold: float, exit_head: ExitHead, head: nn.Modu
         "bytes_saved_pct": 100.0 * (1 - float(sent.sum()) / max(int(s.stream_bytes.sum()), 1)),
         "threshold": threshold,
         "exit_params": sum(p.numel() for p in exit_head.parameters()),
-        "exit_mflops": 2 * count_macs(exit_head, feat) / 1e6,
-        "head_mflops": 2 * count_macs(head, example) / 1e6,
+        "exit_mflops": count_flops(exit_head, feat) / 1e6,
+        "head_mflops": count_flops(head, example) / 1e6,
         "n_eval_note": f"one image of {n} is {100.0 / n:.3f} pp of top-1",
     }

@@ -61,6 +61,10 @@ def test_write_report_markdown_png_and_json(tmp_path: Path) -> None:
     png = tmp_path / png_name("toy", "s1")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 150_000
     assert f"]({png.name})" in md and "head MFLOPs" in md and "bits/element" in md
+    assert png.with_suffix(".svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+    assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+    assert "[SVG](toy_s1.svg) and [PDF](toy_s1.pdf)" in md and "Wilson" in md
+    assert "MFLOPs per sample (FLOPs: a multiply-add counts 2)" in md
     assert "| rans | bits=3 | 300 |" in md and "uncompressed top-1" not in md
     back = load_report_json(tmp_path / "report.json")
     assert back[0].to_json() == rep.to_json()

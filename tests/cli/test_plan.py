@@ -26,7 +26,12 @@ def test_plan_cli_smoke(tmp_path, installed_package, single_thread, capsys) -> N
     for col in ("plan", "B/sample", "drop pp", "xfer ms", "e2e ms", "server ms", "edge mJ"):
         assert col in text
     assert "(all on edge)" in text and "raw" in text and "best for latency" in text
+    # one unit, said: the same FLOPs as `splitcomp report` (ResNet-20: 81.1 M, not 40.6 M MACs)
+    assert "whole model 81.1 MFLOPs per sample (FLOPs: a multiply-add counts 2)" in text
+    assert "edge MFLOPs" in text
     res = json.loads(out.read_text())
+    (device,) = [r for r in res["rows"] if r["kind"] == "device"]
+    assert device["head_flops"] == 81_102_080 and "multiply-add counts 2" in res["flops_note"]
     kinds = {r["kind"] for r in res["rows"]}
     assert kinds == {"device", "offload", "input", "split"}
     assert {r["split"] for r in res["rows"] if r["kind"] == "split"} == {"layer1", "layer2"}

@@ -76,3 +76,20 @@ def test_serve_process_answers_and_stops_on_sigterm() -> None:
             proc.wait(10)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_device_flag(capsys) -> None:
+    """``--device auto`` serves on the CPU where CUDA is missing (the same deployment as
+    ``cpu``); ``--device cuda`` there is one line and exit 2, before any model loads."""
+    base = ["--model", "resnet20", "--split", "layer2", "--weights", "random", "--port", "0"]
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    server = build_server(parse_args(serve, [*base, "--device", "auto"]))
+    assert server.deployments["resnet20"].device.type == want
+    assert build_server(parse_args(serve, base)).deployments["resnet20"].device.type == "cpu"
+    if torch.cuda.is_available():
+        return
+    from splitcomp.cli import main
+
+    assert main(["serve", *base, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CUDA is not available" in err and "Traceback" not in err

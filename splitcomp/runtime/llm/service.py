@@ -32,6 +32,7 @@ from ...codecs.registry import codec_class_by_id
 from ...llm.halves import ServerHalf
 from ...llm.sampling import pick
 from .. import protocol as P
+from ..device import OnDevice, resolve_device
 from ..errors import RequestError
 from ..protocol import ErrorCode
 from ..service import BatchResult, QueueCheck, Service, Work, register_service
@@ -124,6 +125,10 @@ class LLMDeployment(Service):
     0: no per-client cap). A client is the token's client id; a server without tokens has one
     id for all (``anonymous``), which gets no per-client cap unless the caller of
     :meth:`admit` passes a ``quota_key`` (the connection).
+    ``device``: where the server half runs (``cpu``, ``cuda``, ``auto``;
+    :func:`~splitcomp.runtime.device.resolve_device`). Off the CPU its blocks and the KV
+    caches live on the GPU; hidden states go there through pinned memory and the logits
+    come back for sampling (:class:`~splitcomp.runtime.device.OnDevice` around ``server.part``).
     """
 
     def __init__(self, name: str, server: ServerHalf, *, codecs: Iterable[str] | None = None,
@@ -135,9 +140,11 @@ class LLMDeployment(Service):
                  max_context_bytes: int = 1 << 20, max_contexts: int = 64,
                  local_contexts: bool = True, max_sessions_per_client: int | None = None,
                  max_kv_bytes_per_client: int | None = None,
-                 max_contexts_per_client: int | None = None) -> None:
+                 max_contexts_per_client: int | None = None,
+                 device: str | torch.device | None = "cpu") -> None:
         super().__init__(name, codecs=codecs, limits=limits, max_batch_size=max_batch_size,
                          max_wait_ms=max_wait_ms, allowed_clients=allowed_clients)
+        self.device = resolve_device(device)
         if not 0 < max_step_tokens <= 0xFFFF or min_step_bytes_per_token < 0:
             raise ValueError("max_step_tokens must be 1..65535, min_step_bytes_per_token >= 0")
         self.server = server
@@ -155,6 +162,8 @@ class LLMDeployment(Service):
                                          self.limits.max_bytes)
         self.vocab_size = int(server.part.lm_head.out_features) if hasattr(
             server.part, "lm_head") else 0
+        if self.device.type != "cpu" and not isinstance(server.part, OnDevice):
+            server.part = OnDevice(server.part, self.device)
 
     frame_type = P.TYPE_LLM_REQUEST
     unit = "steps"
