@@ -13,16 +13,21 @@ from ..codecs import Codec
 from ._checks import parse_params
 from ._common import UsageError, split_param
 
-__all__ = ["add_codec_context", "add_common", "add_session_limits", "codec_params",
+__all__ = ["add_codec_context", "add_common", "add_lm_model", "add_session_limits", "codec_params",
            "context_files", "load_codec_contexts", "make_codec", "parse_params",
            "resolve_context_params", "session_limits", "set_threads", "weights_arg"]
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
+def add_lm_model(p: argparse.ArgumentParser) -> None:
+    """--model and --weights of a causal LM."""
     p.add_argument("--model", default="smollm2",
                    help="registered causal LM (smollm2, llama_tiny, gpt2_tiny) or a HF folder")
     p.add_argument("--weights", default="auto",
                    help="'auto' (real weights where the model has them), 'random', or a path")
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    add_lm_model(p)
     p.add_argument("--split", type=int, required=True,
                    help="cut before this block: the edge runs blocks [0, K)")
     p.add_argument("--codec", default="fp32", choices=codecs.available())

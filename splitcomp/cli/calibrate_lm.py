@@ -21,14 +21,11 @@ from ..llm.text import default_wikitext, load_lm
 from ..llm.tokenwise_calibration import calibrate_edge, tail_windows
 from ._checks import lm_name, require_file
 from ._common import UsageError, add_force, at_least, check_output, write_atomic
-from ._llm_args import set_threads, weights_arg
+from ._llm_args import add_lm_model, set_threads, weights_arg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2",
-                   help="registered causal LM (smollm2, llama_tiny, gpt2_tiny) or a HF folder")
-    p.add_argument("--weights", default="auto",
-                   help="'auto' (real weights where the model has them), 'random', or a path")
+    add_lm_model(p)
     p.add_argument("--split", type=int, required=True,
                    help="cut before this block: the context models the hidden state there")
     p.add_argument("--text", type=Path, help="calibration text (default: shared WikiText-2)")
