@@ -5,8 +5,10 @@ really encoded and decoded, and every byte is counted. With ``--server ws://HOST
 edge half and its KV cache run here and a ``splitcomp serve --llm`` server runs the rest,
 picking each token (greedy, or sampled with ``--temperature``/``--top-k``/``--seed``); a
 server session lost to a restart or the idle timeout is rebuilt from the bitstreams sent so
-far and generation goes on. Tokens are printed as they come; the byte figures go to stderr at
-the end.
+far and generation goes on. With ``--server``, a model in a folder of safetensors (smollm2's
+converted folder, or a Hugging Face folder) is loaded edge side only (embeddings and blocks
+``[0, split)``); models built in code and ``--weights random`` load whole. Tokens are printed
+as they come; the byte figures go to stderr at the end.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_force(p)
     g = p.add_argument_group("remote server half")
     g.add_argument("--server", default=None, metavar="URL",
-                   help="ws://HOST:PORT of a 'splitcomp serve --llm' server")
+                   help="ws://HOST:PORT of a 'splitcomp serve --llm' server. A model in a "
+                        "folder of safetensors (smollm2, a Hugging Face folder) is then loaded "
+                        "edge side only: embeddings and blocks [0, split); models built in "
+                        "code (llama_tiny, gpt2_tiny) and --weights random load whole")
     g.add_argument("--token", default=os.environ.get("SPLITCOMP_TOKEN"),
                    help="bearer token (default: $SPLITCOMP_TOKEN)")
     g.add_argument("--deployment", default=None,
@@ -62,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.server:
         check_reachable(args.server, "--server")
     set_threads(args.threads)
-    model, tok = load_lm(args.model, weights_arg(args.weights))
+    model, tok = _load(args)
     if args.server:
         from pathlib import Path
 
@@ -85,6 +90,45 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if args.server:
             lm.close()
+
+
+def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, Tokenizer]:
+    """The model and its tokenizer: with ``--server`` from a folder of safetensors only the
+    edge side (embeddings, blocks ``[0, split)``; the rest stays on ``meta``), else whole.
+    Sets ``args.param_bytes``: (bytes held here, the whole model's)."""
+    from ..llm.partial import held_bytes, partial_model, side_bytes, side_folder
+
+    weights = weights_arg(args.weights)
+    folder = side_folder(args.model, weights) if args.server else None
+    if folder is None:
+        model, tok = load_lm(args.model, weights)
+    else:
+        try:
+            model = partial_model(folder, args.split, "edge")
+        except ValueError as e:
+            raise UsageError(f"--split: {e}") from None
+        tok = _folder_tokenizer(folder, model)
+    try:
+        whole = side_bytes(model, args.split)["whole"]
+    except ValueError as e:
+        raise UsageError(f"--split: {e}") from None
+    args.param_bytes = (held_bytes(model), whole)
+    return model, tok
+
+
+def _folder_tokenizer(folder: Any, model: torch.nn.Module) -> Tokenizer:
+    """The folder's tokenizer; bytes for a folder without one whose vocabulary holds them
+    (a saved test model)."""
+    from ..llm.text import ByteTokenizer
+
+    if any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
+                                            "tokenizer.model", "vocab.json")):
+        from transformers import AutoTokenizer
+
+        return HFTokenizer(AutoTokenizer.from_pretrained(folder))
+    if model.config.vocab_size < 256:
+        raise UsageError(f"--model {folder}: no tokenizer in the folder")
+    return ByteTokenizer()
 
 
 def _generate(args: argparse.Namespace, lm: Any, tok: Tokenizer, codec: Codec) -> int:
@@ -130,6 +174,9 @@ def _generate(args: argparse.Namespace, lm: Any, tok: Tokenizer, codec: Codec) -
         "overhead_bytes_per_bitstream": lm.wire.stats.overhead / max(lm.wire.stats.bitstreams, 1),
         "tokens_per_s": (len(out) + 1) / seconds if seconds > 0 else 0.0,
     }
+    held, whole = getattr(args, "param_bytes", (0, 0))
+    if whole:  # parameter bytes loaded here (with --server, the edge side's where it can)
+        report["param_bytes"], report["model_param_bytes"] = held, whole
     if args.server:
         report["server"] = args.server
         report["wire_bytes"] = wire_bytes  # both directions, frame and WebSocket headers too
@@ -142,6 +189,8 @@ def _generate(args: argparse.Namespace, lm: Any, tok: Tokenizer, codec: Codec) -
           + (f", codec context {report['context_bytes']} B at OPEN"
              if report.get("context_bytes") else "")
           + (f", server session rebuilt {report['rebuilds']}x" if report.get("rebuilds")
+             else "")
+          + (f", parameters held {held / 1e6:.1f} MB of {whole / 1e6:.1f} MB" if whole
              else "") + "]", file=sys.stderr)
     write_json(report, args.json, indent=2)
     return 0

@@ -76,7 +76,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("LLM sessions")
     g.add_argument("--llm", default=None, metavar="MODEL",
                    help="serve the server half of this causal LM (smollm2, llama_tiny, gpt2_tiny "
-                        "or a Hugging Face folder)")
+                        "or a Hugging Face folder). From a folder of safetensors (smollm2's "
+                        "converted one, or a folder given by path) only the server side is "
+                        "loaded: blocks [K, L), norm, LM head (the embeddings only as a tied "
+                        "head); models built in code (llama_tiny, gpt2_tiny) and "
+                        "--llm-weights random load whole. The startup line shows the "
+                        "parameter bytes held of the whole model's")
     g.add_argument("--llm-split", type=int, default=None, metavar="K",
                    help="the server runs blocks [K, L), norm and LM head")
     g.add_argument("--llm-deployment", default=None, help="its name (default: the model name)")
@@ -352,16 +357,23 @@ def _llm(args: argparse.Namespace) -> list:
     from pathlib import Path
 
     from ..llm.halves import ServerHalf
+    from ..llm.partial import held_bytes, partial_model, side_bytes, side_folder
     from ..llm.text import load_lm
     from ..runtime.llm.service import LLMDeployment
     from ._llm_args import context_files, load_codec_contexts
 
     load_codec_contexts(args.codec_context + context_files(args.param))
-    model, _ = load_lm(args.llm, None if args.llm_weights == "random" else args.llm_weights)
+    weights = None if args.llm_weights == "random" else args.llm_weights
+    folder = side_folder(args.llm, weights)
     try:
+        if folder is not None:  # only blocks [K, L), the norm and the head are read
+            model = partial_model(folder, args.llm_split, "server")
+        else:  # a model built in code, or random weights: the whole model
+            model, _ = load_lm(args.llm, weights)
         half = ServerHalf(model, args.llm_split)
     except ValueError as e:
-        raise SystemExit(f"--llm-split: {e}") from None
+        flag = "--llm-split" if str(e).startswith("split ") else f"--llm {args.llm}"
+        raise SystemExit(f"{flag}: {e}") from None
     return [LLMDeployment(args.llm_deployment or Path(args.llm).name, half,
                           codecs=args.llm_codec.split(",") if args.llm_codec else None,
                           max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
@@ -370,7 +382,8 @@ def _llm(args: argparse.Namespace) -> list:
                           max_sessions=args.max_sessions,
                           max_context_bytes=args.max_context_bytes,
                           max_contexts=args.max_contexts, **session_limits(args),
-                          device=getattr(args, "device", "cpu"))]
+                          device=getattr(args, "device", "cpu"), held_bytes=held_bytes(model),
+                          model_bytes=side_bytes(model, args.llm_split)["whole"])]
 
 
 def read_listening_url(stream: IO[str], max_lines: int = 50) -> str | None:

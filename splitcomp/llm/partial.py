@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .families import family_for
-from .halves import EdgeHalf, ServerHalf
+from .halves import EdgeHalf, ServerHalf, _check_split
 
 Side = Literal["edge", "server"]
 
@@ -148,6 +148,7 @@ def materialise(model: nn.Module, part: nn.Module, path: str | Path,
 
 def _part(model: nn.Module, split: int, side: Side) -> nn.Module:
     family = family_for(model)
+    _check_split(family, model, split)
     if side == "edge":
         return family.edge(model, split)
     if side == "server":
@@ -162,8 +163,47 @@ def partial_model(path: str | Path, split: int, side: Side = "edge",
     ``meta``): what :class:`EdgeHalf` / :class:`ServerHalf` (or a network client that builds
     its own edge half) cut at ``split``."""
     model = skeleton(path, dtype, attn_implementation)
+    # the whole model's bytes, counted while a tied head is still one tensor with the embeddings
+    model._whole_bytes = _bytes(model)  # type: ignore[assignment]
     materialise(model, _part(model, split, side), path, dtype)
+    _guard(model, side)
     return model
+
+
+def _guard(model: nn.Module, side: Side) -> None:
+    """Every module left with a parameter on ``meta`` raises when called: a computation on
+    a part this process does not hold fails at once instead of yielding ``meta`` tensors."""
+    def refuse(name: str) -> Any:
+        def hook(_module: nn.Module, _args: Any) -> None:
+            raise RuntimeError(f"{name or 'the model'}: not loaded here (this process holds "
+                               f"only the {side} side's tensors)")
+        return hook
+
+    for name, module in model.named_modules():
+        if any(p.is_meta for p in module.parameters(recurse=False)):
+            module.register_forward_pre_hook(refuse(name))
+
+
+def side_folder(name: str | Path, weights: str | Path | None = "auto") -> Path | None:
+    """The model folder (``config.json`` + safetensors) one side of the causal LM ``name``
+    can be read from alone, or None where only the whole model can be built: a registered
+    model made in code (``llama_tiny``, ``gpt2_tiny``), random weights (``weights`` None or
+    ``"random"``), a ``.gguf`` file. ``name``: a Hugging Face folder, or ``smollm2`` (its
+    converted folder for ``"auto"``/``"default"`` weights, or a converted folder given as
+    ``weights``)."""
+    if weights is None or weights == "random":
+        return None
+    path = Path(name).expanduser()
+    if str(name) == "smollm2" and not (path / "config.json").is_file():
+        if weights in ("auto", "default"):
+            path = model_folder("smollm2")
+        else:
+            path = Path(weights).expanduser()
+    if not (path / "config.json").is_file():
+        return None
+    has = (path / "model.safetensors").is_file() or (
+        path / "model.safetensors.index.json").is_file()
+    return path if has else None
 
 
 def load_side(path: str | Path, split: int, side: Side = "edge",
@@ -186,7 +226,13 @@ def side_bytes(model_or_path: nn.Module | str | Path, split: int,
     model = model_or_path if isinstance(model_or_path, nn.Module) else skeleton(
         model_or_path, dtype)
     return {"edge": _bytes(_part(model, split, "edge")),
-            "server": _bytes(_part(model, split, "server")), "whole": _bytes(model)}
+            "server": _bytes(_part(model, split, "server")),
+            "whole": getattr(model, "_whole_bytes", None) or _bytes(model)}
+
+
+def held_bytes(module: nn.Module) -> int:
+    """Parameter bytes ``module`` holds in memory (those on ``meta`` not counted)."""
+    return sum(p.numel() * p.element_size() for p in module.parameters() if not p.is_meta)
 
 
 def held_parameters(half: EdgeHalf | ServerHalf) -> list[str]:

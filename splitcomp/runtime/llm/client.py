@@ -78,6 +78,8 @@ class AsyncRemoteLM:
     bitstreams sent so far (kept here: the bytes sent, one copy); ``replay_chunk_tokens``:
     the most tokens one replay STEP carries (halved when the server answers ``TOO_LARGE``);
     ``max_rebuilds``: attempts per step when the session is lost again while replaying.
+    ``model`` may hold only the edge side's tensors (the rest on ``meta``:
+    :func:`~splitcomp.llm.partial.partial_model`); it must hold those.
     """
 
     def __init__(self, model: nn.Module, split: int, url: str | None = None,
@@ -92,6 +94,10 @@ class AsyncRemoteLM:
         if client is None and url is None:
             raise ValueError("give a server url or a client")
         self.edge = EdgeHalf(model, split)
+        missing = [n for n, p in self.edge.part.named_parameters() if p.is_meta]
+        if missing:  # a partially loaded model of the other side, or cut elsewhere
+            raise ValueError(f"the edge side (blocks [0, {split})) is not loaded: {missing[0]} "
+                             f"and {len(missing) - 1} more on meta")
         self.wire = Wire(as_codec(codec, **(codec_params or {})), per_token=per_token)
         self.deployment = deployment
         self._name = P.check_name(deployment)

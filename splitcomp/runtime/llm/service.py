@@ -129,6 +129,9 @@ class LLMDeployment(Service):
     :func:`~splitcomp.runtime.device.resolve_device`). Off the CPU its blocks and the KV
     caches live on the GPU; hidden states go there through pinned memory and the logits
     come back for sampling (:class:`~splitcomp.runtime.device.OnDevice` around ``server.part``).
+    ``server`` may come from a model holding only its side (the rest on ``meta``,
+    :func:`~splitcomp.llm.partial.partial_model`). ``held_bytes``, ``model_bytes``: parameter
+    bytes held here (default: ``server.part``'s) and the whole model's, shown in the ``repr``.
     """
 
     def __init__(self, name: str, server: ServerHalf, *, codecs: Iterable[str] | None = None,
@@ -141,13 +144,21 @@ class LLMDeployment(Service):
                  local_contexts: bool = True, max_sessions_per_client: int | None = None,
                  max_kv_bytes_per_client: int | None = None,
                  max_contexts_per_client: int | None = None,
-                 device: str | torch.device | None = "cpu") -> None:
+                 device: str | torch.device | None = "cpu", held_bytes: int | None = None,
+                 model_bytes: int | None = None) -> None:
         super().__init__(name, codecs=codecs, limits=limits, max_batch_size=max_batch_size,
                          max_wait_ms=max_wait_ms, allowed_clients=allowed_clients)
         self.device = resolve_device(device)
         if not 0 < max_step_tokens <= 0xFFFF or min_step_bytes_per_token < 0:
             raise ValueError("max_step_tokens must be 1..65535, min_step_bytes_per_token >= 0")
+        missing = [n for n, p in server.part.named_parameters() if p.is_meta]
+        if missing:  # a partially loaded model of the other side, or cut elsewhere
+            raise ValueError(f"the server side (blocks [{server.split}, L), norm, head) is not "
+                             f"loaded: {missing[0]} and {len(missing) - 1} more on meta")
         self.server = server
+        self.held_bytes = held_bytes if held_bytes is not None else sum(
+            p.numel() * p.element_size() for p in server.part.parameters() if not p.is_meta)
+        self.model_bytes = model_bytes
         self.max_step_tokens = max_step_tokens
         self.min_step_bytes_per_token = min_step_bytes_per_token
         self.sessions = SessionManager(
@@ -175,7 +186,9 @@ class LLMDeployment(Service):
                 f"{self.server.num_layers}, max_batch_size={self.max_batch_size}, "
                 f"max_wait_ms={self.max_wait_ms}, max_kv_bytes={cap if cap else 'none'}, "
                 f"idle_timeout_s={self.sessions.idle_timeout_s}, "
-                f"codecs={sorted(self.codecs or []) or 'any'})")
+                f"codecs={sorted(self.codecs or []) or 'any'}, "
+                f"params={self.held_bytes / 1e6:.1f} MB"
+                + (f" of {self.model_bytes / 1e6:.1f} MB" if self.model_bytes else "") + ")")
 
     # -- the Service interface (event loop) -------------------------------------------
     parse = staticmethod(P.parse_llm_request)
