@@ -123,7 +123,8 @@ def evaluate_checkpoint(ckpt: Checkpoint, head: nn.Module, tail: nn.Module,
              for t, b, o in zip(teachers, base_oks, oks, strict=True)}
     return {
         "model": ckpt.model, "split": ckpt.cut, "codec": "bottleneck",
-        "n_train": ckpt.split.n_train, "n_eval": n, **tails[ckpt.model],
+        "n_train": ckpt.split.n_train - ckpt.split.reserved, "reserved": ckpt.split.reserved,
+        "n_eval": n, **tails[ckpt.model],
         "bytes_per_sample": wire / n, "bits_per_element": 8.0 * wire / (n * elements),
         "bytes_per_sample_full_header": wire_full / n,
         "header_note": "bytes_per_sample: compact streams (9 bytes of header and CRC a sample, "
