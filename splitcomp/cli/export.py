@@ -4,7 +4,8 @@
 Writes the head as ONNX (``head.onnx``; with ``--checkpoint``, a trained bottleneck's head and
 encoder, its tables and compact template) and ``edge.json`` (input preprocessing, crossing
 tensors, codec and parameters, the deployment), then runs the ONNX head beside the torch one.
-``--exit EXIT_DIR`` adds a trained early exit (``exit.onnx``); ``--format onnx,pte`` also writes
+``--exit EXIT_DIR`` adds a trained early exit (``exit.onnx``), ``--adapter ADAPTER_DIR`` folds a
+client adapter into the head (the server unchanged); ``--format onnx,pte`` also writes
 an ExecuTorch program.
 ``splitcomp.edge.EdgeClient(DIR, url=...)`` runs the folder with onnxruntime, numpy and the
 codecs, without torch (docs/edge.md).
@@ -34,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, metavar="CKPT_DIR",
                    help="a trained bottleneck (splitcomp train bottleneck): export its head "
                         "and encoder; model, split and codec come from it")
+    p.add_argument("--adapter", default=None, metavar="ADAPTER_DIR",
+                   help="a client adapter (splitcomp train adapter) at the same model and cut, "
+                        "folded into the exported head; the server stays the unadapted one")
     p.add_argument("--exit", default=None, metavar="EXIT_DIR",
                    help="an early exit (splitcomp train exit) at the same model and cut: the "
                         "edge answers confident inputs itself (default codec: the exit's)")
@@ -71,10 +75,17 @@ def _check(args: argparse.Namespace) -> None:
         if args.codec not in (None, "bottleneck") or args.param or args.quality is not None:
             raise UsageError("--checkpoint: the codec is the checkpoint's bottleneck; drop "
                              "--codec/--param/--quality")
-        if args.exit is not None:
-            raise UsageError("--exit goes with --model/--split, not --checkpoint (an exit "
-                             "reads the original head's features)")
+        if args.exit is not None or args.adapter is not None:
+            raise UsageError("--exit and --adapter go with --model/--split, not --checkpoint "
+                             "(they were trained on the original head's features)")
         return
+    if args.adapter is not None:
+        if not (Path(args.adapter) / "checkpoint.json").is_file():
+            raise UsageError(f"--adapter {args.adapter}: not an adapter checkpoint folder (no "
+                             "checkpoint.json; make one with splitcomp train adapter)")
+        if args.exit is not None:
+            raise UsageError("--adapter and --exit: the exit was trained on the unadapted "
+                             "head's features; export one of them")
     if args.exit is not None and not (Path(args.exit) / "checkpoint.json").is_file():
         raise UsageError(f"--exit {args.exit}: not an exit checkpoint folder (no "
                          "checkpoint.json; make one with splitcomp train exit)")
@@ -87,7 +98,15 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check(args)
-    from ..edge.export import checkpoint_source, exit_codec, export_edge, with_exit, zoo_source
+    from ..edge.export import (
+        checkpoint_source,
+        exit_codec,
+        export_edge,
+        with_adapter,
+        with_exit,
+        zoo_source,
+    )
+    from ..train import CheckpointError
 
     weights = None if args.weights == "default" else args.weights
     if args.checkpoint is not None:
@@ -101,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
         src = zoo_source(args.model, args.split, codec, weights, args.deployment)
         if args.exit is not None:
             src = with_exit(src, args.exit)
+        if args.adapter is not None:
+            try:
+                src = with_adapter(src, args.adapter)
+            except (ValueError, CheckpointError) as e:
+                raise UsageError(f"--adapter: {e}") from None
     made = []
     write_folder(args.out, lambda tmp: made.append(
         export_edge(src, tmp, not args.no_check, args.formats)))

@@ -66,6 +66,7 @@ class EdgeSource:
     checkpoint: str | None = None
     exit: nn.Module | None = None  #: an ``EdgeExit`` on the first output (``exit_spec`` too)
     exit_spec: ExitSpec | None = None
+    adapter: str | None = None  #: a client adapter's folder, folded into ``module``
 
 
 def _input_spec(name: str) -> InputSpec:
@@ -132,6 +133,26 @@ def with_exit(src: EdgeSource, folder: str | Path) -> EdgeSource:
                          f"{ck.weights or 'default'}, not {src.weights or 'default'}")
     spec = ExitSpec(EXIT_FILE, ck.exit.threshold, ck.exit.rule)
     return replace(src, exit=ck.exit.eval(), exit_spec=spec)
+
+
+def with_adapter(src: EdgeSource, folder: str | Path) -> EdgeSource:
+    """``src`` with the client adapter of ``folder`` (``splitcomp train adapter``) folded into
+    the exported head: its input adapter before the head, its adapter on the crossing tensor
+    after it. The server's deployment is the unadapted model's: it stays untouched."""
+    from dataclasses import replace
+
+    from ..train.adapters import load_adapter
+
+    ck = load_adapter(folder)
+    if (ck.model, ck.cut) != (src.model, src.split):
+        raise ValueError(f"adapter checkpoint {folder} is for {ck.model} at {ck.cut}, not "
+                         f"{src.model} at {src.split}")
+    if (ck.weights or None) != (None if src.weights == "default" else src.weights):
+        raise ValueError(f"adapter checkpoint {folder} was trained around weights "
+                         f"{ck.weights or 'default'}, not {src.weights or 'default'}")
+    if len(src.outputs) != 1:
+        raise ValueError("an adapter needs a cut with one crossing tensor")
+    return replace(src, module=ck.edge_model(src.module), adapter=str(folder))
 
 
 def exit_codec(folder: str | Path) -> codecs.Codec:
@@ -258,6 +279,7 @@ def export_edge(src: EdgeSource, out: str | Path, check: bool = True,
         outputs=src.outputs,
         codec=CodecSpec(src.codec.name, dict(src.codec.params), compact, tables, tpl),
         weights=src.weights, checkpoint=src.checkpoint, exit=src.exit_spec,
+        adapter=src.adapter,
         extra_formats={f: HEAD_FILES[f] for f in formats[1:]},
         exported_with={"splitcomp": __version__, "torch": torch.__version__.split("+")[0]})
     write_manifest(manifest, out)

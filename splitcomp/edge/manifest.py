@@ -85,6 +85,7 @@ class Manifest:
     exit: ExitSpec | None = None
     weights: str | None = None
     checkpoint: str | None = None
+    adapter: str | None = None  #: the client adapter folded into the head (its folder)
     extra_formats: dict[str, str] = field(default_factory=dict)  #: format -> file
     exported_with: dict[str, str] = field(default_factory=dict)
 
@@ -126,6 +127,7 @@ def read_manifest(folder: str | Path) -> Manifest:
                           for o in raw["outputs"]),
             codec=CodecSpec(**raw["codec"]), exit=ExitSpec(**ex) if ex else None,
             weights=raw.get("weights"), checkpoint=raw.get("checkpoint"),
+            adapter=raw.get("adapter"),
             extra_formats=dict(raw.get("extra_formats") or {}),
             exported_with=dict(raw.get("exported_with") or {}))
     except (KeyError, TypeError) as e:

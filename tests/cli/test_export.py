@@ -76,3 +76,53 @@ def test_export_pte_beside_onnx(tmp_path: Path, capsys) -> None:
     m = json.loads((out / "edge.json").read_text())
     assert m["head"] == "head.onnx" and m["extra_formats"] == {"pte": "head.pte"}
     assert (out / "head.pte").stat().st_size > 10_000
+
+
+def test_export_folds_a_client_adapter_into_the_head(tmp_path: Path, capsys) -> None:
+    """``--adapter``: the exported head is the adapted one (input adapter, head, adapter),
+    within fp32 tolerance of torch; edge.json names the adapter; a wrong cut is one line."""
+    ort = pytest.importorskip("onnxruntime", reason="runs the ONNX head")
+    import numpy as np
+    import torch
+
+    from splitcomp.data.transforms import CIFAR_EVAL
+    from splitcomp.train import SplitRecord
+    from splitcomp.train.adapters import (
+        Adapter,
+        AdapterCheckpoint,
+        AdapterConfig,
+        save_adapter,
+    )
+    torch.manual_seed(3)
+    cut, inp = Adapter(32), Adapter(3, 8, 2)
+    for a in (cut, inp):  # not the identity
+        torch.nn.init.normal_(a.up.weight, std=0.1)
+    save_adapter(AdapterCheckpoint("resnet20", "random", "layer2", cut.eval(),
+                                   AdapterConfig(shift="contrast:3", place="both"),
+                                   SplitRecord(0, 4, 0, "", []), input_adapter=inp.eval()),
+                 tmp_path / "ad")
+    outs = {}
+    for name, extra in (("plain", []), ("adapted", ["--adapter", str(tmp_path / "ad")])):
+        torch.manual_seed(0)  # --weights random: the same model both times
+        assert main([*BASE, "--codec", "int8", *extra, "--out", str(tmp_path / name)]) == 0
+        assert "onnx vs torch head: max |diff|" in capsys.readouterr().out
+        outs[name] = tmp_path / name
+    m = json.loads((outs["adapted"] / "edge.json").read_text())
+    assert m["adapter"] == str(tmp_path / "ad")
+    assert json.loads((outs["plain"] / "edge.json").read_text())["adapter"] is None
+
+    def onnx(folder: Path, x: np.ndarray) -> np.ndarray:
+        sess = ort.InferenceSession(str(folder / "head.onnx"), providers=["CPUExecutionProvider"])
+        return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+    x = CIFAR_EVAL.normalize(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    with torch.inference_mode():  # adapted head = cut adapter o plain head o input adapter
+        want = cut(torch.from_numpy(onnx(outs["plain"], inp(x).numpy()))).numpy()
+    got = onnx(outs["adapted"], x.numpy())
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+    assert np.abs(got - onnx(outs["plain"], x.numpy())).max() > 1e-2  # not the identity
+    capsys.readouterr()
+    assert main([*BASE, "--split", "layer1", "--codec", "int8", "--adapter",
+                 str(tmp_path / "ad"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "adapter checkpoint" in err
