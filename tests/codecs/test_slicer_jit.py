@@ -1,0 +1,213 @@
+"""The compiled slicer path writes the same bytes and decodes to the same arrays as numpy."""
+
+from __future__ import annotations
+
+import base64
+import json
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from splitcomp import codecs
+from splitcomp.codecs import _slicer_jit as jit
+from splitcomp.codecs import _slicer_mask as mk
+
+from .golden import GOLDEN_PATH, golden_inputs
+
+pytest.importorskip("numba", reason="numba not installed: only the numpy path exists")
+
+QUALITIES = codecs.codec_class("slicer").quality_grid
+
+
+@contextmanager
+def path(compiled: bool):
+    old = jit.ENABLED
+    jit.ENABLED = compiled
+    try:
+        yield
+    finally:
+        jit.ENABLED = old
+
+
+def both_ways(x: torch.Tensor, **params) -> tuple[bytes, bytes]:
+    codec = codecs.get("slicer", **params)
+    with path(False):
+        ref = codec.encode(x)
+    with path(True):
+        got = codec.encode(x)
+    return ref, got
+
+
+def decode_both(blob: bytes) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    with path(False):
+        ref = codecs.decode(blob)
+    with path(True):
+        got = codecs.decode(blob)
+    return ref, got
+
+
+def assert_same(x: torch.Tensor, **params) -> None:
+    ref, got = both_ways(x, **params)
+    assert got == ref, f"compiled stream differs for {tuple(x.shape)} {params}"
+    a, b = decode_both(ref)
+    for u, v in zip(a, b, strict=True):
+        assert u.dtype == v.dtype and torch.equal(u, v)
+
+
+def test_compiled_path_is_on_by_default_when_numba_imports() -> None:
+    if __import__("os").environ.get("SPLITCOMP_SLICER_JIT") == "0":
+        pytest.skip("SPLITCOMP_SLICER_JIT=0 selects the numpy path in this run")
+    assert jit.active()
+    jit.warm_up()
+
+
+def test_kernels_actually_run() -> None:
+    """The compiled path is taken (a broken kernel must fail, not fall back silently)."""
+    geo = mk.geometry((1, 2, 5, 7), 1)
+    mask_a = np.random.default_rng(0).random((geo.planes, geo.phase_a.size)) < 0.5
+    with path(False):
+        ref = mk.neighbour_context(mask_a, geo)
+    with path(True):
+        got = mk.neighbour_context(mask_a, geo)
+    assert got.dtype == ref.dtype and np.array_equal(got, ref)
+    saved = jit._KERNELS
+    jit._KERNELS = None
+    try:
+        jit._build = _broken  # type: ignore[assignment]
+        with path(True), pytest.raises(RuntimeError, match="kernel"):
+            mk.neighbour_context(mask_a, geo)
+    finally:
+        jit._build = _real_build
+        jit._KERNELS = saved
+
+
+_real_build = jit._build
+
+
+def _broken():
+    raise RuntimeError("kernel called")
+
+
+def test_groups_round_trip_with_order_and_padding() -> None:
+    rng = np.random.default_rng(3)
+    key = rng.integers(0, 20, 1001).astype(np.uint8)
+    codes = rng.integers(1, 256, 20).astype(np.uint8)
+    bits = rng.random(1001) < 0.3
+    groups = mk.phase_b_groups(key, codes)
+    with path(False):
+        ref = groups.encode(bits)
+    with path(True):
+        got = groups.encode(bits)
+    assert len(ref) == len(got)
+    for (s0, m0), (s1, m1) in zip(ref, got, strict=True):
+        assert m0 is m1 and np.array_equal(s0, s1) and s1.dtype == np.int32
+
+
+shapes = st.lists(st.integers(1, 9), min_size=1, max_size=4).map(tuple)
+specials = st.sampled_from(["none", "zeros", "relu", "const", "outliers", "tiny"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=shapes,
+    kind=specials,
+    seed=st.integers(0, 2**31 - 1),
+    quality=st.sampled_from(QUALITIES),
+    n_blocks=st.sampled_from([1, 4, 16]),
+    axis=st.sampled_from([1, -1, 7]),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+)
+def test_hypothesis_tensors_same_bytes(shape, kind, seed, quality, n_blocks, axis, dtype) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
+    if kind == "zeros":
+        x[:] = 0
+    elif kind == "relu":
+        x = np.maximum(x - 0.3, 0)
+    elif kind == "const":
+        x[:] = -1.5
+    elif kind == "outliers":
+        x.reshape(-1)[:: 7] *= 1000.0
+    elif kind == "tiny":
+        x *= 1e-30
+    assert_same(torch.from_numpy(x).to(dtype), quality=quality, n_blocks=n_blocks, axis=axis)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_refused_on_both_paths(bad: float) -> None:
+    x = torch.randn(1, 4, 6, 6)
+    x[0, 1, 2, 3] = bad
+    codec = codecs.get("slicer")
+    for compiled in (False, True):
+        with path(compiled), pytest.raises(ValueError, match="NaN or inf"):
+            codec.encode(x)
+
+
+@pytest.mark.parametrize("quality", QUALITIES)
+def test_larger_maps_same_bytes(quality: float) -> None:
+    """Feature-map sizes (ResNet-20 layer2, an LLM row with outlier channels)."""
+    g = torch.Generator().manual_seed(int(quality * 100))
+    relu = (torch.randn(2, 32, 16, 16, generator=g) * 0.8 - 0.3).relu()
+    assert_same(relu, quality=quality)
+    llm = torch.randn(1, 33, 96, generator=g)
+    llm[..., [3, 50]] *= 100.0
+    assert_same(llm, quality=quality, axis=-1)
+
+
+def test_golden_inputs_and_streams_same_on_both_paths() -> None:
+    for tensors in golden_inputs().values():
+        for q in (None, *QUALITIES):
+            params = {} if q is None else {"quality": q}
+            for x in tensors:
+                assert_same(x, **params)
+    if not GOLDEN_PATH.exists():
+        pytest.skip("no golden.json")
+    golden = json.loads(GOLDEN_PATH.read_text())
+    slicer = [e for e in golden.values() if e["codec"] == "slicer"]
+    assert slicer, "no slicer golden streams"
+    for entry in slicer:
+        a, b = decode_both(base64.b64decode(entry["small_b64"]))
+        for u, v in zip(a, b, strict=True):
+            assert torch.equal(u, v)
+
+
+def test_env_var_selects_numpy_path() -> None:
+    import subprocess
+    import sys
+
+    code = "from splitcomp.codecs import _slicer_jit as j; print(j.active())"
+    for value, want in (("0", "False"), ("1", "True")):
+        env = {**__import__("os").environ, "SPLITCOMP_SLICER_JIT": value}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=120, check=True)
+        assert out.stdout.strip() == want
+
+
+def test_numba_that_fails_to_import_falls_back_to_numpy() -> None:
+    x = torch.randn(1, 8, 6, 6)
+    with path(False):
+        ref = codecs.get("slicer").encode(x)
+    saved = jit._KERNELS
+    jit._KERNELS = None
+
+    def no_numba():
+        raise ImportError("numba is broken here")
+
+    try:
+        jit._build = no_numba  # type: ignore[assignment]
+        with path(True):
+            assert codecs.get("slicer").encode(x) == ref
+            assert not jit.active()
+    finally:
+        jit._build = _real_build
+        jit._KERNELS = saved
+
+
+def test_context_count_matches_values_module() -> None:
+    from splitcomp.codecs import _slicer_values as vl
+
+    assert jit.N_CONTEXTS == vl.N_CONTEXTS
