@@ -297,16 +297,10 @@ def _build() -> SimpleNamespace:
     @njit(cache=True, nogil=True)
     def group_by_context(ctx, values, n_ctx):  # pragma: no cover - compiled
         """``values`` stably sorted by ``ctx`` (a counting sort), and the size of each context."""
-        sizes = np.zeros(n_ctx, np.int64)
-        for c in ctx:
-            sizes[c] += 1
-        pos = np.zeros(n_ctx, np.int64)
-        for c in range(1, n_ctx):
-            pos[c] = pos[c - 1] + sizes[c - 1]
+        order, sizes = stable_order(ctx, n_ctx)
         out = np.empty(values.size, np.int32)
-        for i in range(ctx.size):
-            out[pos[ctx[i]]] = values[i]
-            pos[ctx[i]] += 1
+        for i in range(order.size):
+            out[i] = values[order[i]]
         return out, sizes
 
     @njit(cache=True, nogil=True)
