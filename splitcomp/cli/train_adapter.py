@@ -56,6 +56,9 @@ def add_adapter_parser(sub: Any) -> None:
     a.add_argument("--n-train", type=int, default=5000, help="images in the train part")
     a.add_argument("--batch-size", type=int, default=128)
     a.add_argument("--lr", type=float, default=2e-3)
+    a.add_argument("--pad", type=int, default=4, help="random-crop padding of the training "
+                   "augmentation (0: flips only; JPEG's 8x8 grid stays where it is on the "
+                   "device's images)")
     add_run_args(a)
 
 
@@ -94,6 +97,7 @@ def run_adapter(args: argparse.Namespace) -> int:
     cfg = AdapterConfig(shift=f"{name}:{severity}", place=args.place, hidden=args.hidden,
                         depth=args.depth, input_hidden=args.input_hidden, epochs=args.epochs,
                         minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+                        pad=args.pad,
                         seed=args.seed, device=args.device)
     images = torch.stack([train_s.image_uint8(i) for i in range(len(train_s))])
     bar = tqdm(desc="train adapter", file=sys.stderr, disable=args.no_progress)

@@ -87,8 +87,8 @@ def test_train_adapter_command_end_to_end(tmp_path) -> None:
     try:
         rc = main(["train", "adapter", "--model", "resnet20", "--weights", "random", "--data",
                    str(data), "--split", "layer2", "--shift", "gaussian_noise:3", "--epochs",
-                   "2", "--batch-size", "8", "--n-train", "16", "--no-progress", "--out",
-                   str(tmp_path / "ad"), "--json", str(tmp_path / "r.json")])
+                   "2", "--batch-size", "8", "--n-train", "16", "--pad", "0", "--no-progress",
+                   "--out", str(tmp_path / "ad"), "--json", str(tmp_path / "r.json")])
         assert main(["train", "adapter", "--model", "resnet20", "--data", str(data),
                      "--split", "layer2", "--shift", "fog:3", "--epochs", "1", "--out",
                      str(tmp_path / "x")]) == 2
@@ -100,3 +100,5 @@ def test_train_adapter_command_end_to_end(tmp_path) -> None:
                 "adapter_params", "train_seconds"):
         assert key in r, key
     assert r["shift"] == "gaussian_noise:3" and r["n_eval"] == 16 and not r["server_changed"]
+    saved = json.loads((tmp_path / "ad" / "checkpoint.json").read_text())
+    assert saved["config"]["pad"] == 0
