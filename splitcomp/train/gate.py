@@ -25,7 +25,7 @@ from torch import nn
 
 from ..data import ImageFolderDataset
 from .checkpoint import CheckpointError
-from .exits import ExitHead
+from .exits import RULES, ExitHead
 from .plain_ckpt import load_plain, prefixed, save_plain
 from .splits import SplitRecord, reserve_part
 
@@ -37,10 +37,10 @@ SIGNALS_PER_EXIT = 2
 def exit_signals(logits: torch.Tensor) -> torch.Tensor:
     """(N, classes) exit logits -> (N, 2): the max softmax probability as a log-odds (the
     regime that matters is p near 1) and the negative entropy."""
-    logp = logits.float().log_softmax(-1)
-    top = logp.amax(-1)
+    logits = logits.float()
+    top = logits.log_softmax(-1).amax(-1)
     odds = (top - torch.log1p(-top.exp().clamp(max=1 - 1e-7))).clamp(-20.0, 20.0)
-    return torch.stack([odds, (logp.exp() * logp).sum(-1)], -1)
+    return torch.stack([odds, RULES["entropy"](logits)], -1)
 
 
 class GateNet(nn.Module):
@@ -99,14 +99,6 @@ class OptionScores:
     def agree(self) -> torch.Tensor:
         """(N, K) bool: the option's answer equals the full model's (the gate's targets)."""
         return self.preds == self.teacher[:, None]
-
-    def gate_labels(self) -> torch.Tensor:
-        """The cheapest option whose answer equals the full model's (else the dearest)."""
-        order = self.cost_order()
-        ok = self.agree()[:, order]
-        first = torch.where(ok.any(1), ok.float().argmax(1), torch.full_like(
-            self.teacher, len(order) - 1))
-        return order[first]
 
 
 def signals_of(exits: Sequence[nn.Module], features: torch.Tensor) -> torch.Tensor:

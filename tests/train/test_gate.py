@@ -25,7 +25,6 @@ def test_gate_targets_say_which_options_agree() -> None:
     s = _scores()
     assert s.agree().tolist() == [[True, True, True], [False, True, True],
                                   [False, False, True], [False, False, False]]
-    assert s.gate_labels().tolist() == [0, 1, 2, 2]
 
 
 def test_gate_result_against_the_best_fixed_option() -> None:
