@@ -17,8 +17,6 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .errors import require
-
 #: value contexts of phase B (``_slicer_values.N_CONTEXTS``, which imports this module)
 N_CONTEXTS = 9
 #: whether the compiled path is used: numba importable and not switched off by the env var
@@ -71,39 +69,6 @@ def _limits():
     return DecodeLimits()
 
 
-def finish_decode(coder, decode_part, mask_a, mask_b, lut, geo, freqs, ctx) -> np.ndarray:
-    """SLICER's level symbols and output planes by the kernels: the same result as the numpy
-    tail of ``SlicerCodec.decode_array`` (the reference). ``ctx``: (signed levels, whether
-    phase B has value contexts, their shift, the contexts used); ``decode_part(coder, freqs,
-    n)`` reads one rANS part."""
-    signed, use_ctx, shift, used = ctx
-    k = kernels()
-    n_levels = lut.size - 1
-    kept_a, kept_b = int(np.count_nonzero(mask_a)), int(np.count_nonzero(mask_b))
-    if n_levels == 1:
-        vals_a, vals_b = np.zeros(kept_a, np.int32), np.zeros(kept_b, np.int32)
-    elif not use_ctx:
-        both = decode_part(coder, freqs[0], kept_a + kept_b)
-        vals_a, vals_b = both[:kept_a], both[kept_a:]
-    else:
-        vals_a = np.ascontiguousarray(decode_part(coder, freqs[0], kept_a), np.int32)
-        vctx = k.decoded_value_contexts(mask_a, vals_a, signed, geo.neighbours, shift, mask_b)
-        sizes = np.bincount(vctx, minlength=N_CONTEXTS)
-        require(
-            np.array_equal(np.flatnonzero(sizes), used),
-            "slicer: value contexts do not match the mask",
-        )
-        parts = [decode_part(coder, freqs[1 + i], int(sizes[c])) for i, c in enumerate(used)]
-        grouped = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-        vals_b = k.ungroup_by_context(vctx, grouped.astype(np.int32, copy=False), sizes)
-    require(coder.is_empty(), "slicer: trailing rANS data")
-    vals_a = np.ascontiguousarray(vals_a, np.int32)
-    vals_b = np.ascontiguousarray(vals_b, np.int32)
-    return k.assemble(
-        mask_a, mask_b, vals_a, vals_b, lut, geo.phase_a, geo.phase_b, geo.plane_size
-    )
-
-
 def _numba_cache() -> None:
     """numba's on-disk cache goes where splitcomp's caches go (``$SPLITCOMP_CACHE`` or the
     XDG cache folder), not beside an installed package; ``NUMBA_CACHE_DIR`` wins. (The
@@ -136,22 +101,6 @@ def _build() -> SimpleNamespace:
         return out
 
     @njit(cache=True, nogil=True)
-    def value_contexts(signed_a, nbr, shift):  # pragma: no cover - compiled
-        planes, n_a = signed_a.shape
-        n_b = nbr.shape[1]
-        out = np.empty((planes, n_b), np.int32)
-        for p in range(planes):
-            for j in range(n_b):
-                s = np.int32(0)
-                for i in range(4):
-                    r = nbr[i, j]
-                    if r < n_a:
-                        s += signed_a[p, r]
-                s = (s >> shift) + 4
-                out[p, j] = min(max(s, 0), 8)
-        return out
-
-    @njit(cache=True, nogil=True)
     def pack_runs(bits, order, counts, likely):  # pragma: no cover - compiled
         """Bits (uint8 0/1, taken in ``order`` when it is not empty) cut into runs of
         ``counts``, each padded to four with its ``likely`` bit, packed into 4-bit symbols."""
@@ -181,27 +130,6 @@ def _build() -> SimpleNamespace:
         return out
 
     @njit(cache=True, nogil=True)
-    def unpack_runs(nib, counts, order):  # pragma: no cover - compiled
-        """Inverse of ``pack_runs``: the bits, scattered back through ``order`` if given."""
-        total = 0
-        for c in counts:
-            total += c
-        out = np.empty(total, np.bool_)
-        src = 0
-        dst = 0
-        for g in range(counts.size):
-            c = counts[g]
-            if order.size > 0:
-                for k in range(c):
-                    out[order[dst + k]] = (nib[src + (k >> 2)] >> (k & 3)) & 1
-            else:
-                for k in range(c):
-                    out[dst + k] = (nib[src + (k >> 2)] >> (k & 3)) & 1
-            dst += c
-            src += (c + 3) // 4
-        return out
-
-    @njit(cache=True, nogil=True)
     def kept_value_contexts(sym_a, signed, nbr, shift, mask_b):  # pragma: no cover - compiled
         """Value context of every kept phase-B position (C order), from phase A's symbols."""
         planes, n_a = sym_a.shape
@@ -225,37 +153,6 @@ def _build() -> SimpleNamespace:
                     out[k] = min(max(s, 0), 8)
                     k += 1
         return out
-
-    @njit(cache=True, nogil=True)
-    def decoded_value_contexts(mask_a, vals_a, signed, nbr, shift, mask_b):  # pragma: no cover
-        """``kept_value_contexts`` from phase A's mask and its kept symbols in C order."""
-        planes, n_a = mask_a.shape
-        signed_a = np.zeros((planes, n_a + 1), np.int32)  # last column: no neighbour
-        last = max(vals_a.size - 1, 0)
-        va = vals_a if vals_a.size else np.zeros(1, np.int32)
-        k = 0
-        for p in range(planes):
-            for j in range(n_a):
-                on = mask_a[p, j]
-                x = signed[va[min(k, last)]]
-                signed_a[p, j] = x if on else 0
-                k += on
-        n_b = nbr.shape[1]
-        n = 0
-        for p in range(planes):
-            for j in range(n_b):
-                if mask_b[p, j]:
-                    n += 1
-        out = np.empty(n + 1, np.int32)  # a spare slot: every position writes
-        k = 0
-        for p in range(planes):
-            for j in range(n_b):
-                s = (signed_a[p, nbr[0, j]] + signed_a[p, nbr[1, j]]
-                     + signed_a[p, nbr[2, j]] + signed_a[p, nbr[3, j]])
-                s = (s >> shift) + 4
-                out[k] = min(max(s, 0), 8)
-                k += mask_b[p, j]
-        return out[:n]
 
     @njit(cache=True, nogil=True)
     def stable_order(key, n):  # pragma: no cover - compiled
@@ -304,45 +201,6 @@ def _build() -> SimpleNamespace:
         return out, sizes
 
     @njit(cache=True, nogil=True)
-    def ungroup_by_context(ctx, grouped, sizes):  # pragma: no cover - compiled
-        """Inverse of ``group_by_context``."""
-        pos = np.zeros(sizes.size, np.int64)
-        for c in range(1, sizes.size):
-            pos[c] = pos[c - 1] + sizes[c - 1]
-        out = np.empty(ctx.size, np.int32)
-        for i in range(ctx.size):
-            out[i] = grouped[pos[ctx[i]]]
-            pos[ctx[i]] += 1
-        return out
-
-    @njit(cache=True, nogil=True)
-    def assemble(mask_a, mask_b, vals_a, vals_b, lut, phase_a, phase_b, plane_size):
-        """The decoded planes: kept positions take ``lut`` of their next value, in C order
-        within each phase; the others ``lut[-1]`` (dropped)."""  # pragma: no cover
-        planes = mask_a.shape[0]
-        out = np.empty((planes, plane_size), np.float32)
-        drop = lut[lut.size - 1]
-        # branch-free: read a (clamped) value for every position, keep it where kept
-        last_a = max(vals_a.size - 1, 0)
-        last_b = max(vals_b.size - 1, 0)
-        va = vals_a if vals_a.size else np.zeros(1, np.int32)
-        vb = vals_b if vals_b.size else np.zeros(1, np.int32)
-        ka = 0
-        kb = 0
-        for p in range(planes):
-            for j in range(phase_a.size):
-                on = mask_a[p, j]
-                x = lut[va[min(ka, last_a)]]
-                out[p, phase_a[j]] = x if on else drop
-                ka += on
-            for j in range(phase_b.size):
-                on = mask_b[p, j]
-                x = lut[vb[min(kb, last_b)]]
-                out[p, phase_b[j]] = x if on else drop
-                kb += on
-        return out
-
-    @njit(cache=True, nogil=True)
     def phase_values(kept, values, phase_a, phase_b, fill):  # pragma: no cover - compiled
         """Phase A's symbol planes (``fill``: dropped) and the kept symbols of each phase in
         phase order, from the kept mask (planes, plane) and the levels of the kept elements
@@ -383,12 +241,7 @@ def _build() -> SimpleNamespace:
         kept_value_contexts=kept_value_contexts,
         stable_order=stable_order,
         mask_counts=mask_counts,
-        decoded_value_contexts=decoded_value_contexts,
         group_by_context=group_by_context,
-        ungroup_by_context=ungroup_by_context,
-        assemble=assemble,
         neighbour_context=neighbour_context,
-        value_contexts=value_contexts,
         pack_runs=pack_runs,
-        unpack_runs=unpack_runs,
     )

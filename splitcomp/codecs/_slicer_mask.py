@@ -56,7 +56,7 @@ class Geometry:
 
 
 #: context of (in-plane neighbours b, kept k) at index 5 b + k: k rescaled to 4 neighbours
-_RESCALE = np.array(
+RESCALE = np.array(
     [min((4 * k + b // 2) // b, 4) if b else 0 for b in range(5) for k in range(5)], np.uint8
 )
 
@@ -121,7 +121,7 @@ def neighbour_context(mask_a: np.ndarray, geo: Geometry) -> np.ndarray:
     kept neighbours, rescaled to 4 where the border leaves fewer."""
     if jit.active():
         return jit.kernels().neighbour_context(
-            np.ascontiguousarray(mask_a, bool), geo.neighbours, geo.context_base, _RESCALE
+            np.ascontiguousarray(mask_a, bool), geo.neighbours, geo.context_base, RESCALE
         )
     ext = np.zeros((geo.planes, geo.phase_a.size + 1), np.uint8)
     ext[:, :-1] = mask_a
@@ -130,7 +130,7 @@ def neighbour_context(mask_a: np.ndarray, geo: Geometry) -> np.ndarray:
     for i in (1, 2, 3):
         cnt += np.take(ext, nbr[i], axis=1)
     cnt += geo.context_base
-    return np.take(_RESCALE, cnt)
+    return np.take(RESCALE, cnt)
 
 
 def channel_classes(rate: np.ndarray) -> np.ndarray:
@@ -277,16 +277,6 @@ class Groups:
 
         Each context's run is unpacked without its padding (no index arrays: about 2 bytes a
         bit at the peak, plus the order of a sorted grouping)."""
-        if jit.active():
-            counts = self.counts.astype(np.int64, copy=False)
-            nibs = [
-                reader.read_model((count + 3) // 4, quad_model(c))
-                for c, count in zip(self.codes.tolist(), counts.tolist(), strict=True)
-                if count
-            ]
-            nib = np.concatenate(nibs) if nibs else np.zeros(0, np.int32)
-            order = _NO_ORDER if self.order is None else self.order
-            return jit.kernels().unpack_runs(nib, counts, order)
         b = np.empty(int(self.counts.sum()), bool)
         start = 0
         for c, count in zip(self.codes.tolist(), self.counts.tolist(), strict=True):

@@ -21,7 +21,6 @@ import math
 
 import numpy as np
 
-from . import _slicer_jit as jit
 from .bytes_io import Reader
 from .errors import require
 
@@ -97,10 +96,6 @@ def context_shift(mean_abs_level: float) -> int:
 
 def value_contexts(signed_a: np.ndarray, neighbours: np.ndarray, shift: int) -> np.ndarray:
     """(planes, phase-B) context 0..8 from the signed levels of phase A (0 = dropped)."""
-    if jit.active():
-        return jit.kernels().value_contexts(
-            np.ascontiguousarray(signed_a, np.int32), neighbours, shift
-        )
     ext = np.zeros((signed_a.shape[0], signed_a.shape[1] + 1), np.int32)
     ext[:, :-1] = signed_a
     s = np.take(ext, neighbours[0], axis=1)

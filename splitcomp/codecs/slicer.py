@@ -49,6 +49,7 @@ import struct
 
 import numpy as np
 
+from . import _slicer_fused as fused
 from . import _slicer_jit as jit
 from . import _slicer_mask as mk
 from . import _slicer_values as vl
@@ -282,6 +283,9 @@ class SlicerCodec(Codec):
         if n == 0:
             require(len(payload) == 0, "slicer: payload for an empty tensor")
             return np.zeros(shape, np.float32)
+        if jit.active():  # the whole decoder in one compiled pass
+            geo = mk.geometry(shape, self._axis(len(shape)))
+            return fused.decode(payload, geo, mk.RESCALE).reshape(shape)
         r = Reader(payload)
         flags = r.u8()
         require(flags < 16, f"slicer: reserved flag bits set ({flags:#x})")
@@ -324,12 +328,6 @@ class SlicerCodec(Codec):
             ctx = mk.neighbour_context(mask_a, geo)
             key = ctx + (cls * mk.N_NEIGHBOUR).astype(np.uint8)[:, None]
             mask_b = mk.phase_b_groups(key, code_b).decode(coder).reshape(geo.planes, n_b)
-        if jit.active():
-            signed = vl.signed_levels([(sign, g.levels) for sign, g in grids])
-            return jit.finish_decode(
-                coder, self._decode_part, mask_a, mask_b, lut, geo, freqs,
-                (signed, use_ctx, shift, used),
-            ).reshape(shape)
         # boolean-mask scatters: no index arrays (8 bytes a kept element) on hostile shapes
         sym_a = np.full((geo.planes, n_a), n_levels, np.int32)  # n_levels: dropped
         sym_b = np.full((geo.planes, n_b), n_levels, np.int32)

@@ -211,3 +211,41 @@ def test_context_count_matches_values_module() -> None:
     from splitcomp.codecs import _slicer_values as vl
 
     assert jit.N_CONTEXTS == vl.N_CONTEXTS
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), edits=st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, 2**31 - 1), st.integers(0, 255)),
+    min_size=1, max_size=3))
+def test_corrupt_payloads_fail_or_decode_alike(seed, edits) -> None:
+    """The fused decoder accepts exactly what the numpy decoder accepts, with equal output;
+    what one refuses the other refuses with a BitstreamError (never a crash)."""
+    rng = np.random.default_rng(seed)
+    shape, axis = [((1, 6, 8, 8), 1), ((1, 5, 24), -1), ((3, 7), 7)][seed % 3]
+    x = rng.standard_normal(shape).astype(np.float32)
+    if seed % 2:
+        x = np.maximum(x, 0)
+    codec = codecs.get("slicer", quality=float(rng.choice(QUALITIES)), axis=axis)
+    data = bytearray(codec.encode_array(x))
+    for kind, where, value in edits:
+        if not data:
+            break
+        i = where % len(data)
+        if kind == 0:
+            data[i] ^= 1 << (value % 8)
+        elif kind == 1:
+            data = data[:i]
+        else:
+            data[i] = value
+    results = []
+    for compiled in (False, True):
+        with path(compiled):
+            try:
+                results.append(codec.decode_array(memoryview(bytes(data)), shape,
+                                                  codecs.DecodeLimits()))
+            except codecs.BitstreamError:
+                results.append(None)
+    ref, got = results
+    assert (ref is None) == (got is None)
+    if ref is not None:
+        assert np.array_equal(ref, got)

@@ -1,0 +1,177 @@
+"""constriction's rANS stack, compiled with numba: the same words, decoded or written in one call.
+
+constriction (``DefaultAnsCoder``: 32-bit words, 64-bit state, 24-bit probabilities) is the
+reference and what runs without numba. Calling it costs 3-5 us of Python and pyo3 work per
+symbol stream, and SLICER codes ~30 streams per tensor; fused decoders (``_slicer_fused``)
+call these kernels instead, inside one compiled pass. What must match constriction bit for
+bit, and is tested against it (``tests/codecs/test_ans_jit.py``):
+
+* the model: ``Categorical(freqs, perfect=False)`` quantizes float64 frequencies as
+  ``cdf[i] = floor(F_i * (2**24 - n) / F_n) + i`` (``F_i``: the sequential float sum of the
+  first ``i`` frequencies), so every symbol keeps a non-zero probability;
+* a symbol: encode ``x -> (x // p) << 24 | (cdf[s] + x % p)`` after flushing the low word when
+  ``x >> 40 >= p``; decode the inverse, refilling one word when ``x < 2**32``;
+* the stream: words in push order, then the state's low and high words (zero high word
+  dropped); a reader pops from the end, and a stream whose last word is 0 is invalid.
+
+A decoder state is a uint64 array ``[state, words left]``; kernels return False (or -1) where
+constriction would raise, never read out of bounds, and never allocate from stream contents.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+PRECISION = 24
+_KERNELS: SimpleNamespace | None = None
+
+
+def kernels() -> SimpleNamespace:
+    """The compiled kernels (built, or loaded from numba's cache, on the first call; the
+    caller has checked that numba imports)."""
+    global _KERNELS
+    if _KERNELS is None:
+        from .._slicer_jit import _numba_cache
+
+        _numba_cache()
+        _KERNELS = _build()
+    return _KERNELS
+
+
+def _build() -> SimpleNamespace:
+    from numba import njit
+
+    one = np.uint64(1)
+    mask24 = np.uint64((1 << PRECISION) - 1)
+    low = np.uint64(1 << 32)
+    shift_p = np.uint64(PRECISION)
+    shift_w = np.uint64(32)
+    shift_hi = np.uint64(64 - PRECISION)
+
+    @njit(cache=True, nogil=True)
+    def quantized_cdf(freqs, out):  # pragma: no cover - compiled
+        """``out[: n + 1]``: constriction's fast-quantized cdf of ``freqs`` (n floats);
+        False where constriction refuses the model (fewer than 2 symbols, no mass)."""
+        n = freqs.size
+        if n < 2 or n >= (1 << PRECISION) - 1 or out.size < n + 1:
+            return False
+        norm = 0.0
+        for i in range(n):
+            norm += freqs[i]
+        # constriction: the sum must be a normal, positive float
+        if not (norm >= 2.2250738585072014e-308 and norm < np.inf):
+            return False
+        scale = float((1 << PRECISION) - n) / norm
+        cum = 0.0
+        for i in range(n):
+            v = cum * scale
+            # Rust's float-to-int cast saturates (NaN to 0)
+            q = 0 if not (v > 0.0) else (0xFFFFFFFF if v >= 4294967295.0 else int(v))
+            out[i] = np.uint32((q + i) & 0xFFFFFFFF)
+            cum += freqs[i]
+        out[n] = np.uint32(1 << PRECISION)
+        return True
+
+    @njit(cache=True, nogil=True)
+    def reader_init(words, st):  # pragma: no cover - compiled
+        """Start decoding ``words`` (uint32): ``st = [state, words left]``; False for a
+        stream that ends in a zero word."""
+        n = words.size
+        if n == 0:
+            st[0] = np.uint64(0)
+            st[1] = np.uint64(0)
+            return True
+        if words[n - 1] == 0:
+            return False
+        state = np.uint64(words[n - 1])
+        left = n - 1
+        if left > 0:
+            left -= 1
+            state = (state << shift_w) | np.uint64(words[left])
+        st[0] = state
+        st[1] = np.uint64(left)
+        return True
+
+    @njit(cache=True, nogil=True)
+    def read(words, st, cdf, n_sym, count, out, at):  # pragma: no cover - compiled
+        """Decode ``count`` symbols of the model ``cdf[: n_sym + 1]`` into ``out[at:]``.
+
+        Decoding is latency-bound (each symbol needs the state the previous one left), so
+        the symbol search avoids branches: a fixed count of 15 compares when ``cdf`` has at
+        least 17 entries and those past ``n_sym`` are ``2**24`` (never below a quantile),
+        a variable count up to 64 symbols, a binary search above."""
+        state = st[0]
+        left = np.int64(st[1])
+        fixed = n_sym <= 16 and cdf.size >= 17
+        for k in range(count):
+            quantile = state & mask24
+            q = np.uint32(quantile)
+            lo = 0
+            if fixed:
+                for i in range(1, 16):
+                    lo += np.int64(cdf[i] <= q)
+            elif n_sym <= 64:
+                for i in range(1, n_sym):
+                    lo += np.int64(cdf[i] <= q)
+            else:
+                hi = n_sym  # invariant: cdf[lo] <= q < cdf[hi]
+                while hi - lo > 1:
+                    mid = (lo + hi) >> 1
+                    if cdf[mid] <= q:
+                        lo = mid
+                    else:
+                        hi = mid
+            left_c = np.uint64(cdf[lo])
+            prob = np.uint64(cdf[lo + 1]) - left_c
+            state = (state >> shift_p) * prob + (quantile - left_c)
+            if state < low and left > 0:
+                left -= 1
+                state = (state << shift_w) | np.uint64(words[left])
+            out[at + k] = lo
+        st[0] = state
+        st[1] = np.uint64(left)
+
+    @njit(cache=True, nogil=True)
+    def write(buf, st, cdf, symbols, lo, hi):  # pragma: no cover - compiled
+        """Push ``symbols[lo:hi]`` in reverse (so they decode in order) onto the stack
+        ``st = [state, words in buf]``; False if ``buf`` is full or a symbol is outside the
+        model (constriction raises for both)."""
+        state = st[0]
+        n = np.int64(st[1])
+        n_sym = cdf.size - 1
+        for k in range(hi - 1, lo - 1, -1):
+            s = symbols[k]
+            if s < 0 or s >= n_sym:
+                return False
+            left_c = np.uint64(cdf[s])
+            prob = np.uint64(cdf[s + 1]) - left_c
+            if (state >> shift_hi) >= prob:
+                if n >= buf.size:
+                    return False
+                buf[n] = np.uint32(state & np.uint64(0xFFFFFFFF))
+                n += 1
+                state = state >> shift_w
+            state = ((state // prob) << shift_p) | (left_c + state % prob)
+        st[0] = state
+        st[1] = np.uint64(n)
+        return True
+
+    @njit(cache=True, nogil=True)
+    def finish(buf, st):  # pragma: no cover - compiled
+        """Append the state's words (low, then a non-zero high); the stream's word count,
+        or -1 if ``buf`` has no room."""
+        state = st[0]
+        n = np.int64(st[1])
+        extra = 0 if state == 0 else (1 if state < low else 2)
+        if n + extra > buf.size:
+            return -1
+        if extra >= 1:
+            buf[n] = np.uint32(state & np.uint64(0xFFFFFFFF))
+        if extra == 2:
+            buf[n + 1] = np.uint32(state >> shift_w)
+        return n + extra
+
+    return SimpleNamespace(quantized_cdf=quantized_cdf, reader_init=reader_init, read=read,
+                           write=write, finish=finish, one=one)
