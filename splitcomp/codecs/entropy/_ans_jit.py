@@ -43,7 +43,6 @@ def kernels() -> SimpleNamespace:
 def _build() -> SimpleNamespace:
     from numba import njit
 
-    one = np.uint64(1)
     mask24 = np.uint64((1 << PRECISION) - 1)
     low = np.uint64(1 << 32)
     shift_p = np.uint64(PRECISION)
@@ -134,6 +133,64 @@ def _build() -> SimpleNamespace:
         st[1] = np.uint64(left)
 
     @njit(cache=True, nogil=True)
+    def slot_table(cdf, n_sym, bits):  # pragma: no cover - compiled
+        """``t[i]``: the symbol of quantile ``i << (24 - bits)``, for ``i`` up to ``2**bits``
+        (the last entry: ``n_sym - 1``); a large alphabet's search then stays within
+        ``t[i] .. t[i + 1]``, a few symbols."""
+        size = 1 << bits
+        t = np.empty(size + 1, np.int64)
+        s = 0
+        for i in range(size):
+            q = np.uint32(i << (PRECISION - bits))
+            while s + 1 < n_sym and cdf[s + 1] <= q:
+                s += 1
+            t[i] = s
+        t[size] = n_sym - 1
+        return t
+
+    @njit(cache=True, nogil=True)
+    def read_slots(words, st, cdf, slots, bits, count, out, at):  # pragma: no cover
+        """:func:`read` for large alphabets, the search narrowed by ``slots`` (from
+        :func:`slot_table` with ``bits``)."""
+        state = st[0]
+        left = np.int64(st[1])
+        drop = np.uint64(PRECISION - bits)
+        for k in range(count):
+            quantile = state & mask24
+            q = np.uint32(quantile)
+            i = np.int64(quantile >> drop)
+            lo = slots[i]
+            hi = slots[i + 1] + 1  # invariant: cdf[lo] <= q < cdf[hi]
+            while hi - lo > 1:
+                mid = (lo + hi) >> 1
+                if cdf[mid] <= q:
+                    lo = mid
+                else:
+                    hi = mid
+            left_c = np.uint64(cdf[lo])
+            prob = np.uint64(cdf[lo + 1]) - left_c
+            state = (state >> shift_p) * prob + (quantile - left_c)
+            if state < low and left > 0:
+                left -= 1
+                state = (state << shift_w) | np.uint64(words[left])
+            out[at + k] = lo
+        st[0] = state
+        st[1] = np.uint64(left)
+
+    @njit(cache=True, nogil=True)
+    def read_rows(words, st, probs, out):  # pragma: no cover - compiled
+        """One symbol per row of ``probs`` (each row its own model, quantized as
+        :func:`quantized_cdf` does); False where constriction would refuse a row."""
+        n_sym = probs.shape[1]
+        cdf = np.empty(max(n_sym + 1, 17), np.uint32)
+        cdf[:] = np.uint32(1 << PRECISION)
+        for r in range(probs.shape[0]):
+            if not quantized_cdf(probs[r], cdf):
+                return False
+            read(words, st, cdf, n_sym, 1, out, r)
+        return True
+
+    @njit(cache=True, nogil=True)
     def write(buf, st, cdf, symbols, lo, hi):  # pragma: no cover - compiled
         """Push ``symbols[lo:hi]`` in reverse (so they decode in order) onto the stack
         ``st = [state, words in buf]``; False if ``buf`` is full or a symbol is outside the
@@ -173,5 +230,18 @@ def _build() -> SimpleNamespace:
             buf[n + 1] = np.uint32(state >> shift_w)
         return n + extra
 
+    @njit(cache=True, nogil=True)
+    def write_rows(buf, st, probs, symbols):  # pragma: no cover - compiled
+        """:func:`write` with one model per symbol, the rows of ``probs``."""
+        n_sym = probs.shape[1]
+        cdf = np.empty(n_sym + 1, np.uint32)
+        for r in range(symbols.size - 1, -1, -1):
+            if not quantized_cdf(probs[r], cdf):
+                return False
+            if not write(buf, st, cdf, symbols, r, r + 1):
+                return False
+        return True
+
     return SimpleNamespace(quantized_cdf=quantized_cdf, reader_init=reader_init, read=read,
-                           write=write, finish=finish, one=one)
+                           slot_table=slot_table, read_slots=read_slots, read_rows=read_rows,
+                           write=write, write_rows=write_rows, finish=finish)

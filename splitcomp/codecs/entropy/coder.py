@@ -38,24 +38,73 @@ _ANS = constriction.stream.stack.AnsCoder
 _CATEGORICAL = constriction.stream.model.Categorical
 #: the model family behind :meth:`AnsWriter.add_rows`: parameterised per symbol
 _FAMILY = _CATEGORICAL(perfect=False)
-#: an rANS model (opaque outside this module)
-Model = constriction.stream.model.Categorical
+#: alphabets above this size are decoded through a slot table (the compiled coder)
+_SLOTS_ABOVE, _SLOT_BITS = 64, 12
+
+
+def _compiled():
+    """The compiled coder's kernels (:mod:`._ans_jit`), or None: numba absent or switched
+    off (``SPLITCOMP_SLICER_JIT=0``; the switch is ``_slicer_jit.ENABLED``)."""
+    from .. import _slicer_jit
+
+    if not _slicer_jit.active():
+        return None
+    from . import _ans_jit
+
+    return _ans_jit.kernels()
+
+
+class Model:
+    """An rANS model: a frequency row (float64), quantized as constriction's
+    ``Categorical(perfect=False)`` quantizes it; each backend builds its table once."""
+
+    __slots__ = ("_cdf", "_native", "_slots", "freqs")
+
+    def __init__(self, freqs: np.ndarray) -> None:
+        self.freqs = np.ascontiguousarray(freqs, np.float64)
+        self._native = self._cdf = self._slots = None
+
+    def native(self):
+        """constriction's model."""
+        if self._native is None:
+            try:
+                self._native = _CATEGORICAL(self.freqs, perfect=False)
+            except BaseException as e:  # constriction raises ValueError or a pyo3 panic
+                raise native_error(e, f"bad rANS model ({e})") from None
+        return self._native
+
+    def cdf(self, k) -> np.ndarray:
+        """The compiled coder's table (padded to 17 entries for its fixed-width search)."""
+        if self._cdf is None:
+            cdf = np.full(max(self.freqs.size + 1, 17), 1 << 24, np.uint32)
+            if self.freqs.ndim != 1 or not k.quantized_cdf(self.freqs, cdf):
+                raise BitstreamError("bad rANS model")
+            self._cdf = cdf
+        return self._cdf
+
+    def slots(self, k) -> np.ndarray:
+        if self._slots is None:
+            self._slots = k.slot_table(self.cdf(k), self.freqs.size, _SLOT_BITS)
+        return self._slots
 
 
 def categorical(freqs: np.ndarray) -> Model:
     """The rANS model of a frequency row (float64, non-negative, some non-zero); a symbol of
     frequency 0 gets the smallest probability the coder has, so it can still be decoded."""
-    try:
-        return _CATEGORICAL(freqs, perfect=False)
-    except BaseException as e:  # constriction raises ValueError or a pyo3 panic
-        raise native_error(e, f"bad rANS model ({e})") from None
+    model = Model(freqs)
+    k = _compiled()
+    if k is None:
+        model.native()
+    else:
+        model.cdf(k)
+    return model
 
 
 class AnsWriter:
     """Collects symbol streams, each with its model, and codes them in one rANS stack."""
 
     def __init__(self) -> None:
-        self._parts: list[tuple] = []  # the arguments of AnsCoder.encode_reverse
+        self._parts: list[tuple] = []  # (symbols, model) or (symbols, None, probability rows)
 
     def add(self, symbols: np.ndarray, freqs: np.ndarray) -> None:
         """Queue ``symbols`` (indices into ``freqs``, each with a non-zero frequency); nothing
@@ -69,27 +118,52 @@ class AnsWriter:
 
     def add_rows(self, symbols: np.ndarray, probs: np.ndarray) -> None:
         """Queue int32 ``symbols``, symbol ``i`` under the probability row ``probs[i]``."""
-        self._parts.append((symbols, _FAMILY, probs))
+        self._parts.append((symbols, None, probs))
 
     def finish(self) -> bytes:
         """The rANS words (uint32 little-endian); a reader decodes the streams in order."""
-        coder = _ANS()
-        for args in reversed(self._parts):
-            coder.encode_reverse(*args)
-        return coder.get_compressed().astype("<u4").tobytes()
+        k = _compiled()
+        if k is None:
+            coder = _ANS()
+            for symbols, model, *rows in reversed(self._parts):
+                if model is None:
+                    coder.encode_reverse(symbols, _FAMILY, rows[0])
+                else:
+                    coder.encode_reverse(symbols, model.native())
+            return coder.get_compressed().astype("<u4").tobytes()
+        # a symbol costs at most 24 bits: the words this stack can take
+        total = sum(len(part[0]) for part in self._parts)
+        buf = np.empty(total * 24 // 32 + 3, np.uint32)
+        state = np.zeros(2, np.uint64)
+        for symbols, model, *rows in reversed(self._parts):
+            sym = np.ascontiguousarray(symbols, np.int32)
+            if model is None:
+                ok = k.write_rows(buf, state, np.ascontiguousarray(rows[0], np.float64), sym)
+            else:
+                ok = k.write(buf, state, model.cdf(k), sym, 0, sym.size)
+            if not ok:
+                raise ValueError("rANS: a symbol outside its model")
+        n = k.finish(buf, state)
+        return buf[:n].astype("<u4").tobytes()
 
 
 class AnsReader:
     """Decodes the streams of an :class:`AnsWriter`, in the order they were added, with the
     same models. ``name`` prefixes error messages (the codec's name)."""
 
-    __slots__ = ("_coder", "_name")
+    __slots__ = ("_coder", "_k", "_name", "_state", "_words")
 
     def __init__(self, data: bytes | memoryview, name: str = "") -> None:
         self._name = name
         if len(data) % 4:
             raise BitstreamError(f"{self._prefix()}{len(data)} bytes of rANS data: not whole words")
         words = np.frombuffer(data, "<u4").astype(np.uint32)
+        self._k = _compiled()
+        if self._k is not None:
+            self._words, self._state = words, np.zeros(2, np.uint64)
+            if not self._k.reader_init(words, self._state):
+                raise BitstreamError(f"{self._prefix()}corrupt rANS data (a zero last word)")
+            return
         try:
             self._coder = _ANS(words)
         except BaseException as e:  # constriction raises ValueError or a pyo3 panic
@@ -115,20 +189,39 @@ class AnsReader:
 
     def read_model(self, n: int, model: Model) -> np.ndarray:
         """``n`` symbols (int32) queued by :meth:`AnsWriter.add_model`."""
-        try:
-            return self._coder.decode(model, n)
-        except BaseException as e:
-            raise self._error(e) from None
+        k = self._k
+        if k is None:
+            try:
+                return self._coder.decode(model.native(), n)
+            except BaseException as e:
+                raise self._error(e) from None
+        out = np.empty(n, np.int32)
+        n_sym = model.freqs.size
+        if n_sym > _SLOTS_ABOVE:
+            k.read_slots(self._words, self._state, model.cdf(k), model.slots(k), _SLOT_BITS,
+                         n, out, 0)
+        else:
+            k.read(self._words, self._state, model.cdf(k), n_sym, n, out, 0)
+        return out
 
     def read_rows(self, probs: np.ndarray) -> np.ndarray:
         """``len(probs)`` symbols (int32) queued by :meth:`AnsWriter.add_rows`."""
-        try:
-            return self._coder.decode(_FAMILY, probs)
-        except BaseException as e:
-            raise self._error(e) from None
+        k = self._k
+        if k is None:
+            try:
+                return self._coder.decode(_FAMILY, probs)
+            except BaseException as e:
+                raise self._error(e) from None
+        out = np.empty(len(probs), np.int32)
+        if not k.read_rows(self._words, self._state, np.ascontiguousarray(probs, np.float64),
+                           out):
+            raise BitstreamError(f"{self._prefix()}bad rANS model row")
+        return out
 
     def is_empty(self) -> bool:
         """True when every word has been consumed (a well-formed stream ends exactly so)."""
+        if self._k is not None:
+            return bool(self._state[0] == 0)
         return self._coder.is_empty()
 
 
