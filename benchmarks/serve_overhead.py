@@ -23,14 +23,16 @@ import numpy as np
 import torch
 
 
-def serve(max_batch_size: int, max_wait_ms: float) -> None:
+def serve(max_batch_size: int, max_wait_ms: float, batch_decode: bool = True,
+          decode_threads: int = 0) -> None:
     """The server process: print its url, serve until SIGTERM."""
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
     from splitcomp.runtime import Server, zoo_deployment
 
     dep, _ = zoo_deployment("resnet20", "layer2", weights="random", name="r20",
-                            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+                            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                            batch_decode=batch_decode, decode_threads=decode_threads)
     server = Server(dep, "127.0.0.1", 0, max_inflight_per_client=1024)
     asyncio.run(server.serve_forever(announce=True))
 
@@ -83,11 +85,15 @@ async def _load(url: str, bitstreams: list[bytes], clients: int, seconds: float,
 
 
 def measure(bitstreams: list[bytes], clients: int, seconds: float, max_batch_size: int,
-            max_wait_ms: float) -> dict:
+            max_wait_ms: float, batch_decode: bool = True, decode_threads: int = 0) -> dict:
+    """One server process under ``clients`` closed-loop clients for ``seconds``: its figures
+    per request. ``batch_decode``/``decode_threads``: the deployment's decode path."""
     from splitcomp.cli.serve import read_listening_url
 
     proc = subprocess.Popen([sys.executable, __file__, "--serve", "--max-batch-size",
-                             str(max_batch_size), "--max-wait-ms", str(max_wait_ms)],
+                             str(max_batch_size), "--max-wait-ms", str(max_wait_ms),
+                             "--decode-threads", str(decode_threads)]
+                            + ([] if batch_decode else ["--per-request-decode"]),
                             stdout=subprocess.PIPE, text=True)
     try:
         url = read_listening_url(proc.stdout)
@@ -103,6 +109,8 @@ def measure(bitstreams: list[bytes], clients: int, seconds: float, max_batch_siz
     return {
         "max_batch_size": max_batch_size,
         "max_wait_ms": max_wait_ms,
+        "batch_decode": batch_decode,
+        "decode_threads": decode_threads,
         "requests": int(n),
         "requests_per_s": n / wall,
         "p50_ms": float(np.percentile(lat_ms, 50)),
@@ -131,9 +139,13 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--max-batch-size", type=int, default=32, help=argparse.SUPPRESS)
+    p.add_argument("--decode-threads", type=int, default=0, help="the decode pool's threads")
+    p.add_argument("--per-request-decode", action="store_true",
+                   help="decode request by request (the path before batched decode)")
     args = p.parse_args()
     if args.serve:
-        serve(args.max_batch_size, args.max_wait_ms)
+        serve(args.max_batch_size, args.max_wait_ms, not args.per_request_decode,
+              args.decode_threads)
         return
     torch.set_num_threads(1)
     from splitcomp import codecs
@@ -146,9 +158,11 @@ def main() -> None:
     codec = codecs.get(args.codec)
     with torch.inference_mode():
         bitstreams = [codec.encode(head(torch.randn(1, 3, 32, 32))) for _ in range(64)]
+    options = dict(batch_decode=not args.per_request_decode,
+                   decode_threads=args.decode_threads)
     batched = measure(bitstreams, args.clients, args.seconds, args.max_batch_size,
-                      args.max_wait_ms)
-    single = measure(bitstreams, args.clients, args.seconds, 1, 0.0)
+                      args.max_wait_ms, **options)
+    single = measure(bitstreams, args.clients, args.seconds, 1, 0.0, **options)
     out = {
         "clients": args.clients,
         "codec": args.codec,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from .base import Codec, Param
+from .base import Codec, Param, RawArray
 from .container import FORMAT_VERSION, Header, pack, peek, unpack
 from .contexts import context_scope
 from .errors import DEFAULT_LIMITS, BitstreamError, DecodeLimits
@@ -45,7 +45,10 @@ for _mod in _BUILTIN:
 for _ep in entry_points(group="splitcomp.codecs"):
     _ep.load()
 
+from .batch import BatchItem, decode_batch  # noqa: E402 - after the codecs it conceals
+
 __all__ = [
+    "BatchItem",
     "BitstreamError",
     "Codec",
     "DEFAULT_LIMITS",
@@ -53,10 +56,12 @@ __all__ = [
     "FORMAT_VERSION",
     "Header",
     "Param",
+    "RawArray",
     "available",
     "codec_class",
     "context_scope",
     "decode",
+    "decode_batch",
     "get",
     "pack",
     "peek",

@@ -183,9 +183,48 @@ class Codec(abc.ABC):
         against ``limits``) or the payload size justify.
         """
 
+    def decode_raw(
+        self, payload: memoryview, shape: tuple[int, ...], limits: DecodeLimits
+    ) -> RawArray | None:
+        """Optional: the payload's stored values and the affine map back to float32, for a
+        runtime that dequantizes elsewhere (many streams at once, on a GPU). The same checks
+        as :meth:`decode_array`; ``dequantize()`` of it must equal that, bit for bit.
+        None (the default): no raw form, use :meth:`decode_array`."""
+        return None
+
     def error_bound(self, x: np.ndarray) -> float:
         """Largest absolute error this codec allows itself on ``x`` (0 for lossless codecs)."""
         return 0.0
+
+
+@dataclass(frozen=True)
+class RawArray:
+    """Stored values before dequantization: ``x = (values - zero[g]) * scale[g]`` in float32,
+    group ``g`` holding ``group`` consecutive values (the last one may be short), reshaped to
+    ``stored_shape`` whose axis 0 is then moved to ``axis`` (None: stored as it is).
+    ``scale``/``zero`` None: that step is skipped (fp16 values: a plain conversion)."""
+
+    values: np.ndarray  #: 1-D, the stored dtype (uint8, int8, float16, float32)
+    scale: np.ndarray | None  #: float32, one per group
+    zero: np.ndarray | None  #: float32, one per group
+    group: int
+    stored_shape: tuple[int, ...]
+    axis: int | None = None
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 array (numpy: the reference a runtime's dequantizer must equal)."""
+        x = self.values.astype(np.float32)
+        g = max(self.group, 1)
+        full = x.size // g  # whole groups in place (a view), the short last one after them
+        head, tail = x[: full * g].reshape(full, g), x[full * g :]
+        if self.zero is not None:
+            head -= self.zero[:full, None]
+            tail -= self.zero[full:full + 1]
+        if self.scale is not None:
+            head *= self.scale[:full, None]
+            tail *= self.scale[full:full + 1]
+        x = x.reshape(self.stored_shape)
+        return np.moveaxis(x, 0, self.axis) if self.axis is not None else x
 
 
 class SessionContextCodec(Codec):

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .base import Codec, Param
+from .base import Codec, Param, RawArray
 from .errors import DecodeLimits, require
 from .registry import register_codec
 
@@ -37,20 +37,18 @@ class Blockwise8Codec(Codec):
         return absmax.astype("<f4").tobytes() + q.reshape(-1)[:n].tobytes()
 
     def decode_array(self, payload, shape, limits: DecodeLimits) -> np.ndarray:
+        return self.decode_raw(payload, shape, limits).dequantize()
+
+    def decode_raw(self, payload, shape, limits: DecodeLimits) -> RawArray:
+        """The int8 values and one scale (absmax / 127) per block."""
         b = self.params["block"]
         n = math.prod(shape)
         n_blocks = -(-n // b)
         require(len(payload) == 4 * n_blocks + n, "blockwise8 payload size mismatch")
         absmax = np.frombuffer(payload[: 4 * n_blocks], "<f4").astype(np.float32)
         require(bool(np.all(np.isfinite(absmax))), "blockwise8 scale not finite")
-        scale = absmax / 127.0
-        x = np.frombuffer(payload[4 * n_blocks :], np.int8).astype(np.float32)
-        full = n // b  # whole blocks scaled in place, the last partial one after them
-        blocks = x[: full * b].reshape(full, b)  # a view
-        blocks *= scale[:full, None]
-        if full < n_blocks:
-            x[full * b :] *= scale[full]
-        return x.reshape(shape)
+        values = np.frombuffer(payload[4 * n_blocks :], np.int8)
+        return RawArray(values, absmax / 127.0, None, b, tuple(shape))
 
     def error_bound(self, x: np.ndarray) -> float:
         if x.size == 0:

@@ -433,13 +433,24 @@ def _unpack(data, limits, expect_codec, check) -> list[tuple[int, np.ndarray]]:
         check(header)
     if expect_codec is not None:
         require(header.codec_id == expect_codec, f"bitstream was made by {header.codec_name!r}")
+    return decode_payloads(data, header, codec, pos, limits)
+
+
+def decode_payloads(data, header: Header, codec: Codec, pos: int, limits: DecodeLimits,
+                    raw: bool = False) -> list[tuple[int, Any]]:
+    """The tensors of a stream whose header :func:`read_header` returned. ``raw``: a float
+    tensor whose codec has a raw form comes as its :class:`~.base.RawArray`."""
     view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
-    out = []
+    out: list[tuple[int, Any]] = []
     for info in header.tensors:
         payload = view[pos : pos + info.payload_bytes]
         pos += info.payload_bytes
         if info.is_float:
             try:
+                arr = codec.decode_raw(payload, info.shape, limits) if raw else None
+                if arr is not None:
+                    out.append((info.code, arr))
+                    continue
                 arr = codec.decode_array(payload, info.shape, limits)
             except BitstreamError:
                 raise

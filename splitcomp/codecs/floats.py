@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .base import Codec
+from .base import Codec, RawArray
 from .errors import DecodeLimits, require
 from .registry import register_codec
 
@@ -40,6 +40,9 @@ class Float32Codec(Codec):
     def decode_array(self, payload, shape, limits: DecodeLimits) -> np.ndarray:
         return _raw(payload, shape, "<f4").astype(np.float32)
 
+    def decode_raw(self, payload, shape, limits: DecodeLimits) -> RawArray:
+        return RawArray(_raw(payload, shape, "<f4").reshape(-1), None, None, 1, tuple(shape))
+
 
 @register_codec("fp16", codec_id=2)
 class Float16Codec(Codec):
@@ -50,6 +53,10 @@ class Float16Codec(Codec):
 
     def decode_array(self, payload, shape, limits: DecodeLimits) -> np.ndarray:
         return _raw(payload, shape, "<f2").astype(np.float32)
+
+    def decode_raw(self, payload, shape, limits: DecodeLimits) -> RawArray:
+        """The half values (converted on the runtime's device)."""
+        return RawArray(_raw(payload, shape, "<f2").reshape(-1), None, None, 1, tuple(shape))
 
     def error_bound(self, x: np.ndarray) -> float:
         if x.size == 0:

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .base import Codec, Param
+from .base import Codec, Param, RawArray
 from .errors import DecodeLimits, require
 from .registry import register_codec
 
@@ -60,6 +60,10 @@ class Int8Codec(Codec):
         return scale.astype("<f4").tobytes() + zp.tobytes() + q.tobytes()
 
     def decode_array(self, payload, shape, limits: DecodeLimits) -> np.ndarray:
+        return self.decode_raw(payload, shape, limits).dequantize()
+
+    def decode_raw(self, payload, shape, limits: DecodeLimits) -> RawArray:
+        """The uint8 values (channel axis first when per channel), scales and zero points."""
         ndim = len(shape)
         axis = self._axis(ndim)
         n_ch = shape[axis] if axis is not None else 1
@@ -71,11 +75,8 @@ class Int8Codec(Codec):
         moved_shape = shape
         if axis is not None:
             moved_shape = (shape[axis], *shape[:axis], *shape[axis + 1 :])
-        x = np.frombuffer(payload[5 * n_ch :], np.uint8).reshape(moved_shape).astype(np.float32)
-        bshape = (-1,) + (1,) * (ndim - 1) if axis is not None else ()
-        x -= zp.reshape(bshape)  # in place: 4 bytes an element
-        x *= scale.reshape(bshape)
-        return np.moveaxis(x, 0, axis) if axis is not None else x
+        values = np.frombuffer(payload[5 * n_ch :], np.uint8)
+        return RawArray(values, scale, zp, n // n_ch if n_ch else 1, moved_shape, axis)
 
     def error_bound(self, x: np.ndarray) -> float:
         if x.size == 0:

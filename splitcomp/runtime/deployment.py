@@ -6,7 +6,9 @@ outputs and encodes each result.
 time), so the embedded server runs it in a worker thread (:meth:`Deployment.run`) and a Ray
 Serve replica calls it the same way (:func:`~.handler.handle_frames`). It only reads bitstream
 headers before handing the bytes to the codec, and checks them first: a request may cost the
-server no more than the largest input its tail takes (:attr:`Deployment.decode_limits`).
+server no more than the largest input its tail takes (:attr:`Deployment.decode_limits`). A
+batch decodes in one call (:mod:`.batch_decode`): every header of the batch is checked before
+any payload, and codecs with a raw form are dequantized in torch on the tail's device.
 """
 
 from __future__ import annotations
@@ -24,10 +26,15 @@ from .. import codecs as _codecs
 from ..codecs import BitstreamError, DecodeLimits, Header
 from ..codecs.resilient import concealing
 from . import protocol as P
+from .batch_decode import BatchDecoder, request_error
 from .device import OnDevice, resolve_device
 from .errors import RequestError
 from .protocol import ErrorCode
 from .service import BatchResult, QueueCheck, Service, Work, register_service
+
+#: threads of a deployment's decode pool (0: decode in its worker thread): see
+#: ``benchmarks/serve_load.py`` for what a pool gains with each codec
+DECODE_THREADS = 0
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ class BatchReport:
     replies: list[Reply]
     tail_calls: list[int] = field(default_factory=list)  #: samples per tail call
     decode_s: float = 0.0
-    decode_cpu_s: float = 0.0  #: CPU of the calling thread while decoding
+    decode_cpu_s: float = 0.0  #: CPU of the calling thread (and the decode pool) decoding
     tail_s: float = 0.0
     tail_cpu_s: float = 0.0  #: CPU of the calling thread during tail calls
     encode_s: float = 0.0  #: stacking, splitting and result encoding
@@ -125,6 +132,9 @@ class Deployment(Service):
     (:func:`~.device.resolve_device`; :class:`~.device.DeviceError` for a missing GPU);
     off the CPU each batch travels through pinned memory and its outputs come back to the
     CPU for encoding (:class:`~.device.OnDevice`).
+    ``batch_decode``: decode each batch in one call (:mod:`.batch_decode`: headers checked
+    first, raw codecs dequantized on ``device``, the rest in a pool of ``decode_threads``,
+    0: none); False decodes request by request (the former path, kept to compare).
     """
 
     def __init__(self, name: str, tail: nn.Module | Callable[..., Any], *,
@@ -135,7 +145,8 @@ class Deployment(Service):
                  input_specs: Sequence[InputSpec] | str | None = "auto",
                  result_codec: str = "fp32",
                  allowed_clients: Iterable[str] | None = None,
-                 device: str | torch.device | None = "cpu") -> None:
+                 device: str | torch.device | None = "cpu",
+                 batch_decode: bool = True, decode_threads: int = DECODE_THREADS) -> None:
         super().__init__(name, codecs=codecs, limits=limits, max_batch_size=max_batch_size,
                          max_wait_ms=max_wait_ms, allowed_clients=allowed_clients)
         self.device = resolve_device(device)
@@ -157,6 +168,8 @@ class Deployment(Service):
         if result_codec not in ("fp32", "fp16"):
             raise ValueError("result_codec must be 'fp32' (lossless) or 'fp16'")
         self.result_codec = _codecs.get(result_codec)
+        self.batch_decode = batch_decode
+        self.decoder = BatchDecoder(self.device, decode_threads)
 
     frame_type = P.TYPE_REQUEST
 
@@ -270,28 +283,35 @@ class Deployment(Service):
         except BitstreamError as e:
             raise RequestError(ErrorCode.BAD_BITSTREAM, str(e)) from None
 
+    def close(self) -> None:
+        """Stop the decode pool's threads."""
+        self.decoder.close()
+
     # -- a batch ---------------------------------------------------------------------
     def run_batch(self, bitstreams: Sequence[bytes | memoryview]) -> BatchReport:
         """Decode, group, run the tail once per group (at most ``max_batch_size`` samples a
-        call), split and encode. Never raises for a bad request: each gets its own error."""
+        call), split and encode. Never raises for a bad request: each gets its own error.
+
+        A subclass that overrides :meth:`decode` keeps it: its batches decode request by
+        request, as with ``batch_decode=False``."""
         replies = [Reply() for _ in bitstreams]
         report = BatchReport(replies)
-        inputs: list[tuple[torch.Tensor, ...] | None] = []
         groups: dict[Any, list[int]] = {}
         c0 = time.thread_time()
-        for i, data in enumerate(bitstreams):
+        if self.batch_decode and type(self).decode is Deployment.decode:
             t0 = time.perf_counter()
-            try:
-                tensors = self.decode(data)
-            except RequestError as e:
-                replies[i].error = e
-                tensors = None
-            except Exception as e:  # a codec bug must not take the batch down
-                replies[i].error = RequestError(ErrorCode.INTERNAL, f"decode failed: {e!r}"[:300])
-                tensors = None
-            replies[i].decode_s = time.perf_counter() - t0
-            report.decode_s += replies[i].decode_s
-            inputs.append(tensors)
+            batch = self.decoder.decode(bitstreams, self.limits, self.check_header)
+            self.concealed_slices += batch.concealed
+            inputs = batch.inputs
+            report.decode_s = time.perf_counter() - t0
+            for r, e in zip(replies, batch.errors, strict=True):
+                r.error, r.decode_s = e, report.decode_s / max(len(replies), 1)
+            pool_cpu_s = batch.pool_cpu_s
+        else:
+            inputs = [self._decode_one(data, r, report) for data, r in zip(bitstreams, replies,
+                                                                           strict=True)]
+            pool_cpu_s = 0.0
+        for i, tensors in enumerate(inputs):
             if tensors is None:
                 continue
             n = tensors[0].shape[0]
@@ -300,11 +320,23 @@ class Deployment(Service):
             else:
                 key = ("alone", i)  # not batch-first: never stacked with others
             groups.setdefault(key, []).append(i)
-        report.decode_cpu_s = time.thread_time() - c0
+        report.decode_cpu_s = time.thread_time() - c0 + pool_cpu_s
         for members in groups.values():
             for call in self._chunks(members, inputs):
                 self._run_call(call, inputs, report)
         return report
+
+    def _decode_one(self, data: bytes | memoryview, reply: Reply,
+                    report: BatchReport) -> tuple[torch.Tensor, ...] | None:
+        """One request by :meth:`decode`: its tensors, or None with ``reply.error`` set."""
+        t0 = time.perf_counter()
+        try:
+            tensors = self.decode(data)
+        except Exception as e:  # a codec bug must not take the batch down
+            reply.error, tensors = request_error(e), None
+        reply.decode_s = time.perf_counter() - t0
+        report.decode_s += reply.decode_s
+        return tensors
 
     def _chunks(self, members: list[int], inputs: list) -> list[list[int]]:
         calls: list[list[int]] = [[]]
