@@ -103,7 +103,19 @@ def _build_phases(height: int, width: int) -> tuple[np.ndarray, ...]:
 
 
 def geometry(shape: tuple[int, ...], axis: int | None) -> Geometry:
-    """Planes of ``shape`` around channel axis ``axis`` (``None``: no channels)."""
+    """Planes of ``shape`` around channel axis ``axis`` (``None``: no channels); those of
+    small planes are kept (a server decodes the same shapes over and over)."""
+    if math.prod(shape[axis + 1 :] if axis is not None else shape) <= _CACHED_PLANE:
+        return _cached_geometry(tuple(shape), axis)
+    return _geometry(shape, axis)
+
+
+@lru_cache(maxsize=64)
+def _cached_geometry(shape: tuple[int, ...], axis: int | None) -> Geometry:
+    return _geometry(shape, axis)
+
+
+def _geometry(shape: tuple[int, ...], axis: int | None) -> Geometry:
     n = math.prod(shape)
     if axis is None or not shape:
         rows, channels, rest = 1, 1, shape

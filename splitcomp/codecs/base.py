@@ -81,6 +81,10 @@ class Codec(abc.ABC):
     quality_grid: ClassVar[tuple[float, ...]] = ()
     #: whether the codec codes against a context sent once per session (see the hooks below)
     has_session_context: ClassVar[bool] = False
+    #: whether an instance is an immutable value of its parameters, so the container may
+    #: reuse one decoder per parameter set instead of building it for every stream (off for
+    #: codecs that bind a session context or an inner codec when built)
+    reusable: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         known = {p.name: p for p in self.params_spec}

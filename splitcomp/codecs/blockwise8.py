@@ -17,6 +17,7 @@ from .registry import register_codec
 
 @register_codec("blockwise8", codec_id=5)
 class Blockwise8Codec(Codec):
+    reusable = True
     params_spec = (Param("block", int, 64, low=1, high=1 << 20, doc="values per absmax scale"),)
 
     def _blocks(self, x: np.ndarray) -> tuple[np.ndarray, int]:

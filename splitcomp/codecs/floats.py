@@ -32,6 +32,7 @@ def _to_bf16_bits(x: np.ndarray) -> np.ndarray:
 class Float32Codec(Codec):
     """The uncompressed reference: 32 bits per element, lossless for fp32/fp16/bf16 input."""
 
+    reusable = True
     lossless = True
 
     def encode_array(self, x: np.ndarray) -> bytes:
@@ -47,6 +48,8 @@ class Float32Codec(Codec):
 @register_codec("fp16", codec_id=2)
 class Float16Codec(Codec):
     """IEEE half precision, 16 bits per element; saturates at +-65504 instead of overflowing."""
+
+    reusable = True
 
     def encode_array(self, x: np.ndarray) -> bytes:
         return np.clip(x, -FP16_MAX, FP16_MAX).astype("<f2").tobytes()
@@ -68,6 +71,8 @@ class Float16Codec(Codec):
 @register_codec("bf16", codec_id=3)
 class BFloat16Codec(Codec):
     """bfloat16 (fp32 range, 8-bit mantissa), 16 bits per element, round to nearest even."""
+
+    reusable = True
 
     def encode_array(self, x: np.ndarray) -> bytes:
         return _to_bf16_bits(x).astype("<u2", copy=False).tobytes()

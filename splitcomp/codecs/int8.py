@@ -27,6 +27,7 @@ def _channels_view(x: np.ndarray, axis: int | None) -> np.ndarray:
 class Int8Codec(Codec):
     """Scale / zero-point uint8 quantization (8 bits per element plus 5 bytes per channel)."""
 
+    reusable = True
     params_spec = (
         Param("per_channel", bool, False, doc="one scale per slice along axis"),
         Param("axis", int, 1, low=-8, high=7, doc="channel axis when per_channel"),

@@ -159,6 +159,8 @@ def _run_tables(lengths: np.ndarray, first: bool) -> tuple[float, list]:
 class RansCodec(Codec):
     """Per-tensor uniform quantization, rANS-coded with cost-model-chosen blocking (module doc)."""
 
+    reusable = True
+
     params_spec = (
         Param("bits", int, 8, low=2, high=16, doc="2**bits - 1 steps span the clipped range"),
         Param(

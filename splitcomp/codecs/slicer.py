@@ -89,6 +89,8 @@ def quality_settings(quality: float) -> tuple[float, float]:
 class SlicerCodec(Codec):
     """Top-K filtering per sign, block-allocated uniform grids, context-coded mask (rANS)."""
 
+    reusable = True
+
     params_spec = (
         Param("quality", float, 0.6, low=0.0, high=1.0, doc="rate/fidelity knob (0, 1]"),
         Param("keep_pos", float, -1.0, low=-1.0, high=1.0, doc="kept fraction of positives"),

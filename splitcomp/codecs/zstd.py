@@ -18,6 +18,7 @@ MAX_BLOCK = 1 << 17
 
 @register_codec("zstd", codec_id=6)
 class ZstdCodec(Codec):
+    reusable = True
     params_spec = (Param("level", int, 3, low=-7, high=22, doc="zstandard level"),)
 
     def encode_array(self, x: np.ndarray) -> bytes:
