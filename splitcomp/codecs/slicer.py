@@ -50,6 +50,7 @@ import struct
 import numpy as np
 
 from . import _slicer_fused as fused
+from . import _slicer_fused_enc as fused_enc
 from . import _slicer_jit as jit
 from . import _slicer_mask as mk
 from . import _slicer_values as vl
@@ -182,6 +183,10 @@ class SlicerCodec(Codec):
         n_levels = sum(g.levels for _, g in signs)
         geo = mk.geometry(x.shape, self._axis(x.ndim))
         planes = kept.reshape(geo.planes, geo.plane_size)
+        if jit.active():  # the mask and the levels in one compiled pass
+            more, tail = fused_enc.encode_tail(planes, values, [(s, g.levels) for s, g in signs],
+                                               geo)
+            return bytes([flags | more]) + bytes(head) + tail
         mask_a = np.take(planes, geo.phase_a, axis=1)
         mask_b = np.take(planes, geo.phase_b, axis=1)
         parts = AnsWriter()  # streams in decoding order

@@ -242,6 +242,16 @@ def _build() -> SimpleNamespace:
                 return False
         return True
 
+    @njit(cache=True, nogil=True)
+    def write_parts(buf, st, cdfs, sizes, bounds, symbols):  # pragma: no cover - compiled
+        """:func:`write` of parts ``symbols[bounds[i]:bounds[i + 1]]`` under the model
+        ``cdfs[i, : sizes[i] + 1]``, part 0 first (so the last part decodes first)."""
+        for i in range(sizes.size):
+            if not write(buf, st, cdfs[i, : sizes[i] + 1], symbols, bounds[i], bounds[i + 1]):
+                return False
+        return True
+
     return SimpleNamespace(quantized_cdf=quantized_cdf, reader_init=reader_init, read=read,
                            slot_table=slot_table, read_slots=read_slots, read_rows=read_rows,
-                           write=write, write_rows=write_rows, finish=finish)
+                           write=write, write_rows=write_rows, write_parts=write_parts,
+                           finish=finish)

@@ -30,7 +30,9 @@ import constriction
 import numpy as np
 import pcodec
 
+from .. import _slicer_jit
 from ..errors import BitstreamError, native_error, require
+from . import _ans_jit
 
 __all__ = ["AnsReader", "AnsWriter", "Model", "categorical", "pco_decode", "pco_encode"]
 
@@ -45,12 +47,8 @@ _SLOTS_ABOVE, _SLOT_BITS = 64, 12
 def _compiled():
     """The compiled coder's kernels (:mod:`._ans_jit`), or None: numba absent or switched
     off (``SPLITCOMP_SLICER_JIT=0``; the switch is ``_slicer_jit.ENABLED``)."""
-    from .. import _slicer_jit
-
     if not _slicer_jit.active():
         return None
-    from . import _ans_jit
-
     return _ans_jit.kernels()
 
 
@@ -135,16 +133,35 @@ class AnsWriter:
         total = sum(len(part[0]) for part in self._parts)
         buf = np.empty(total * 24 // 32 + 3, np.uint32)
         state = np.zeros(2, np.uint64)
-        for symbols, model, *rows in reversed(self._parts):
-            sym = np.ascontiguousarray(symbols, np.int32)
-            if model is None:
-                ok = k.write_rows(buf, state, np.ascontiguousarray(rows[0], np.float64), sym)
-            else:
-                ok = k.write(buf, state, model.cdf(k), sym, 0, sym.size)
-            if not ok:
+        run: list[tuple] = []  # model parts in a row: coded in one call
+        for part in reversed(self._parts):
+            if part[1] is not None:
+                run.append(part)
+                continue
+            self._write_run(k, buf, state, run)
+            run = []
+            sym = np.ascontiguousarray(part[0], np.int32)
+            if not k.write_rows(buf, state, np.ascontiguousarray(part[2], np.float64), sym):
                 raise ValueError("rANS: a symbol outside its model")
+        self._write_run(k, buf, state, run)
         n = k.finish(buf, state)
         return buf[:n].astype("<u4").tobytes()
+
+    @staticmethod
+    def _write_run(k, buf: np.ndarray, state: np.ndarray, run: list[tuple]) -> None:
+        """Code ``run`` (model parts, last-decoded first) in one kernel call."""
+        if not run:
+            return
+        cdfs = [model.cdf(k) for _, model in run]
+        table = np.full((len(run), max(c.size for c in cdfs)), 1 << 24, np.uint32)
+        for i, c in enumerate(cdfs):
+            table[i, : c.size] = c
+        sizes = np.array([m.freqs.size for _, m in run], np.int64)
+        bounds = np.zeros(len(run) + 1, np.int64)
+        np.cumsum([len(sym) for sym, _ in run], out=bounds[1:])
+        symbols = np.concatenate([np.asarray(sym, np.int32).reshape(-1) for sym, _ in run])
+        if not k.write_parts(buf, state, table, sizes, bounds, symbols):
+            raise ValueError("rANS: a symbol outside its model")
 
 
 class AnsReader:
