@@ -1,9 +1,11 @@
-"""SLICER's per-element loops compiled with numba: one pass where numpy needs several calls.
+"""The codecs' compiled path (numba): SLICER's per-element loops, and the switch for all of it.
 
-Each kernel computes exactly what its numpy reference in :mod:`._slicer_mask` or
-:mod:`._slicer_values` computes (same dtypes, same bytes on the wire); the numpy path stays the
+:data:`ENABLED` (``SPLITCOMP_SLICER_JIT=0`` turns it off) also selects the fused slicer decoder
+and encoder (:mod:`._slicer_fused`, :mod:`._slicer_fused_enc`) and the compiled rANS behind
+``AnsWriter``/``AnsReader`` (:mod:`.entropy._ans_jit`). Each kernel computes exactly what its
+numpy reference computes (same dtypes, same bytes on the wire); the numpy path stays the
 reference and is what runs when numba is not installed (the torch-free edge install) or when
-``SPLITCOMP_SLICER_JIT=0`` is set. Tests flip :data:`ENABLED` to compare the two.
+the variable is set to 0. Tests flip :data:`ENABLED` to compare the two.
 
 numba is imported and the kernels compiled (or loaded from numba's on-disk cache) on first
 use, not when :mod:`splitcomp.codecs` is imported.
