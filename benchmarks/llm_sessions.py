@@ -216,7 +216,8 @@ def measure(args: argparse.Namespace) -> dict:
                "--max-batch-size", str(args.sessions), "--max-wait-ms", str(args.max_wait_ms)]
         if args.server_has_context:
             cmd += [a for f in args.codec_context for a in ("--codec-context", f)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        cmd += getattr(args, "server_args", [])
+        env = {**os.environ, "OMP_NUM_THREADS": "1", **getattr(args, "server_env", {})}
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
         try:
             model, tok = load_lm(args.model)
@@ -234,6 +235,24 @@ def measure(args: argparse.Namespace) -> dict:
             "codec": args.codec, "params": args.param, "sessions": args.sessions,
             "prompt_tokens": [len(p) for p in prompts], "new_tokens_per_session": args.new_tokens,
             "max_wait_ms": args.max_wait_ms, **r}
+
+
+def before_after(args: argparse.Namespace) -> dict:
+    """:func:`measure` with the codecs' numpy path (server and edges), then compiled."""
+    from splitcomp.codecs import _slicer_jit as jit
+
+    runs = {}
+    for label, on in (("before", False), ("after", True)):
+        jit.ENABLED = on
+        jit.ENABLED = jit.active()  # off where numba is absent: then both runs are "before"
+        env = {} if on else {"SPLITCOMP_SLICER_JIT": "0"}
+        runs[label] = measure(argparse.Namespace(**{**vars(args), "server_env": env}))
+    b, a = runs["before"], runs["after"]
+    return {**runs, "tokens_per_s_after_vs_before": a["tokens_per_s"] / b["tokens_per_s"],
+            "server_ms_per_token_after_vs_before": a["server_ms_per_token"]
+            / b["server_ms_per_token"],
+            "note": "one run, both halves on this shared 2-core machine; before = "
+                    "SPLITCOMP_SLICER_JIT=0 (numpy + constriction), after = compiled"}
 
 
 def _serve(args: argparse.Namespace, tokens: Path, port: int) -> tuple[subprocess.Popen, str]:
@@ -412,6 +431,9 @@ def main() -> None:
                    help="give the server the --codec-context files too (default: it starts "
                         "without the codec context and receives it at OPEN)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--before-after", action="store_true",
+                   help="the same run twice: codecs' numpy path and constriction on both sides "
+                        "(before issue #15), then the compiled path (after); tokens/s ratio")
     p.add_argument("--restart", action="store_true",
                    help="kill -9 the server mid-step, restart it, check the tokens")
     p.add_argument("--bombs", action="store_true",
@@ -426,6 +448,13 @@ def main() -> None:
         print(text)
         if args.json is not None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(text + "\n")
+        return
+    if args.before_after:
+        out = before_after(args)
+        text = json.dumps(out, indent=2)
+        print(text)
+        if args.json is not None:
             args.json.write_text(text + "\n")
         return
     out = measure(args)
