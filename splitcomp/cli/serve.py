@@ -114,6 +114,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--max-frame-bytes", type=int, default=16 << 20)
+    p.add_argument("--transport", choices=("websockets", "picows", "asyncio"), default=None,
+                   help="WebSocket implementation, same wire bytes (default: the fastest "
+                        "installed; docs/transport.md)")
     g = p.add_argument_group("limits and fairness (docs/protocol.md)")
     g.add_argument("--max-inflight-per-client", type=int, default=256,
                    help="requests a client (token; without tokens: session or connection) may "
@@ -344,7 +347,7 @@ def build_server(args: argparse.Namespace) -> Server:
                   max_batch_bytes=args.max_batch_bytes, fair_grace_ms=args.fair_grace_ms,
                   output_pause_bytes=args.output_pause_bytes,
                   max_output_bytes=args.max_output_bytes,
-                  request_timeout_s=args.request_timeout,
+                  request_timeout_s=args.request_timeout, transport=args.transport,
                   metrics_public=args.metrics_public and not args.metrics_private)
 
 

@@ -1,13 +1,13 @@
-"""The embedded server's transport: one process, asyncio, WebSocket binary frames
-(``docs/protocol.md``).
+"""The embedded server: one process, asyncio, WebSocket binary frames (``docs/protocol.md``).
 
-:class:`Server` owns the sockets: the handshake (bearer token checked, nothing decoded
-before), ``GET /metrics`` (Prometheus text) and ``GET /healthz`` on the same port, one read
-loop and one writer task per connection with backpressure (a connection whose answers are not
-read is not read either, and is closed past a bound), and the lifecycle (start, graceful stop,
-serve until a signal). What happens to a received frame is not its job:
-:class:`~.admission.Admission` admits it (routing, limits, dedup) to a
-:class:`~.service.Service` (a vision
+:class:`Server` decides who connects: the handshake (bearer token checked, nothing decoded
+before), ``GET /metrics`` (Prometheus text) and ``GET /healthz`` on the same port; it gives
+each connection its answer queue with backpressure (a connection whose answers are not read
+is not read either, and is closed past a bound: :class:`~.transport.Conn`), and owns the
+lifecycle (start, graceful stop, serve until a signal). The sockets and the WebSocket framing
+are a :mod:`.transport` chosen by name (``websockets``, ``picows``, ``asyncio``). What
+happens to a received frame is not its job: :class:`~.admission.Admission` admits it (routing,
+limits, dedup) to a :class:`~.service.Service` (a vision
 :class:`~.deployment.Deployment`, an :class:`~.llm.LLMDeployment`), whose batches the
 :class:`~.scheduling.Scheduler` runs in one worker thread per service while the event loop
 keeps serving; answers come back through each connection's writer.
@@ -23,18 +23,10 @@ import signal
 import sys
 import threading
 import time
-import weakref
-from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-
-from websockets.asyncio.server import ServerConnection
-from websockets.asyncio.server import serve as ws_serve
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
 from . import protocol as P
 from .admission import Admission
@@ -47,95 +39,15 @@ from .scheduling import Scheduler
 from .service import Service, Work
 from .stats import CONTENT_TYPE, ServerMetrics
 from .tls import TlsLike, server_context
+from .transport import DEFAULT as DEFAULT_TRANSPORT
+from .transport import Accept, Conn, Link, Options, Reply, Transport, transport_class
+from .transport.base import CLOSE_ANSWERS_UNREAD
 
 log = logging.getLogger("splitcomp.runtime")
 
 _SESSION_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 Services = Service | Iterable[Service] | Mapping[str, Service]
-
-#: received frames a connection may hold unread, in bytes: websockets' queue of incoming
-#: frames is sized from it and the largest frame (2 to 64 frames)
-INPUT_BUFFER_BYTES = 16 << 20
-#: bytes of the socket's write buffer above which sending waits (websockets' write_limit)
-WRITE_LIMIT_BYTES = 32 << 10
-#: close code (policy violation) for a connection that left too many answers unread
-CLOSE_ANSWERS_UNREAD = 1008
-
-
-def input_queue_frames(max_frame_bytes: int) -> int:
-    """How many received frames a connection buffers before it stops reading the socket."""
-    return max(2, min(64, INPUT_BUFFER_BYTES // max(max_frame_bytes, 1)))
-
-
-@dataclass(eq=False)
-class _Conn:
-    """One client connection and its writer: answers are queued and sent in order by one
-    task, so a slow client never holds up the event loop or other clients.
-
-    Backpressure: once more than ``pause_bytes`` of answers wait to be sent (the client is not
-    reading them), :attr:`resume` is cleared and the server reads no more requests from it
-    until half of that is left; past ``max_bytes`` the queue is dropped and
-    ``on_overflow`` closes the connection."""
-
-    ws: ServerConnection
-    client_id: str
-    identity: Hashable  #: dedup namespace: client id + session (or this connection)
-    inflight_key: Hashable  #: whose in-flight limits and fair share this connection counts in
-    pause_bytes: int = 1 << 20
-    max_bytes: int = 32 << 20
-    on_overflow: Callable[[_Conn], None] | None = None
-    out: deque = field(default_factory=deque)
-    out_bytes: int = 0  #: answer bytes queued, the one being written included
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    resume: asyncio.Event = field(default_factory=asyncio.Event)  #: set: reading allowed
-    closed: bool = False
-    closer: asyncio.Task | None = None  #: closing it for unread answers
-
-    def __post_init__(self) -> None:
-        self.resume.set()
-
-    def send(self, frame: bytes) -> None:
-        if self.closed:
-            return
-        self.out.append(frame)
-        self.out_bytes += len(frame)
-        if self.out_bytes > self.max_bytes:  # drop it all, wake the reader and writer to end
-            self.closed = True
-            self.out.clear()
-            self.out_bytes = 0
-            self.resume.set()
-            if self.on_overflow is not None:
-                self.on_overflow(self)
-        elif self.out_bytes > self.pause_bytes:
-            self.resume.clear()
-        self.wake.set()
-
-    async def write_loop(self) -> None:
-        out, wake, ws = self.out, self.wake, self.ws
-        try:
-            while not self.closed:
-                await wake.wait()
-                wake.clear()
-                while out and not self.closed:
-                    frame = out[0]
-                    await ws.send(frame)  # waits while the socket's write buffer is full
-                    if self.closed:
-                        break
-                    out.popleft()
-                    self.out_bytes -= len(frame)
-                    if self.out_bytes <= self.pause_bytes // 2:
-                        self.resume.set()
-        except ConnectionClosed:
-            pass
-        except Exception:  # pragma: no cover - never expected; keep the server up
-            log.exception("writer failed")
-        finally:
-            self.closed = True
-            out.clear()
-            self.out_bytes = 0
-            self.resume.set()
-
 
 class Server:
     """Serve one or more :class:`~.service.Service` s (vision deployments, LLM deployments)
@@ -156,6 +68,8 @@ class Server:
     catches up, and is closed (1008) past ``max_output_bytes``. ``dedup_*`` size the memory
     of recent answers (see :mod:`.dedup`). ``metrics_public``: serve ``/metrics`` without a
     token (with tokens it takes a valid one by default; ``/healthz`` is always open).
+    ``transport``: ``websockets``, ``picows`` or ``asyncio`` (:mod:`.transport`; default
+    :data:`~.transport.DEFAULT`), each with TLS and the same wire bytes.
     """
 
     def __init__(self, deployments: Services = (), host: str = "127.0.0.1", port: int = 0, *,
@@ -169,7 +83,7 @@ class Server:
                  output_pause_bytes: int = 1 << 20, max_output_bytes: int = 32 << 20,
                  dedup_entries: int = 65536, dedup_bytes: int = 64 << 20,
                  dedup_ttl_s: float = 60.0, metrics_public: bool = False,
-                 ping_interval: float | None = 20.0,
+                 ping_interval: float | None = 20.0, transport: str | None = None,
                  llm: Iterable[Service] = ()) -> None:
         if isinstance(deployments, Service):
             deployments = [deployments]
@@ -196,12 +110,9 @@ class Server:
         self.max_output_bytes = max_output_bytes
         self.metrics_public = metrics_public
         self.ping_interval = ping_interval
-        self._conns: set[_Conn] = set()
-        self._closing: set[asyncio.Task] = set()  #: closes of connections that overflowed
-        # accepted handshakes waiting for their handler (weak: a connection lost in between
-        # leaves nothing behind)
-        self._handshakes: weakref.WeakKeyDictionary[ServerConnection, tuple[str, str | None]] = (
-            weakref.WeakKeyDictionary())
+        self.transport_name = transport or DEFAULT_TRANSPORT
+        self._transport_class = transport_class(self.transport_name)
+        self._conns: set[Conn] = set()
         self.metrics = ServerMetrics(
             inflight=lambda: self.admission.inflight.total,
             connections=lambda: len(self._conns), loop_cpu=self._loop_cpu,
@@ -217,7 +128,7 @@ class Server:
                                    self.dedup, max_inflight_per_client=max_inflight_per_client,
                                    max_inflight_bytes_per_client=max_inflight_bytes_per_client,
                                    max_queue=max_queue)
-        self._ws_server: Any = None
+        self._transport: Transport | None = None
         self._loop_thread: int | None = None
         self._stopped: asyncio.Event | None = None
 
@@ -239,26 +150,27 @@ class Server:
 
     async def start(self) -> None:
         """Bind and start serving (returns once listening; ``port`` then holds the real port)."""
-        if self._ws_server is not None:
+        if self._transport is not None:
             raise RuntimeError("server already started")
         self._loop_thread = threading.get_ident()
         self.admission.draining = False
         self._stopped = asyncio.Event()
         self.scheduler.start()
-        self._ws_server = await ws_serve(
-            self._handler, self.host, self.port, ssl=self.ssl,
-            process_request=self._process_request, process_response=self._process_response,
-            max_size=self.max_frame_bytes, compression=None,
-            max_queue=input_queue_frames(self.max_frame_bytes), write_limit=WRITE_LIMIT_BYTES,
-            ping_interval=self.ping_interval, server_header="splitcomp",
-        )
-        self.port = self._ws_server.sockets[0].getsockname()[1]
-        log.info("serving %s at %s", ", ".join(self.services), self.url)
+        self._transport = self._transport_class(
+            self, Options(self.max_frame_bytes, self.ping_interval))
+        try:
+            self.port = await self._transport.start(self.host, self.port, self.ssl)
+        except BaseException:
+            self._transport = None
+            raise
+        log.info("serving %s at %s (%s)", ", ".join(self.services), self.url,
+                 self.transport_name)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Graceful shutdown: stop accepting connections, answer new requests UNAVAILABLE,
         finish the queued ones (up to ``grace_s``), then close connections (1001)."""
-        if self._ws_server is None:
+        transport = self._transport
+        if transport is None:
             return
         if self.admission.draining:
             assert self._stopped is not None
@@ -266,31 +178,18 @@ class Server:
             return
         self.admission.draining = True
         deadline = time.monotonic() + grace_s
-        self._ws_server.server.close()  # stop listening: the port is free for a restart
+        transport.stop_listening()  # the port is free for a restart
         await self.scheduler.drain(deadline)
         while any(c.out for c in self._conns) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
-        self._ws_server.close(code=P.CLOSE_GOING_AWAY, reason="server shutting down")
-        try:
-            await asyncio.wait_for(self._ws_server.wait_closed(),
-                                   max(deadline - time.monotonic(), 1.0))
-        except TimeoutError:  # peers that never finish closing: stop waiting for them
-            lingering = list(self._ws_server.handler_tasks)
-            log.warning("%d connection(s) still open after the grace period: dropped",
-                        len(lingering))
-            for c in self._conns:
-                c.ws.transport.abort()
-            for task in lingering:
-                task.cancel()
-            await asyncio.wait(lingering, timeout=1.0)
-        if self._closing:
-            await asyncio.wait(self._closing, timeout=2.0)
+        await transport.close_all(P.CLOSE_GOING_AWAY, "server shutting down",
+                                  max(deadline - time.monotonic(), 1.0))
         for service, work in await self.scheduler.stop():
             service.settle(work, False)
             self._answer(service, work, P.encode_error(work.request_id, P.ErrorCode.UNAVAILABLE,
                                                        "server shutting down"), False)
         self.scheduler.close()
-        self._ws_server = None
+        self._transport = None
         assert self._stopped is not None
         self._stopped.set()
         log.info("server stopped")
@@ -330,116 +229,71 @@ class Server:
         """CPU seconds of the event-loop thread (metrics render on that thread)."""
         return time.thread_time() if self._loop_thread == threading.get_ident() else math.nan
 
-    # -- handshake -------------------------------------------------------------------
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0]
+    # -- the transport's gate --------------------------------------------------------
+    def handshake(self, path: str, header: Callable[[str], str | None]) -> Reply | Accept:
+        """Who may connect (:class:`~.transport.Gate`): a plain HTTP reply for /healthz,
+        /metrics and refusals (before any frame is read), else the accepted client."""
+        path = path.split("?", 1)[0]
         if path == "/healthz":
-            return connection.respond(HTTPStatus.OK, "ok\n")
+            return Reply(HTTPStatus.OK, b"ok\n")
         if path == "/metrics":
-            if not self.metrics_public and self._client_of(request) is None:
-                return self._refuse(connection, "unauthorized")
-            resp = connection.respond(HTTPStatus.OK, self.metrics.render())
-            del resp.headers["Content-Type"]
-            resp.headers["Content-Type"] = CONTENT_TYPE
-            return resp
+            if not self.metrics_public and self._client_of(header) is None:
+                return self._refuse("unauthorized")
+            return Reply(HTTPStatus.OK, self.metrics.render().encode(), content_type=CONTENT_TYPE)
         if self.admission.draining:
             self.metrics.handshakes_refused.inc(("shutting_down",))
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server shutting down\n")
-        if len(self._conns) + len(self._handshakes) >= self.max_connections:
+            return Reply(HTTPStatus.SERVICE_UNAVAILABLE, b"server shutting down\n")
+        assert self._transport is not None
+        if len(self._conns) + self._transport.pending() >= self.max_connections:
             self.metrics.handshakes_refused.inc(("too_many_connections",))
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
-        client_id = self._client_of(request)
+            return Reply(HTTPStatus.SERVICE_UNAVAILABLE, b"too many connections\n")
+        client_id = self._client_of(header)
         if client_id is None:
-            return self._refuse(connection, "unauthorized")
-        session = request.headers.get(P.HEADER_SESSION)
+            return self._refuse("unauthorized")
+        session = header(P.HEADER_SESSION.lower())
         if session is not None and not _SESSION_RE.match(session):
             self.metrics.handshakes_refused.inc(("bad_session",))
-            return connection.respond(HTTPStatus.BAD_REQUEST,
-                                      f"{P.HEADER_SESSION}: 1-64 characters [A-Za-z0-9_-]\n")
-        self._handshakes[connection] = (client_id, session)
-        return None
+            return Reply(HTTPStatus.BAD_REQUEST,
+                         f"{P.HEADER_SESSION}: 1-64 characters [A-Za-z0-9_-]\n".encode())
+        return Accept(client_id, session, [(P.HEADER_MAX_FRAME, str(self.max_frame_bytes)),
+                                           (P.HEADER_PROTOCOL, str(P.VERSION))])
 
-    def _process_response(self, connection: ServerConnection, request: Request,
-                          response: Response) -> None:
-        if response.status_code == HTTPStatus.SWITCHING_PROTOCOLS:
-            response.headers[P.HEADER_MAX_FRAME] = str(self.max_frame_bytes)
-            response.headers[P.HEADER_PROTOCOL] = str(P.VERSION)
-        else:
-            self._handshakes.pop(connection, None)
-
-    def _client_of(self, request: Request) -> str | None:
+    def _client_of(self, header: Callable[[str], str | None]) -> str | None:
         if self.tokens is None:
             return "anonymous"
-        return self.tokens.authenticate(request.headers.get("Authorization"))
+        return self.tokens.authenticate(header("authorization"))
 
-    def _refuse(self, connection: ServerConnection, reason: str) -> Response:
+    def _refuse(self, reason: str) -> Reply:
         self.metrics.handshakes_refused.inc((reason,))
-        resp = connection.respond(HTTPStatus.UNAUTHORIZED, "missing or invalid bearer token\n")
-        resp.headers["WWW-Authenticate"] = 'Bearer realm="splitcomp"'
-        return resp
+        return Reply(HTTPStatus.UNAUTHORIZED, b"missing or invalid bearer token\n",
+                     [("WWW-Authenticate", 'Bearer realm="splitcomp"')])
 
-    # -- frames ----------------------------------------------------------------------
-    async def _handler(self, ws: ServerConnection) -> None:
-        meta = self._handshakes.pop(ws, None)
-        if meta is None:  # pragma: no cover - every accepted handshake recorded one
-            await ws.close(P.CLOSE_PROTOCOL_ERROR, "no handshake record")
-            return
-        client_id, session = meta
-        identity = (client_id, session) if session else (client_id, "connection", ws.id)
+    def connected(self, link: Link, accept: Accept, conn_id: Hashable) -> Conn:
+        """A connection opened (:class:`~.transport.Gate`): its :class:`Conn`."""
+        client_id, session = accept.client_id, accept.session
+        identity = (client_id, session) if session else (client_id, "connection", conn_id)
         inflight_key = client_id if self.tokens is not None else identity
-        conn = _Conn(ws, client_id, identity, inflight_key, self.output_pause_bytes,
-                     self.max_output_bytes, self._overflowed)
+        conn = Conn(link, client_id, identity, inflight_key, self.admission.on_frame,
+                    self.output_pause_bytes, self.max_output_bytes, self._overflowed,
+                    self.metrics.reads_paused.inc)
         self._conns.add(conn)
         self.metrics.connections_total.inc()
-        writer = asyncio.create_task(conn.write_loop())
-        on_frame = self.admission.on_frame
-        try:
-            while not conn.closed:
-                if not conn.resume.is_set():  # answers pile up unread: stop reading requests
-                    self.metrics.reads_paused.inc()
-                    await conn.resume.wait()
-                    continue
-                frame = await ws.recv()
-                if isinstance(frame, str):
-                    await ws.close(P.CLOSE_UNSUPPORTED_DATA, "binary frames only")
-                    break
-                problem = on_frame(conn, frame)
-                if problem is not None:  # not even a request id: answer id 0 and hang up
-                    await ws.send(P.encode_error(P.NO_REQUEST_ID, P.ErrorCode.BAD_FRAME, problem))
-                    await ws.close(P.CLOSE_PROTOCOL_ERROR, "unparsable frame")
-                    break
-            if conn.closer is not None:
-                await conn.closer
-        except ConnectionClosed:
-            pass
-        except Exception:  # never let one connection take the server down
-            log.exception("connection handler failed")
-        finally:
-            conn.closed = True
-            writer.cancel()
-            self._conns.discard(conn)
+        return conn
 
-    def _overflowed(self, conn: _Conn) -> None:
+    def disconnected(self, conn: Conn) -> None:
+        conn.finish()
+        self._conns.discard(conn)
+
+    def _overflowed(self, conn: Conn) -> None:
         """``conn`` left more than ``max_output_bytes`` unread: its answers are dropped and
-        the connection closed (1008; after websockets' close timeout if it never reads)."""
+        the connection closed (1008; dropped after a second if it never reads)."""
         self.metrics.output_overflows.inc()
         log.warning("closing a connection of %r: more than %d answer bytes unread",
                     conn.client_id, self.max_output_bytes)
-        task = conn.closer = asyncio.get_running_loop().create_task(_close_unread(conn.ws))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        conn.link.close(CLOSE_ANSWERS_UNREAD, "answers not read")
 
     def _answer(self, service: Service, work: Work, frame: bytes, ok: bool) -> None:
         self.admission.answer(service, work, frame, ok)
-
-
-async def _close_unread(ws: ServerConnection) -> None:
-    """Close (1008) a connection whose answers are not read; a peer that does not read
-    the close frame either is dropped after a second."""
-    try:
-        await asyncio.wait_for(ws.close(CLOSE_ANSWERS_UNREAD, "answers not read"), 1.0)
-    except TimeoutError:
-        ws.transport.abort()
 
 
 class BackgroundServer:

@@ -1,8 +1,12 @@
 """Shared pieces of the runtime tests: a small split model, servers on ephemeral ports that are
-always stopped, and a raw WebSocket connection for sending hand-made frames."""
+always stopped, and a raw WebSocket connection for sending hand-made frames.
+
+``SPLITCOMP_TRANSPORT=picows`` (or ``asyncio``, ``websockets``) runs every server these tests
+start on that transport (``splitcomp.runtime.transport``); unset: the default one."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -19,6 +23,16 @@ from splitcomp.zoo import create_model
 @pytest.fixture(autouse=True)
 def _one_thread(single_thread: None) -> None:
     """One torch thread: a 2-core machine shared by server, clients and reference runs."""
+
+
+@pytest.fixture(autouse=True)
+def _transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The servers' transport from ``$SPLITCOMP_TRANSPORT`` (all of them, however started)."""
+    name = os.environ.get("SPLITCOMP_TRANSPORT")
+    if name:
+        import splitcomp.runtime.server as server
+
+        monkeypatch.setattr(server, "DEFAULT_TRANSPORT", name)
 
 
 class R20:
