@@ -1,0 +1,230 @@
+"""The kernels of :mod:`._ans_jit` (imported there, after numba's cache folder is set).
+
+Top-level functions, not closures: numba keys its on-disk cache by a function's code and its
+closure, and a closure over another compiled function differs in every process, so such a
+kernel would be compiled again by every process."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ._ans_jit import PRECISION
+
+mask24 = np.uint64((1 << PRECISION) - 1)
+low = np.uint64(1 << 32)
+shift_p = np.uint64(PRECISION)
+shift_w = np.uint64(32)
+shift_hi = np.uint64(64 - PRECISION)
+
+
+@njit(cache=True, nogil=True)
+def quantized_cdf(freqs, out):  # pragma: no cover - compiled
+    """``out[: n + 1]``: constriction's fast-quantized cdf of ``freqs`` (n floats);
+    False where constriction refuses the model (fewer than 2 symbols, no mass)."""
+    n = freqs.size
+    if n < 2 or n >= (1 << PRECISION) - 1 or out.size < n + 1:
+        return False
+    norm = 0.0
+    for i in range(n):
+        norm += freqs[i]
+    # constriction: the sum must be a normal, positive float
+    if not (norm >= 2.2250738585072014e-308 and norm < np.inf):
+        return False
+    scale = float((1 << PRECISION) - n) / norm
+    cum = 0.0
+    for i in range(n):
+        v = cum * scale
+        # Rust's float-to-int cast saturates (NaN to 0)
+        q = 0 if not (v > 0.0) else (0xFFFFFFFF if v >= 4294967295.0 else int(v))
+        out[i] = np.uint32((q + i) & 0xFFFFFFFF)
+        cum += freqs[i]
+    out[n] = np.uint32(1 << PRECISION)
+    return True
+
+
+@njit(cache=True, nogil=True)
+def reader_init(words, st):  # pragma: no cover - compiled
+    """Start decoding ``words`` (uint32): ``st = [state, words left]``; False for a
+    stream that ends in a zero word."""
+    n = words.size
+    if n == 0:
+        st[0] = np.uint64(0)
+        st[1] = np.uint64(0)
+        return True
+    if words[n - 1] == 0:
+        return False
+    state = np.uint64(words[n - 1])
+    left = n - 1
+    if left > 0:
+        left -= 1
+        state = (state << shift_w) | np.uint64(words[left])
+    st[0] = state
+    st[1] = np.uint64(left)
+    return True
+
+
+@njit(cache=True, nogil=True)
+def read(words, st, cdf, n_sym, count, out, at):  # pragma: no cover - compiled
+    """Decode ``count`` symbols of the model ``cdf[: n_sym + 1]`` into ``out[at:]``.
+
+    Decoding is latency-bound (each symbol needs the state the previous one left), so
+    the symbol search avoids branches: a fixed count of 15 compares when ``cdf`` has at
+    least 17 entries and those past ``n_sym`` are ``2**24`` (never below a quantile),
+    a variable count up to 64 symbols, a binary search above."""
+    state = st[0]
+    left = np.int64(st[1])
+    fixed = n_sym <= 16 and cdf.size >= 17
+    for k in range(count):
+        quantile = state & mask24
+        q = np.uint32(quantile)
+        lo = 0
+        if fixed:
+            for i in range(1, 16):
+                lo += np.int64(cdf[i] <= q)
+        elif n_sym <= 64:
+            for i in range(1, n_sym):
+                lo += np.int64(cdf[i] <= q)
+        else:
+            hi = n_sym  # invariant: cdf[lo] <= q < cdf[hi]
+            while hi - lo > 1:
+                mid = (lo + hi) >> 1
+                if cdf[mid] <= q:
+                    lo = mid
+                else:
+                    hi = mid
+        left_c = np.uint64(cdf[lo])
+        prob = np.uint64(cdf[lo + 1]) - left_c
+        state = (state >> shift_p) * prob + (quantile - left_c)
+        if state < low and left > 0:
+            left -= 1
+            state = (state << shift_w) | np.uint64(words[left])
+        out[at + k] = lo
+    st[0] = state
+    st[1] = np.uint64(left)
+
+
+@njit(cache=True, nogil=True)
+def slot_table(cdf, n_sym, bits):  # pragma: no cover - compiled
+    """``t[i]``: the symbol of quantile ``i << (24 - bits)``, for ``i`` up to ``2**bits``
+    (the last entry: ``n_sym - 1``); a large alphabet's search then stays within
+    ``t[i] .. t[i + 1]``, a few symbols."""
+    size = 1 << bits
+    t = np.empty(size + 1, np.int64)
+    s = 0
+    for i in range(size):
+        q = np.uint32(i << (PRECISION - bits))
+        while s + 1 < n_sym and cdf[s + 1] <= q:
+            s += 1
+        t[i] = s
+    t[size] = n_sym - 1
+    return t
+
+
+@njit(cache=True, nogil=True)
+def read_slots(words, st, cdf, slots, bits, count, out, at):  # pragma: no cover
+    """:func:`read` for large alphabets, the search narrowed by ``slots`` (from
+    :func:`slot_table` with ``bits``)."""
+    state = st[0]
+    left = np.int64(st[1])
+    drop = np.uint64(PRECISION - bits)
+    for k in range(count):
+        quantile = state & mask24
+        q = np.uint32(quantile)
+        i = np.int64(quantile >> drop)
+        lo = slots[i]
+        hi = slots[i + 1] + 1  # invariant: cdf[lo] <= q < cdf[hi]
+        while hi - lo > 1:
+            mid = (lo + hi) >> 1
+            if cdf[mid] <= q:
+                lo = mid
+            else:
+                hi = mid
+        left_c = np.uint64(cdf[lo])
+        prob = np.uint64(cdf[lo + 1]) - left_c
+        state = (state >> shift_p) * prob + (quantile - left_c)
+        if state < low and left > 0:
+            left -= 1
+            state = (state << shift_w) | np.uint64(words[left])
+        out[at + k] = lo
+    st[0] = state
+    st[1] = np.uint64(left)
+
+
+@njit(cache=True, nogil=True)
+def read_rows(words, st, probs, out):  # pragma: no cover - compiled
+    """One symbol per row of ``probs`` (each row its own model, quantized as
+    :func:`quantized_cdf` does); False where constriction would refuse a row."""
+    n_sym = probs.shape[1]
+    cdf = np.empty(max(n_sym + 1, 17), np.uint32)
+    cdf[:] = np.uint32(1 << PRECISION)
+    for r in range(probs.shape[0]):
+        if not quantized_cdf(probs[r], cdf):
+            return False
+        read(words, st, cdf, n_sym, 1, out, r)
+    return True
+
+
+@njit(cache=True, nogil=True)
+def write(buf, st, cdf, symbols, lo, hi):  # pragma: no cover - compiled
+    """Push ``symbols[lo:hi]`` in reverse (so they decode in order) onto the stack
+    ``st = [state, words in buf]``; False if ``buf`` is full or a symbol is outside the
+    model (constriction raises for both)."""
+    state = st[0]
+    n = np.int64(st[1])
+    n_sym = cdf.size - 1
+    for k in range(hi - 1, lo - 1, -1):
+        s = symbols[k]
+        if s < 0 or s >= n_sym:
+            return False
+        left_c = np.uint64(cdf[s])
+        prob = np.uint64(cdf[s + 1]) - left_c
+        if (state >> shift_hi) >= prob:
+            if n >= buf.size:
+                return False
+            buf[n] = np.uint32(state & np.uint64(0xFFFFFFFF))
+            n += 1
+            state = state >> shift_w
+        state = ((state // prob) << shift_p) | (left_c + state % prob)
+    st[0] = state
+    st[1] = np.uint64(n)
+    return True
+
+
+@njit(cache=True, nogil=True)
+def finish(buf, st):  # pragma: no cover - compiled
+    """Append the state's words (low, then a non-zero high); the stream's word count,
+    or -1 if ``buf`` has no room."""
+    state = st[0]
+    n = np.int64(st[1])
+    extra = 0 if state == 0 else (1 if state < low else 2)
+    if n + extra > buf.size:
+        return -1
+    if extra >= 1:
+        buf[n] = np.uint32(state & np.uint64(0xFFFFFFFF))
+    if extra == 2:
+        buf[n + 1] = np.uint32(state >> shift_w)
+    return n + extra
+
+
+@njit(cache=True, nogil=True)
+def write_rows(buf, st, probs, symbols):  # pragma: no cover - compiled
+    """:func:`write` with one model per symbol, the rows of ``probs``."""
+    n_sym = probs.shape[1]
+    cdf = np.empty(n_sym + 1, np.uint32)
+    for r in range(symbols.size - 1, -1, -1):
+        if not quantized_cdf(probs[r], cdf):
+            return False
+        if not write(buf, st, cdf, symbols, r, r + 1):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def write_parts(buf, st, cdfs, sizes, bounds, symbols):  # pragma: no cover - compiled
+    """:func:`write` of parts ``symbols[bounds[i]:bounds[i + 1]]`` under the model
+    ``cdfs[i, : sizes[i] + 1]``, part 0 first (so the last part decodes first)."""
+    for i in range(sizes.size):
+        if not write(buf, st, cdfs[i, : sizes[i] + 1], symbols, bounds[i], bounds[i + 1]):
+            return False
+    return True
