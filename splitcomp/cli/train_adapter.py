@@ -5,6 +5,11 @@ applied to the train part and the eval part alike; the adapter trains on the shi
 part (labels, cross entropy through the frozen tail) and is scored on the shifted eval part
 against the unadapted model, every path through the same codec: clean (no shift), shifted
 before, shifted after adaptation. The server's model is never changed.
+
+``--teacher clean`` is for a client that applies the shift itself (its own JPEG encoder) and
+so holds each train image before it too: the adapter then also imitates the frozen model on
+the clean twin (``--kd-weight``, ``--temperature``; ``--feature-weight`` at the cut). It is
+not honest for a shift the client merely suffers (noise, blur of its camera).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from ..data.corruptions import corrupted, parse_shift
 from ..train import CheckpointError, split_dataset
 from ..train.adapters import (
     PLACES,
+    TEACHERS,
     AdapterCheckpoint,
     AdapterConfig,
     coded_top1,
@@ -59,12 +65,37 @@ def add_adapter_parser(sub: Any) -> None:
     a.add_argument("--pad", type=int, default=4, help="random-crop padding of the training "
                    "augmentation (0: flips only; JPEG's 8x8 grid stays where it is on the "
                    "device's images)")
+    a.add_argument("--teacher", default="none", choices=TEACHERS,
+                   help="clean: also distil the frozen model on each train image's clean "
+                   "twin (only for a shift the client applies itself, e.g. its own JPEG "
+                   "encoder; labels stay the client's own)")
+    a.add_argument("--kd-weight", type=float, help="--teacher clean: weight of the KL to the "
+                   "clean logits (default 1)")
+    a.add_argument("--feature-weight", type=float, help="--teacher clean: weight of the "
+                   "relative MSE to the clean features at the cut (default 0)")
+    a.add_argument("--temperature", type=float, help="--teacher clean: of the KL (default 4)")
     add_run_args(a)
+
+
+def _teacher_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The distillation fields of :class:`AdapterConfig`; ValueError for a weight given
+    without ``--teacher clean`` or a value out of range."""
+    given = {k: getattr(args, k) for k in ("kd_weight", "feature_weight", "temperature")
+             if getattr(args, k) is not None}
+    if args.teacher == "none" and given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"{flags}: only with --teacher clean")
+    if min(given.get("kd_weight", 0), given.get("feature_weight", 0)) < 0:
+        raise ValueError("--kd-weight and --feature-weight must be >= 0")
+    if given.get("temperature", 1) <= 0:
+        raise ValueError("--temperature must be > 0")
+    return {"teacher": args.teacher, **given}
 
 
 def adapter_summary(r: dict[str, Any]) -> str:
     return "\n".join([
-        f"{r['model']} @ {r['split']}, adapter ({r.get('place', 'cut')}) for {r['shift']} "
+        f"{r['model']} @ {r['split']}, adapter ({r.get('place', 'cut')}"
+        f"{', clean teacher' if r.get('teacher') == 'clean' else ''}) for {r['shift']} "
         f"({r['adapter_params']:,} "
         f"params, {r['train_seconds']:.0f} s): {r['n_eval']} eval images through {r['codec']}",
         f"  clean              {r['top1_clean']:.2f} %",
@@ -82,6 +113,7 @@ def run_adapter(args: argparse.Namespace) -> int:
         return fail("give --epochs or --minutes")
     try:
         name, severity = parse_shift(args.shift)
+        teaching = _teacher_settings(args)
         codec = codecs.get(args.codec, **parse_params(args.codec, args.param))
     except (KeyError, ValueError, TypeError) as e:
         return fail(str(e).strip("'\""))
@@ -97,9 +129,10 @@ def run_adapter(args: argparse.Namespace) -> int:
     cfg = AdapterConfig(shift=f"{name}:{severity}", place=args.place, hidden=args.hidden,
                         depth=args.depth, input_hidden=args.input_hidden, epochs=args.epochs,
                         minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
-                        pad=args.pad,
-                        seed=args.seed, device=args.device)
+                        pad=args.pad, seed=args.seed, device=args.device, **teaching)
     images = torch.stack([train_s.image_uint8(i) for i in range(len(train_s))])
+    clean = (torch.stack([train.image_uint8(i) for i in range(len(train))])
+             if cfg.teacher == "clean" else None)
     bar = tqdm(desc="train adapter", file=sys.stderr, disable=args.no_progress)
 
     def progress(d: dict[str, float]) -> None:
@@ -108,7 +141,7 @@ def run_adapter(args: argparse.Namespace) -> int:
         bar.set_postfix(loss=f"{d['loss']:.3f}", acc=f"{d['agree']:.2f}")
 
     edge, hist = train_adapter(setup.head, setup.tail, images, train_s.labels,
-                                  train_s.preprocess.normalize, cfg, progress)
+                                  train_s.preprocess.normalize, cfg, progress, clean)
     bar.close()
     ck = AdapterCheckpoint(args.model, weights, args.split, edge.adapter, cfg, record,
                            {"train_seconds": hist.seconds, "steps": hist.steps},
@@ -131,6 +164,9 @@ def run_adapter(args: argparse.Namespace) -> int:
               else float("nan"),
               "bytes_per_sample": size,
               "place": cfg.place, "adapter_params": back.params(),
+              "teacher": cfg.teacher, **({k: getattr(cfg, k) for k in (
+                  "kd_weight", "feature_weight", "temperature")} if cfg.teacher != "none"
+                  else {}),
               "train_seconds": hist.seconds, "steps": hist.steps,
               "server_changed": False, "checkpoint": str(args.out),
               "n_eval_note": f"one image of {n} is {100.0 / n:.3f} pp of top-1"}

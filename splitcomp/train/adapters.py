@@ -87,6 +87,8 @@ class AdaptedHead(nn.Module):
 
 #: where an adapter goes: after the head (on the crossing tensor), on the input, or both
 PLACES = ("cut", "input", "both")
+#: what the adapter imitates besides the labels: nothing, or the frozen model on clean images
+TEACHERS = ("none", "clean")
 
 
 @dataclass
@@ -106,25 +108,60 @@ class AdapterConfig:
     pad: int = 4
     seed: int = 0
     device: str = "cpu"
+    teacher: str = "none"  #: "clean": distil the frozen model on each image's clean twin
+    kd_weight: float = 1.0  #: weight of the KL to the clean logits (teacher "clean")
+    feature_weight: float = 0.0  #: weight of the relative MSE to the clean cut features
+    temperature: float = 4.0  #: of the KL
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def pair_loss(logits: torch.Tensor, labels: torch.Tensor, feat: torch.Tensor,
+              clean_logits: torch.Tensor, clean_feat: torch.Tensor, cfg: AdapterConfig
+              ) -> torch.Tensor:
+    """Cross entropy on the labels + ``kd_weight`` x T^2 x KL(clean answer || adapted
+    answer at temperature T) + ``feature_weight`` x the MSE of the adapted features to the
+    clean ones relative to the clean features' mean square (scale-free across cuts)."""
+    loss = F.cross_entropy(logits, labels)
+    if cfg.kd_weight:
+        t = cfg.temperature
+        kl = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(clean_logits / t, -1),
+                      reduction="batchmean", log_target=True)
+        loss = loss + cfg.kd_weight * t * t * kl
+    if cfg.feature_weight:
+        rel = F.mse_loss(feat, clean_feat) / clean_feat.pow(2).mean().clamp_min(1e-8)
+        loss = loss + cfg.feature_weight * rel
+    return loss
+
+
+def check_config(cfg: AdapterConfig, clean: torch.Tensor | None, images: torch.Tensor) -> None:
+    """ValueError for a place or teacher not known, or clean twins missing or misshapen."""
+    if cfg.place not in PLACES:
+        raise ValueError(f"place {cfg.place!r}: one of {', '.join(PLACES)}")
+    if cfg.teacher not in TEACHERS:
+        raise ValueError(f"teacher {cfg.teacher!r}: one of {', '.join(TEACHERS)}")
+    if cfg.teacher == "clean" and (clean is None or clean.shape != images.shape):
+        raise ValueError("teacher 'clean' needs each shifted image's clean twin (same shape)")
+    if min(cfg.kd_weight, cfg.feature_weight) < 0 or cfg.temperature <= 0:
+        raise ValueError("kd_weight and feature_weight >= 0, temperature > 0")
+
+
 @torch.enable_grad()
 def train_adapter(head: nn.Module, tail: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                   normalize: Callable[[torch.Tensor], torch.Tensor], cfg: AdapterConfig,
-                  progress: Callable[[dict[str, float]], None] | None = None
-                  ) -> tuple[AdaptedHead, History]:
+                  progress: Callable[[dict[str, float]], None] | None = None,
+                  clean: torch.Tensor | None = None) -> tuple[AdaptedHead, History]:
     """Train the adapters ``cfg.place`` names around the frozen ``head``, through the frozen
     ``tail``, on the client's ``images`` (N uint8, already shifted) and ``labels``; returns
-    the adapted head (what the client runs)."""
+    the adapted head (what the client runs). ``clean`` (the same images before the shift)
+    is what ``cfg.teacher == "clean"`` distils from, each view cropped and flipped alike."""
     device = torch.device(cfg.device)
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     freeze(head.to(device), tail.to(device))
-    if cfg.place not in PLACES:
-        raise ValueError(f"place {cfg.place!r}: one of {', '.join(PLACES)}")
+    check_config(cfg, clean, images)
+    pairs = cfg.teacher == "clean"
     with torch.no_grad():
         x0 = normalize(images[:2]).to(device)
         (feat,) = head(x0)
@@ -135,7 +172,7 @@ def train_adapter(head: nn.Module, tail: nn.Module, images: torch.Tensor, labels
     edge = AdaptedHead(head, adapter, before).to(device)
     opt = torch.optim.AdamW([p for p in edge.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
-    n = images.shape[0]
+    n, c = images.shape[0], images.shape[1]
     budget = StepBudget(round(cfg.epochs * max(n // cfg.batch_size, 1)) if cfg.epochs
                         else None, cfg.minutes)
     hist, step, batches = History(), 0, Batches(n, cfg.batch_size, g)
@@ -144,7 +181,11 @@ def train_adapter(head: nn.Module, tail: nn.Module, images: torch.Tensor, labels
     while budget.running(step):
         total = budget.update(step)
         idx = batches.next()
-        x = normalize(crop_flip(images[idx], cfg.pad, g)).to(device)
+        if pairs:  # one crop and flip for both twins
+            views = crop_flip(torch.cat([images[idx], clean[idx]], 1), cfg.pad, g)
+            x, xc = normalize(views[:, :c]).to(device), normalize(views[:, c:]).to(device)
+        else:
+            x = normalize(crop_flip(images[idx], cfg.pad, g)).to(device)
         y = labels[idx].to(device)
         if before is None:  # nothing before the head: no gradient through it
             with torch.no_grad():
@@ -153,7 +194,13 @@ def train_adapter(head: nn.Module, tail: nn.Module, images: torch.Tensor, labels
         else:
             (feat,) = edge(x)
         logits = tail(feat)
-        loss = F.cross_entropy(logits, y)
+        if pairs:
+            with torch.no_grad():
+                (clean_feat,) = head(xc)
+                clean_logits = tail(clean_feat)
+            loss = pair_loss(logits, y, feat, clean_logits, clean_feat, cfg)
+        else:
+            loss = F.cross_entropy(logits, y)
         budget.set_lr(opt, step, cfg.lr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
