@@ -53,10 +53,15 @@ def _metrics(url: str) -> dict[str, float]:
 
 
 async def _load(url: str, bitstreams: list[bytes], clients: int, seconds: float,
-                warmup_s: float) -> tuple[list[float], dict[str, float], dict[str, float], float]:
+                warmup_s: float, deployment: str = "r20",
+                ) -> tuple[list[float], dict[str, float], dict[str, float], float]:
+    """``clients`` closed-loop clients sending ``bitstreams`` to ``deployment`` for
+    ``seconds`` after ``warmup_s``: latencies, the server's metrics before and after, wall s
+    (also used by ``benchmarks/transport.py``)."""
     from splitcomp.runtime import AsyncSplitClient
 
-    conns = [AsyncSplitClient(url, None, "fp32", "r20", timeout_s=60) for _ in range(clients)]
+    conns = [AsyncSplitClient(url, None, "fp32", deployment, timeout_s=60)
+             for _ in range(clients)]
     await asyncio.gather(*(c.connect() for c in conns))
     latencies: list[float] = []
     phase = {"measure": False, "stop": False}

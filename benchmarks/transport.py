@@ -21,12 +21,14 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_overhead import _load  # noqa: E402 - the same load and server metrics
 
 TRANSPORTS = ("websockets", "picows", "asyncio")
 
@@ -49,50 +51,6 @@ def serve(transport: str, max_batch_size: int, max_wait_ms: float) -> None:
     asyncio.run(server.serve_forever(announce=True))
 
 
-def _metrics(url: str) -> dict[str, float]:
-    from splitcomp.runtime import fetch_metrics, parse_prometheus
-    from splitcomp.runtime.stats import total
-
-    s = parse_prometheus(fetch_metrics(url))
-    names = ["process_cpu_seconds_total", "splitcomp_loop_cpu_seconds_total",
-             "splitcomp_worker_cpu_seconds_total", "splitcomp_tail_cpu_seconds_total",
-             "splitcomp_results_total", "splitcomp_errors_total",
-             "splitcomp_batch_size_sum", "splitcomp_batch_size_count"]
-    return {n: total(s, n) for n in names}
-
-
-async def _load(url: str, frames: list[bytes], clients: int, seconds: float,
-                warmup_s: float) -> tuple[list[float], dict[str, float], dict[str, float], float]:
-    from splitcomp.runtime import AsyncSplitClient
-
-    conns = [AsyncSplitClient(url, None, "fp32", "tiny", timeout_s=60) for _ in range(clients)]
-    await asyncio.gather(*(c.connect() for c in conns))
-    latencies: list[float] = []
-    phase = {"measure": False, "stop": False}
-
-    async def run(i: int, c: AsyncSplitClient) -> None:
-        k = i
-        while not phase["stop"]:
-            r = await c.infer_encoded(frames[k % len(frames)])
-            if phase["measure"]:
-                latencies.append(r.latency_s)
-            k += clients
-
-    tasks = [asyncio.create_task(run(i, c)) for i, c in enumerate(conns)]
-    await asyncio.sleep(warmup_s)
-    before = await asyncio.to_thread(_metrics, url)
-    t0 = time.perf_counter()
-    phase["measure"] = True
-    await asyncio.sleep(seconds)
-    phase["measure"] = False
-    wall = time.perf_counter() - t0
-    after = await asyncio.to_thread(_metrics, url)
-    phase["stop"] = True
-    await asyncio.gather(*tasks)
-    await asyncio.gather(*(c.close() for c in conns))
-    return latencies, before, after, wall
-
-
 def measure(transport: str, frames: list[bytes], clients: int, seconds: float,
             max_batch_size: int, max_wait_ms: float) -> dict:
     from splitcomp.cli.serve import read_listening_url
@@ -104,7 +62,8 @@ def measure(transport: str, frames: list[bytes], clients: int, seconds: float,
         url = read_listening_url(proc.stdout)
         if url is None:
             raise RuntimeError(f"server ({transport}) did not start")
-        lat, b, a, wall = asyncio.run(_load(url, frames, clients, seconds, warmup_s=1.0))
+        lat, b, a, wall = asyncio.run(_load(url, frames, clients, seconds, warmup_s=1.0,
+                                            deployment="tiny"))
     finally:
         proc.terminate()
         proc.wait(30)

@@ -124,7 +124,8 @@ def slot_table(cdf, n_sym, bits):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def read_slots(words, st, cdf, slots, bits, count, out, at):  # pragma: no cover
     """:func:`read` for large alphabets, the search narrowed by ``slots`` (from
-    :func:`slot_table` with ``bits``)."""
+    :func:`slot_table` with ``bits``). The state update is written out again here: as a
+    shared inlined helper returning (state, left) it measured 1.7x slower per symbol."""
     state = st[0]
     left = np.int64(st[1])
     drop = np.uint64(PRECISION - bits)
