@@ -194,6 +194,15 @@ def allocate(
     ``blocks=None``: one block from ``t`` to ``a_max``.
     """
     t32 = float(np.float32(t))
+    if blocks is None:  # one block: the same arithmetic on scalars (numpy's per-call cost)
+        width = max(max(a_max, t32) - t32, 0.0)
+        cap1 = max(64.0, 2.0 * float(count))
+        step = base_step
+        if width / step > cap1:
+            step = base_step * float(np.exp2(np.ceil(np.log2(width / (cap1 * base_step)))))
+        return Grid(t32, np.array([t32], np.float32),
+                    np.array([min(step, _MAX_STEP)], np.float64).astype(np.float32),
+                    np.ones(1, np.int64))
     if blocks is None:
         lo, hi, n_b = np.array([t32]), np.array([max(a_max, t32)]), np.array([float(count)])
     else:
@@ -223,3 +232,53 @@ def allocate(
     keep = np.concatenate([[True], ~joins])
     starts, steps = starts[keep], steps[keep]
     return Grid(t32, starts, steps, np.ones(starts.size, np.int64))
+
+
+def quantize_fast(xf: np.ndarray, keep_pos: float, keep_neg: float, distortion: float,
+                  n_blocks: int) -> tuple[list[tuple[int, Grid]], np.ndarray, np.ndarray] | None:
+    """``SlicerCodec._quantize`` through compiled kernels (:mod:`._slicer_quant_kernels`):
+    the same grids, mask and levels. None where only the numpy path applies: a sign whose
+    values need magnitude blocks, or a grid of more than :data:`MAX_LEVELS` levels."""
+    from . import _slicer_jit as jit
+    from . import _slicer_quant_kernels as k
+
+    jit.kernels()  # numba's cache folder is set before the kernels import numba
+    hi32, lo32, n_pos, n_neg, finite = k.stats(xf)
+    if not finite:
+        raise ValueError("slicer: input contains NaN or inf")
+    hi, lo = float(hi32), float(lo32)
+    n_pos, n_neg = (int(n_pos) if hi > 0 else 0), (int(n_neg) if lo < 0 else 0)
+    ts = []
+    for sign, count, keep in ((1, n_pos, keep_pos), (-1, n_neg, keep_neg)):
+        kth = int(round(keep * count))
+        ts.append(math.inf if kth <= 0 or count == 0 else float(k.kth_signed(xf, kth, sign, count)))
+    ref = min(ts)
+    if not math.isfinite(ref):
+        return [], np.zeros(xf.size, bool), np.zeros(0, np.int32)
+    base = distortion * max(ref, max(hi, -lo) * 2.0**-24)  # float32 resolution
+    t32 = [np.float32(t) if math.isfinite(t) else np.float32(np.inf) for t in ts]
+    counts = k.count_kept(xf, t32[0], t32[1])
+    grids = []
+    for i, top in enumerate((hi, -lo)):
+        if not math.isfinite(ts[i]):
+            grids.append(None)
+            continue
+        t, count = float(t32[i]), int(counts[i])
+        if n_blocks > 1 and (top - t) / base > level_cap(count / n_blocks):
+            return None
+        grids.append(allocate(t, count, base, None, top))
+    g_pos, g_neg = grids
+    kept, levels, cells_p, cells_n, mean_p, mean_n, _, _ = k.quantize(
+        xf, t32[0], t32[1],
+        g_pos.starts[0] if g_pos else np.float32(0), g_pos.steps[0] if g_pos else np.float32(1),
+        g_neg.starts[0] if g_neg else np.float32(0), g_neg.steps[0] if g_neg else np.float32(1),
+        int(counts[0]) if g_pos else 0, int(counts[1]) if g_neg else 0)
+    out = []
+    for sign, g, cells, mean in ((1, g_pos, cells_p, mean_p), (-1, g_neg, cells_n, mean_n)):
+        if g is None:
+            continue
+        if cells == 0:
+            return None
+        offset = min(max(round(256 * float(mean)), 1), 255)
+        out.append((sign, replace(g, cells=np.array([cells], np.int64), offset=offset)))
+    return out, kept, levels

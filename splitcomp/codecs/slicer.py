@@ -60,6 +60,7 @@ from ._slicer_quant import (
     Grid,
     allocate,
     level_cap,
+    quantize_fast,
     split_blocks,
     threshold,
 )
@@ -122,6 +123,11 @@ class SlicerCodec(Codec):
     def _quantize(self, xf: np.ndarray) -> tuple[list[tuple[int, Grid]], np.ndarray, np.ndarray]:
         """(sign, grid) of each kept sign (positives first), the kept mask, and the level
         symbols of the kept elements in C order (negative levels after the positive ones)."""
+        if jit.active() and xf.dtype == np.float32:
+            fast = quantize_fast(xf, self._keep_pos, self._keep_neg, self._distortion,
+                                 self.params["n_blocks"])
+            if fast is not None:
+                return fast
         hi, lo = float(xf.max()), float(xf.min())
         if not (math.isfinite(hi) and math.isfinite(lo)):
             raise ValueError("slicer: input contains NaN or inf")
