@@ -248,10 +248,7 @@ def quantize_fast(xf: np.ndarray, keep_pos: float, keep_neg: float, distortion: 
         raise ValueError("slicer: input contains NaN or inf")
     hi, lo = float(hi32), float(lo32)
     n_pos, n_neg = (int(n_pos) if hi > 0 else 0), (int(n_neg) if lo < 0 else 0)
-    ts = []
-    for sign, count, keep in ((1, n_pos, keep_pos), (-1, n_neg, keep_neg)):
-        kth = int(round(keep * count))
-        ts.append(math.inf if kth <= 0 or count == 0 else float(k.kth_signed(xf, kth, sign, count)))
+    ts = [threshold(xf, n_pos, keep_pos, 1), threshold(xf, n_neg, keep_neg, -1)]
     ref = min(ts)
     if not math.isfinite(ref):
         return [], np.zeros(xf.size, bool), np.zeros(0, np.int32)
