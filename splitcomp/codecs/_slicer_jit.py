@@ -19,8 +19,6 @@ from types import ModuleType
 
 import numpy as np
 
-#: value contexts of phase B (``_slicer_values.N_CONTEXTS``, which imports this module)
-N_CONTEXTS = 9
 #: whether the compiled path is used: numba importable and not switched off by the env var
 ENABLED = (
     os.environ.get("SPLITCOMP_SLICER_JIT", "1") != "0"

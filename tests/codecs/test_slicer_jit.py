@@ -207,12 +207,6 @@ def test_numba_that_fails_to_import_falls_back_to_numpy() -> None:
         jit._KERNELS = saved
 
 
-def test_context_count_matches_values_module() -> None:
-    from splitcomp.codecs import _slicer_values as vl
-
-    assert jit.N_CONTEXTS == vl.N_CONTEXTS
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31 - 1), edits=st.lists(
     st.tuples(st.integers(0, 2), st.integers(0, 2**31 - 1), st.integers(0, 255)),
