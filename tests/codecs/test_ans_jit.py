@@ -32,7 +32,8 @@ def random_parts(seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
         if rng.random() < 0.3:  # very skewed rows: most symbols at the smallest probability
             freqs = (rng.integers(0, 4, n) ** rng.integers(0, 30, n)).astype(np.float64)
         freqs[rng.integers(0, n)] += 1
-        sym = rng.choice(n, int(rng.integers(0, 1500)), p=freqs / freqs.sum()).astype(np.int32)
+        size = int(rng.integers(0, 1500)) if rng.random() < 0.8 else 3000  # long: slot tables
+        sym = rng.choice(n, size, p=freqs / freqs.sum()).astype(np.int32)
         parts.append((freqs, sym))
     return parts
 

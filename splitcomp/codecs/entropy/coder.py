@@ -40,8 +40,9 @@ _ANS = constriction.stream.stack.AnsCoder
 _CATEGORICAL = constriction.stream.model.Categorical
 #: the model family behind :meth:`AnsWriter.add_rows`: parameterised per symbol
 _FAMILY = _CATEGORICAL(perfect=False)
-#: alphabets above this size are decoded through a slot table (the compiled coder)
-_SLOTS_ABOVE, _SLOT_BITS = 64, 12
+#: alphabets above this size are decoded through a slot table (the compiled coder), when
+#: the stream is long enough to pay for building it (4,097 entries); else a binary search
+_SLOTS_ABOVE, _SLOT_BITS, _SLOTS_FROM = 64, 12, 2048
 
 
 def _compiled():
@@ -214,7 +215,7 @@ class AnsReader:
                 raise self._error(e) from None
         out = np.empty(n, np.int32)
         n_sym = model.freqs.size
-        if n_sym > _SLOTS_ABOVE:
+        if n_sym > _SLOTS_ABOVE and n >= _SLOTS_FROM:
             k.read_slots(self._words, self._state, model.cdf(k), model.slots(k), _SLOT_BITS,
                          n, out, 0)
         else:
