@@ -1,8 +1,9 @@
-"""The codecs' compiled path (numba): SLICER's per-element loops, and the switch for all of it.
+"""The switch of the codecs' compiled path (numba), and where numba keeps its cache.
 
-:data:`ENABLED` (``SPLITCOMP_SLICER_JIT=0`` turns it off) also selects the fused slicer decoder
-and encoder (:mod:`._slicer_fused`, :mod:`._slicer_fused_enc`) and the compiled rANS behind
-``AnsWriter``/``AnsReader`` (:mod:`.entropy._ans_jit`). Each kernel computes exactly what its
+:data:`ENABLED` (``SPLITCOMP_SLICER_JIT=0`` turns it off) selects the fused slicer decoder,
+encoder and quantization (:mod:`._slicer_fused`, :mod:`._slicer_fused_enc`,
+:func:`._slicer_quant.quantize_fast`) and the compiled rANS behind ``AnsWriter``/``AnsReader``
+(:mod:`.entropy._ans_jit`). Each kernel computes exactly what its
 numpy reference computes (same dtypes, same bytes on the wire); the numpy path stays the
 reference and is what runs when numba is not installed (the torch-free edge install) or when
 the variable is set to 0. Tests flip :data:`ENABLED` to compare the two.
@@ -82,7 +83,8 @@ def _numba_cache() -> None:
 
 
 def _build() -> ModuleType:
-    _numba_cache()
-    from . import _slicer_jit_kernels
+    """numba imported (its cache folder set first) and the rANS kernels loaded: what every
+    compiled codec path calls into."""
+    from .entropy import _ans_jit
 
-    return _slicer_jit_kernels
+    return _ans_jit.kernels()

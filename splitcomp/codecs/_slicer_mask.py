@@ -29,7 +29,6 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import _slicer_jit as jit
 from .entropy.coder import AnsReader, Model, categorical
 
 N_CLASSES = 4
@@ -131,10 +130,6 @@ def _geometry(shape: tuple[int, ...], axis: int | None) -> Geometry:
 def neighbour_context(mask_a: np.ndarray, geo: Geometry) -> np.ndarray:
     """(planes, len(phase_b)) context 0..4 of every phase-B position from the phase-A bits:
     kept neighbours, rescaled to 4 where the border leaves fewer."""
-    if jit.active():
-        return jit.kernels().neighbour_context(
-            np.ascontiguousarray(mask_a, bool), geo.neighbours, geo.context_base, RESCALE
-        )
     ext = np.zeros((geo.planes, geo.phase_a.size + 1), np.uint8)
     ext[:, :-1] = mask_a
     nbr = geo.neighbours
@@ -166,15 +161,9 @@ def fit_model(
     # rows: [4 classes of A | 20 (class, context) of B | 1 class of A | 5 contexts of B]
     ones = np.zeros(N_CLASSES + n_ctx + 1 + N_NEIGHBOUR)
     tot = np.zeros_like(ones)
-    if jit.active():
-        ones[: N_CLASSES + n_ctx], tot[: N_CLASSES + n_ctx] = jit.kernels().mask_counts(
-            np.ascontiguousarray(mask_a, bool), np.ascontiguousarray(mask_b, bool),
-            ctx.reshape(mask_b.shape), cls.astype(np.int64, copy=False), N_CLASSES, N_NEIGHBOUR,
-        )
-    else:
-        ones[:N_CLASSES] = np.bincount(cls, np.count_nonzero(mask_a, axis=1), N_CLASSES)
-        tot[:N_CLASSES] = np.bincount(cls, minlength=N_CLASSES) * mask_a.shape[1]
-    if mask_b.size and not jit.active():
+    ones[:N_CLASSES] = np.bincount(cls, np.count_nonzero(mask_a, axis=1), N_CLASSES)
+    tot[:N_CLASSES] = np.bincount(cls, minlength=N_CLASSES) * mask_a.shape[1]
+    if mask_b.size:
         key = (ctx + (cls * N_NEIGHBOUR).astype(np.uint8)[:, None]).reshape(-1)
         tot[N_CLASSES : N_CLASSES + n_ctx] = np.bincount(key, minlength=n_ctx)
         ones[N_CLASSES : N_CLASSES + n_ctx] = np.bincount(
@@ -226,9 +215,6 @@ def quad_model(code: int) -> Model:
     return categorical(freqs)
 
 
-_NO_ORDER = np.zeros(0, np.int64)
-
-
 @dataclass(frozen=True)
 class Groups:
     """Bits grouped by context: ``order`` sorts them (stably) so each context is one run."""
@@ -249,8 +235,6 @@ class Groups:
     def encode(self, bits: np.ndarray) -> list[tuple[np.ndarray, Model]]:
         """(nibbles, model) parts in decoding order. Padding bits take each context's more
         likely value, so a run's padding costs under 3 bits."""
-        if jit.active():
-            return self._encode_jit(bits)
         b = bits.reshape(-1)
         if self.order is not None:
             b = np.take(b, self.order)
@@ -266,23 +250,6 @@ class Groups:
             for c, p, e in zip(self.codes, padded, ends, strict=True)
             if p
         ]
-
-    def _encode_jit(self, bits: np.ndarray) -> list[tuple[np.ndarray, Model]]:
-        order = _NO_ORDER if self.order is None else self.order
-        counts = self.counts.astype(np.int64, copy=False)
-        nib = jit.kernels().pack_runs(
-            np.ascontiguousarray(bits, bool).reshape(-1).view(np.uint8),
-            order,
-            counts,
-            self.codes > _ONE // 2,
-        )
-        out, start = [], 0
-        for c, count in zip(self.codes.tolist(), counts.tolist(), strict=True):
-            if count:
-                end = start + (count + 3) // 4
-                out.append((nib[start:end], quad_model(c)))
-                start = end
-        return out
 
     def decode(self, reader: AnsReader) -> np.ndarray:
         """The bits (in original order) from ``reader``, consuming what :meth:`encode` made.
@@ -317,7 +284,4 @@ def phase_a_groups(
 def phase_b_groups(key: np.ndarray, codes: np.ndarray) -> Groups:
     """Phase-B grouping by context key (class * 5 + neighbour count), a stable sort."""
     k = key.reshape(-1)
-    if jit.active():
-        order, counts = jit.kernels().stable_order(np.ascontiguousarray(k), codes.size)
-        return Groups(order, counts, codes)
     return Groups(np.argsort(k, kind="stable"), np.bincount(k, minlength=codes.size), codes)

@@ -198,20 +198,15 @@ class SlicerCodec(Codec):
         parts = AnsWriter()  # streams in decoding order
         flags |= self._encode_mask(planes, mask_a, mask_b, geo, head, parts)
         if n_levels > 1:
-            if jit.active():
-                phased = jit.kernels().phase_values(
-                    planes, values, geo.phase_a, geo.phase_b, n_levels
-                )
-            else:
-                sym = np.full(kept.size, n_levels, np.int32)  # n_levels: dropped
-                sym[np.flatnonzero(kept)] = values
-                sym = sym.reshape(geo.planes, geo.plane_size)
-                sym_a = np.take(sym, geo.phase_a, axis=1)
-                phased = (
-                    sym_a,
-                    np.compress(mask_a.reshape(-1), sym_a),
-                    np.compress(mask_b.reshape(-1), np.take(sym, geo.phase_b, axis=1)),
-                )
+            sym = np.full(kept.size, n_levels, np.int32)  # n_levels: dropped
+            sym[np.flatnonzero(kept)] = values
+            sym = sym.reshape(geo.planes, geo.plane_size)
+            sym_a = np.take(sym, geo.phase_a, axis=1)
+            phased = (
+                sym_a,
+                np.compress(mask_a.reshape(-1), sym_a),
+                np.compress(mask_b.reshape(-1), np.take(sym, geo.phase_b, axis=1)),
+            )
             flags |= self._encode_values(*phased, mask_b, geo, signs, head, parts)
         return bytes([flags]) + bytes(head) + parts.finish()
 
@@ -261,11 +256,8 @@ class SlicerCodec(Codec):
             return 0
         signed = vl.signed_levels([(sign, g.levels) for sign, g in signs])
         shift = vl.context_shift(float(counts @ np.abs(signed[:-1])) / counts.sum())
-        if jit.active():
-            vctx = jit.kernels().kept_value_contexts(sym_a, signed, geo.neighbours, shift, mask_b)
-        else:
-            vctx = vl.value_contexts(np.take(signed, sym_a), geo.neighbours, shift)
-            vctx = np.compress(mask_b.reshape(-1), vctx)
+        vctx = vl.value_contexts(np.take(signed, sym_a), geo.neighbours, shift)
+        vctx = np.compress(mask_b.reshape(-1), vctx)
         hist = np.zeros((1 + vl.N_CONTEXTS, n_levels), np.int64)
         hist[0] = np.bincount(kept_a, minlength=n_levels)
         hist[1:] = np.bincount(
@@ -278,10 +270,7 @@ class SlicerCodec(Codec):
         table, freqs = vl.histogram_bytes(hist[np.concatenate([[0], used + 1])])
         head += table
         parts.add_model(kept_a, categorical(freqs[0]))
-        if jit.active():
-            by_context = jit.kernels().group_by_context(vctx, kept_b, vl.N_CONTEXTS)[0]
-        else:
-            by_context = kept_b[np.argsort(vctx.astype(np.uint8), kind="stable")]
+        by_context = kept_b[np.argsort(vctx.astype(np.uint8), kind="stable")]
         ends = np.cumsum(sizes)
         for i, c in enumerate(used):
             part = by_context[ends[c] - sizes[c] : ends[c]]
