@@ -1,8 +1,8 @@
 """SLICER's encoder after quantization, as one compiled pass: keep mask and levels in, bytes out.
 
-``SlicerCodec.encode_array`` quantizes in numpy (thresholds, grids: :mod:`._slicer_quant`),
-then codes the keep mask and the level symbols. In numpy that second half is ~60 calls and
-~30 rANS streams (~0.5 ms for a ResNet-20 ``layer2`` sample); this kernel does it in one pass
+``SlicerCodec.encode_array`` quantizes (thresholds, grids: :mod:`._slicer_quant`), then
+codes the keep mask and the level symbols. In numpy that second half is ~60 calls and ~30 rANS
+streams (~0.5 ms for a ResNet-20 ``layer2`` sample); this kernel does it in one pass
 and writes the same bytes (the numpy path is the reference, ``tests/codecs/test_slicer_jit.py``):
 mask classes and the model choice (:func:`._slicer_mask.fit_model`, its float sums in numpy's
 pairwise order and its logarithms from a table numpy made), both mask phases as padded 4-bit
@@ -15,6 +15,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+
+from . import _slicer_fused as fused
+from . import _slicer_mask as mk
 
 _KERNELS: SimpleNamespace | None = None
 
@@ -30,9 +33,6 @@ def encode_tail(planes: np.ndarray, values: np.ndarray, signs: list[tuple[int, i
                 geo) -> tuple[int, bytes]:
     """(flag bits, bytes after the grids) of a kept mask (planes, plane size) and the levels
     of the kept elements in C order; ``signs``: (sign, levels) of each kept sign in order."""
-    from . import _slicer_fused as fused
-    from . import _slicer_mask as mk
-
     k, dec = kernels(), fused.kernels()
     levels = np.array([n for _, n in signs], np.int64)
     neg = np.array([1 if s < 0 else 0 for s, _ in signs], np.int64)
