@@ -1,5 +1,7 @@
 """Fewer bits at the same perplexity? The ``tokenwise`` codec with and without a rotation of
-the hidden state before quantization, and a screen of previous-token prediction (issue #13).
+the hidden state before quantization, with a predictor across channels (``predict``: the
+context's own, :mod:`splitcomp.codecs._tokenwise_predict`), and a screen of previous-token
+prediction (issue #13).
 
     python benchmarks/llm_bits.py [--levels 2,0,-2,-4,-6] [--variants none,block_hadamard,...]
                                   [--json PATH]
@@ -10,7 +12,8 @@ context (on *its own* rotated states); the next ``--choose-windows`` choose, per
 lowest-rate level whose perplexity increase is at most ``--target`` percent; two disjoint
 later parts (``--heldout`` first windows, ``--heldout-windows`` each) report every level.
 Every token is its own bitstream through the real codec (container header included, as
-``eval-lm`` counts it), decoded, rotated back, and run through the server half.
+``eval-lm`` counts it: each window a session, its first stream full, the rest compact),
+decoded, rotated back, and run through the server half.
 
 Rotations (orthonormal, seeded, applied on the edge before the codec, inverted on the server):
 
@@ -124,7 +127,9 @@ class Coded:
         out = torch.empty_like(y)
         for t in range(y.shape[1]):
             guess = self._guess()
-            blob = self.codec.encode((y[:, t : t + 1] - guess).contiguous())
+            # a session's first stream is full, the rest compact (as RemoteLM sends them)
+            blob = self.codec.encode((y[:, t : t + 1] - guess).contiguous(),
+                                     compact=self.pos > 0)
             self.bytes += len(blob)
             self.overhead += overhead_bytes(blob)
             self.tokens += 1
@@ -328,11 +333,12 @@ def main() -> None:
     curves: dict[str, Any] = {}
     for kind in [v for v in args.variants.split(",") if v]:
         pred = predictor(calib["hidden"]) if kind == "prev" else None
-        rot = rotation("none" if pred else kind, width, args.seed)
+        rot = rotation("none" if pred or kind == "predict" else kind, width, args.seed)
         states = torch.cat([h[0] for h in calib["hidden"]]).float()
         if rot is not None:
             states = states @ torch.from_numpy(rot).float()
-        ctx = calibrate(residuals(calib["hidden"], pred) if pred else states.numpy())
+        ctx = calibrate(residuals(calib["hidden"], pred) if pred else states.numpy(),
+                        predict=kind == "predict")
         rows, chosen = [], None
         for level in levels:
             t0 = time.time()

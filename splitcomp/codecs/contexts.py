@@ -62,18 +62,19 @@ def seal(out: bytearray) -> bytes:
     return bytes(out)
 
 
-def unseal(data: BytesLike, magic: bytes, version: int, min_size: int,
+def unseal(data: BytesLike, magic: bytes, version: int | tuple[int, ...], min_size: int,
            what: str) -> tuple[memoryview, Reader]:
     """Check what :func:`seal` made: at least ``min_size`` bytes, ``magic``, the CRC32,
-    ``version``; BitstreamError ("<what>: ...") if not. Returns the bytes and a reader of the
-    body (from after the version to before the CRC)."""
+    ``version`` (or one of several); BitstreamError ("<what>: ...") if not. Returns the bytes
+    and a reader of the body (from after the version to before the CRC)."""
     view = memoryview(data).cast("B")
     require(len(view) >= max(min_size, len(magic) + 5), f"{what}: truncated")
     require(bytes(view[: len(magic)]) == magic, f"{what}: bad magic")
     (crc,) = struct.unpack("<I", view[-4:])
     require(zlib.crc32(view[:-4]) == crc, f"{what}: CRC mismatch")
     r = Reader(view, len(magic), len(view) - 4)
-    require(r.u8() == version, f"{what}: unsupported version")
+    versions = version if isinstance(version, tuple) else (version,)
+    require(r.u8() in versions, f"{what}: unsupported version")
     return view, r
 
 
@@ -86,7 +87,8 @@ class ContextRegistry(Generic[T]):
     ``item_type.from_bytes``, raising BitstreamError) and ``to_bytes`` back (default
     ``item_type.to_bytes``). At most ``max_items`` are kept (the attribute is the live bound):
     registering one more forgets the least recently used. ``scoped``: :meth:`find` looks in
-    the :func:`context_scope` first. ``file_prefix`` and ``file_ext`` name files
+    the :func:`context_scope` first, under :meth:`scope_key` (``scope_tag`` keeps one kind's
+    keys apart from another's in a scope holding both). ``file_prefix`` and ``file_ext`` name files
     (``<prefix>-<id hex>.<ext>``, :meth:`save`); :meth:`load_file` reads at most
     ``max_file_bytes``. ``key_format`` formats ids in messages; ``hint`` ends the message of a
     missing item. The ids are part of the wire format: ``id_bits`` never changes for a kind.
@@ -96,7 +98,7 @@ class ContextRegistry(Generic[T]):
                  max_items: int = 64, parse: Callable[[BytesLike], T] | None = None,
                  to_bytes: Callable[[T], bytes] | None = None, scoped: bool = True,
                  file_prefix: str = "", file_ext: str = "", max_file_bytes: int = 1 << 26,
-                 key_format: str = "d", hint: str = "") -> None:
+                 key_format: str = "d", hint: str = "", scope_tag: str = "") -> None:
         if not 1 <= id_bits <= 256:
             raise ValueError("id_bits must be 1 .. 256")
         self.kind = kind
@@ -107,6 +109,7 @@ class ContextRegistry(Generic[T]):
         self.parse: Callable[[BytesLike], T] = parse or item_type.from_bytes
         self.to_bytes: Callable[[T], bytes] = to_bytes or item_type.to_bytes
         self.scoped = scoped
+        self.scope_tag = scope_tag
         self.file_prefix, self.file_ext = file_prefix or kind.split()[0], file_ext
         self.max_file_bytes = max_file_bytes
         self.key_format, self.hint = key_format, hint
@@ -161,10 +164,14 @@ class ContextRegistry(Generic[T]):
                 self._items.move_to_end(key)
             return hit
 
+    def scope_key(self, key: int) -> int | tuple[str, int]:
+        """Where an item ``key`` sits in a :func:`context_scope` mapping."""
+        return (self.scope_tag, key) if self.scope_tag else key
+
     def find(self, key: int) -> T | None:
         """The item ``key`` in scope (when ``scoped``), else the one registered, else None."""
         if self.scoped:
-            hit = scoped_context(key)
+            hit = scoped_context(self.scope_key(key))  # type: ignore[arg-type]
             if isinstance(hit, self.item_type):
                 return hit
         return self.get(key)

@@ -101,8 +101,8 @@ def work_budget(payload_bytes: int) -> int:
 def stream_work(ctx: TokenwiseContext, step: float, codes: np.ndarray) -> int:
     """The decoding work of rows with scale ``codes`` at ``step``: each distinct code's tables
     built once (whether cached or not: the figure depends on the stream alone) and read once
-    per row."""
-    work = 0
+    per row, and with a predictor each row's reconstruction."""
+    work = ctx.reconstruction_work(len(codes))
     for code, rows in zip(*np.unique(codes, return_counts=True), strict=True):
         cells = ctx.table_cells(step, int(code))
         work += BUILD_CELL * cells + BUILD_CHANNEL * ctx.channels + int(rows) * cells
@@ -176,17 +176,11 @@ class TokenwiseCodec(SessionContextCodec):
         assert ctx is not None
         codes = ctx.token_codes(x2)
         d = ctx.steps(self.step, codes)
-        u = (x2 - ctx.mu) / d
-        q = np.sign(u) * np.floor(np.abs(u) + 0.5 - ctx.theta)
+        with np.errstate(all="ignore"):
+            q = ctx.quantize(x2, d)
         if not np.all(np.abs(q) <= Q_MAX):
             raise ValueError("tokenwise: values too large for this context and level")
         return codes, d, q.astype(np.int64)
-
-    def _reconstruct(self, q: np.ndarray, d: np.ndarray) -> np.ndarray:
-        ctx = self.context
-        assert ctx is not None
-        qf = q.astype(np.float32)
-        return (ctx.mu + (qf - np.sign(qf) * ctx.delta) * d).astype(np.float32)
 
     def _encode_context(self, x2: np.ndarray) -> bytes:
         ctx = self.context
@@ -240,7 +234,9 @@ class TokenwiseCodec(SessionContextCodec):
         esc_at: list[tuple[int, np.ndarray, int]] = []
         codes = np.zeros(r, np.int64)
         code_probs = ctx.code_probs
-        budget, work = work_budget(len(payload)), 0
+        budget, work = work_budget(len(payload)), ctx.reconstruction_work(r)
+        require(work <= budget, f"tokenwise: {r} rows cost more decoding work than "
+                f"{len(payload)} bytes allow")
         named: dict[int, tuple[list, int]] = {}  # code -> its tables and cells, in this stream
         for row in range(r):
             require(not coder.is_empty(), "tokenwise: rANS data ends early")
@@ -273,7 +269,7 @@ class TokenwiseCodec(SessionContextCodec):
                         "tokenwise: bad escaped value")
                 q[row, ch] = v
         d = ctx.steps(self.step, codes)
-        out = self._reconstruct(q, d)
+        out = ctx.reconstruct(q, d)
         require(bool(np.all(np.isfinite(out))), "tokenwise: decoded values not finite")
         return out
 

@@ -5,6 +5,12 @@ hidden states of one step (the whole prompt at prefill, one token per decode ste
 ``per_token=True`` (the default) every token is its own self-describing bitstream, shape
 (1, 1, H): what a decode step sends, so prefill and teacher-forced evaluation are coded
 exactly as generation codes them. ``per_token=False`` sends one bitstream per message.
+
+Compact per-token streams (``compact=True``): a token's ~21-byte container header (codec,
+parameters, shape, CRC) becomes 9 bytes once the receiver knows it. The first stream of each
+template (codec, parameters, shape (1, 1, H)) in a session is full, and the server learns its
+template from it (``docs/protocol.md``, "Compact steps"); later ones name it by a 24-bit id.
+At ~200 bytes a token that is 0.17 bit per element of SmolLM2-135M's 576 channels.
 """
 
 from __future__ import annotations
@@ -15,15 +21,31 @@ import torch
 
 from .. import codecs
 from ..codecs import Codec
+from ..codecs.compact import template_id
+from ..codecs.container import template
 
 
-def encode_hidden(codec: Codec, hidden: torch.Tensor, per_token: bool = True) -> list[bytes]:
-    """Bitstreams for the hidden states (1, T, H) of one step: T of them, or one."""
+def encode_hidden(codec: Codec, hidden: torch.Tensor, per_token: bool = True,
+                  known: set[int] | None = None) -> list[bytes]:
+    """Bitstreams for the hidden states (1, T, H) of one step: T of them, or one.
+
+    ``known`` (per-token only): the compact templates the receiver holds; a token whose
+    template is among them is sent compact, else full, and its template joins ``known``
+    (the receiver learns it from that stream)."""
     if hidden.dim() != 3 or hidden.shape[0] != 1:
         raise ValueError(f"expected hidden states of shape (1, T, H), got {tuple(hidden.shape)}")
     if not per_token:
+        if known is not None:
+            raise ValueError("compact streams are per token")
         return [codec.encode(hidden)]
-    return [codec.encode(hidden[:, t : t + 1]) for t in range(hidden.shape[1])]
+    if known is None:
+        return [codec.encode(hidden[:, t : t + 1]) for t in range(hidden.shape[1])]
+    tid = template_id(template(codec, (1, 1, hidden.shape[2]), hidden.dtype))
+    out = []
+    for t in range(hidden.shape[1]):
+        out.append(codec.encode(hidden[:, t : t + 1], compact=tid in known))
+        known.add(tid)
+    return out
 
 
 def decode_hidden(blobs: list[bytes] | tuple[bytes, ...]) -> torch.Tensor:
@@ -82,17 +104,45 @@ class WireStats:
 
 
 class Wire:
-    """A codec plus a byte counter: what the edge hands to a transport and the server reads."""
+    """A codec plus a byte counter: what the edge hands to a transport and the server reads.
 
-    def __init__(self, codec: Codec, per_token: bool = True) -> None:
+    ``compact`` (per token only): streams whose template the server session holds are
+    compact. The templates a :meth:`send` taught count as held once the caller
+    :meth:`confirm` s the step was answered; :meth:`forget` when a new server session starts
+    without the old one's streams."""
+
+    def __init__(self, codec: Codec, per_token: bool = True, compact: bool = False) -> None:
+        if compact and not per_token:
+            raise ValueError("compact streams are per token (per_token=True)")
         self.codec = codec
         self.per_token = per_token
         self.stats = WireStats()
+        self._known: set[int] | None = set() if compact else None
+        self._pending: set[int] = set()
+
+    @property
+    def compact(self) -> bool:
+        return self._known is not None
 
     def send(self, hidden: torch.Tensor) -> list[bytes]:
-        blobs = encode_hidden(self.codec, hidden, self.per_token)
+        known = None if self._known is None else set(self._known)
+        blobs = encode_hidden(self.codec, hidden, self.per_token, known)
+        if known is not None and self._known is not None:
+            self._pending = known - self._known
         self.stats.add(blobs, tokens=hidden.shape[1], elements=hidden.numel())
         return blobs
+
+    def confirm(self) -> None:
+        """The last :meth:`send` s streams reached the server session: their templates too."""
+        if self._known is not None:
+            self._known |= self._pending
+        self._pending = set()
+
+    def forget(self) -> None:
+        """A new server session: it holds no template yet."""
+        if self._known is not None:
+            self._known.clear()
+        self._pending = set()
 
     @staticmethod
     def receive(blobs: list[bytes] | tuple[bytes, ...]) -> torch.Tensor:

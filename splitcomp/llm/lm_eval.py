@@ -41,13 +41,15 @@ def edge_pass(edge: EdgeHalf, ids: torch.Tensor, lengths: Sequence[int] | None =
 def code_hidden(batch: EdgeBatch, codec: Codec | None, per_token: bool = True,
                 stats: WireStats | None = None) -> torch.Tensor:
     """The hidden states as the server receives them: each row's real tokens through the
-    codec (per token or per row), every byte counted in ``stats``; padding stays zero."""
+    codec (per token or per row), every byte counted in ``stats``; padding stays zero. Per
+    token, each row is a session's streams: its first full, the rest compact (as
+    :class:`~splitcomp.runtime.llm.RemoteLM` sends them)."""
     if codec is None:
         return batch.hidden
     out = torch.zeros_like(batch.hidden)
     for b, n in enumerate(batch.lengths):
         row = batch.hidden[b : b + 1, :n]
-        blobs = encode_hidden(codec, row, per_token)
+        blobs = encode_hidden(codec, row, per_token, set() if per_token else None)
         if stats is not None:
             stats.add(blobs, tokens=n, elements=row.numel())
         out[b : b + 1, :n] = decode_hidden(blobs)

@@ -48,7 +48,7 @@ class SplitLM:
             raise ValueError(f"the edge cuts at block {edge.split}, the server at {server.split}")
         self.edge = edge
         self.server = server
-        self.wire = Wire(as_codec(codec), per_token=per_token)
+        self.wire = Wire(as_codec(codec), per_token=per_token, compact=per_token)
         self.session: TailSession = self.server.new_session()
 
     @classmethod
@@ -75,6 +75,7 @@ class SplitLM:
         """New ids -> (logits of the last one (1, 1, V), bytes sent for them)."""
         blobs = self.wire.send(self.edge.step(input_ids))
         logits = self.session.step(self.wire.receive(blobs), last_only=True)
+        self.wire.confirm()
         return logits, sum(len(b) for b in blobs)
 
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int,
@@ -93,6 +94,7 @@ class SplitLM:
         """Forget the sequence on both sides (the wire's byte counts are kept)."""
         self.edge.reset()
         self.session.reset()
+        self.wire.forget()
 
 
 def split_model(model: nn.Module, split: int) -> tuple[EdgeHalf, ServerHalf]:

@@ -39,6 +39,21 @@ def test_calibrate_lm_into_a_folder(command, wiki, tmp_path, capsys) -> None:
     assert TokenwiseContext.from_bytes(data).to_bytes() == data
 
 
+def test_predictor_by_default_and_without(wiki, tmp_path) -> None:
+    sizes = {}
+    for flag in ("--predict", "--no-predict"):
+        out = tmp_path / f"{flag}.sctx"
+        assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(out), flag]) == 0
+        ctx = TokenwiseContext.from_bytes(out.read_bytes())
+        assert (ctx.pred is not None) == (flag == "--predict")
+        sizes[flag] = out.stat().st_size
+    default = tmp_path / "default.sctx"
+    assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(default)]) == 0
+    assert default.read_bytes() == (tmp_path / "--predict.sctx").read_bytes()
+    c = 64  # llama_tiny's hidden size: C (C - 1) bytes of coefficients
+    assert sizes["--predict"] - sizes["--no-predict"] == c * (c - 1)
+
+
 def test_calibrate_lm_to_a_file_then_eval_lm_with_its_path(wiki, tmp_path, capsys) -> None:
     ctx = tmp_path / "sub" / "ctx.sctx"
     assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(ctx)]) == 0

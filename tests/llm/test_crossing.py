@@ -29,14 +29,16 @@ def test_one_token_per_decode_step(tiny_models, prompt, name, monkeypatch) -> No
     # prefill: one bitstream per prompt token; then exactly one (1, 1, H) per step
     assert seen[0] == [(1, 1, hidden)] * len(prompt)
     assert seen[1:] == [[(1, 1, hidden)]] * (len(steps) - 1)
-    token_bytes = 4 * hidden + overhead_bytes(codecs.get("fp32").encode(torch.zeros(1, 1, hidden)))
-    assert [s.bytes_sent for s in steps] == [len(prompt) * token_bytes] + \
+    # the session's first stream is full, the rest compact (9 bytes of container)
+    full = 4 * hidden + overhead_bytes(codecs.get("fp32").encode(torch.zeros(1, 1, hidden)))
+    token_bytes = 4 * hidden + 9
+    assert [s.bytes_sent for s in steps] == [full + (len(prompt) - 1) * token_bytes] + \
         [token_bytes] * (len(steps) - 1)
     stats = lm.wire.stats
     assert stats.tokens == len(prompt) + len(steps) - 1
     assert stats.bytes == sum(s.bytes_sent for s in steps)
-    assert stats.bytes_per_token == token_bytes
-    assert stats.bits_per_element == pytest.approx(8 * token_bytes / hidden)
+    assert stats.bytes_per_token == pytest.approx(token_bytes + (full - token_bytes) / stats.tokens)
+    assert stats.bits_per_element == pytest.approx(8 * stats.bytes_per_token / hidden)
     # both sides keep their own cache, advanced in step
     assert lm.edge.position == lm.session.position == stats.tokens
 

@@ -78,6 +78,9 @@ class AsyncRemoteLM:
     bitstreams sent so far (kept here: the bytes sent, one copy); ``replay_chunk_tokens``:
     the most tokens one replay STEP carries (halved when the server answers ``TOO_LARGE``);
     ``max_rebuilds``: attempts per step when the session is lost again while replaying.
+    ``compact`` (per-token streams): a stream whose codec, parameters and shape the session
+    has seen before carries a 9-byte header instead of ~21 (``docs/protocol.md``, "Compact
+    steps"; 0.17 bit per element at SmolLM2's 576 channels).
     ``model`` may hold only the edge side's tensors (the rest on ``meta``:
     :func:`~splitcomp.llm.partial.partial_model`); it must hold those.
     """
@@ -85,7 +88,8 @@ class AsyncRemoteLM:
     def __init__(self, model: nn.Module, split: int, url: str | None = None,
                  deployment: str = "llm", codec: Codec | str = "fp32", *,
                  codec_params: dict[str, Any] | None = None, per_token: bool = True,
-                 sampling: P.Sampling | None = None, client: AsyncSplitClient | None = None,
+                 compact: bool = True, sampling: P.Sampling | None = None,
+                 client: AsyncSplitClient | None = None,
                  edge_in_thread: bool = True, resume: bool = True,
                  replay_chunk_tokens: int = 512, max_rebuilds: int = 3,
                  **client_options: Any) -> None:
@@ -98,7 +102,8 @@ class AsyncRemoteLM:
         if missing:  # a partially loaded model of the other side, or cut elsewhere
             raise ValueError(f"the edge side (blocks [0, {split})) is not loaded: {missing[0]} "
                              f"and {len(missing) - 1} more on meta")
-        self.wire = Wire(as_codec(codec, **(codec_params or {})), per_token=per_token)
+        self.wire = Wire(as_codec(codec, **(codec_params or {})), per_token=per_token,
+                         compact=compact and per_token)
         self.deployment = deployment
         self._name = P.check_name(deployment)
         self.sampling = sampling or P.Sampling()
@@ -129,6 +134,8 @@ class AsyncRemoteLM:
         context (``tokenwise``) names it by its SHA-256 first and sends its bytes only if the
         server answers ``CONTEXT_UNKNOWN`` (counted in :attr:`context_bytes_sent`)."""
         if self.session is None:
+            if not self._history:  # a new server session, not rebuilt from the old streams
+                self.wire.forget()
             ref = codec_context(self.wire.codec, send=False)
             try:
                 opened = await self._open(ref)
@@ -198,6 +205,7 @@ class AsyncRemoteLM:
                 self.edge.cache.truncate(before)
                 self._synced = False
             raise
+        self.wire.confirm()  # the server session holds these streams' templates now
         if self.resume:
             self._history.extend(units)
             self._answers[r.position] = r.token

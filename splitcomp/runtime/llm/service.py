@@ -27,7 +27,9 @@ from dataclasses import dataclass
 import torch
 
 from ... import codecs as _codecs
-from ...codecs import BitstreamError, DecodeLimits, Header
+from ...codecs import BitstreamError, DecodeLimits, Header, context_scope
+from ...codecs.compact import scope_key, template_id
+from ...codecs.container import CODE_NAMES, read_header, template
 from ...codecs.registry import codec_class_by_id
 from ...llm.halves import ServerHalf
 from ...llm.sampling import pick
@@ -39,6 +41,10 @@ from ..service import BatchResult, QueueCheck, Service, Work, register_service
 from ..stats import Counter, Gauge, Registry
 from .contexts import ContextStore
 from .sessions import ANONYMOUS, ServerSession, SessionManager, client_share
+
+#: compact-stream templates a session may teach (one per codec parameters and shape it sends
+#: per token: a few; each ~20 bytes)
+SESSION_TEMPLATES = 16
 
 _MASK64 = (1 << 64) - 1
 
@@ -335,6 +341,7 @@ class LLMDeployment(Service):
             for blob in item.bitstreams:
                 header = _codecs.peek(blob, self._step_limits, item.session.contexts)
                 self._check_header(header)
+                self._learn_template(item.session, blob)
                 t = header.tensors[0].shape[1]
                 if not 0 < t <= left:
                     raise RequestError(ErrorCode.BAD_INPUT, f"the frame declares "
@@ -348,6 +355,21 @@ class LLMDeployment(Service):
             raise RequestError(ErrorCode.BAD_INPUT, f"the frame declares {item.tokens} tokens, "
                                f"its bitstreams carry {item.tokens - left}")
         return counts
+
+    def _learn_template(self, session: ServerSession, blob: bytes | memoryview) -> None:
+        """A full stream's template joins its session's (up to :data:`SESSION_TEMPLATES`):
+        the session's later streams of that codec, parameters and shape may be compact
+        (``docs/protocol.md``, "Compact steps"); no other session sees it."""
+        scope = session.contexts
+        if bytes(blob[:2]) != b"SC" or session.templates >= SESSION_TEMPLATES:
+            return  # compact (or resilient) streams teach nothing
+        with context_scope(scope):
+            header, codec, _ = read_header(blob, self._step_limits)
+        (info,) = header.tensors  # checked: one tensor
+        tpl = template(codec, info.shape, CODE_NAMES[info.code])
+        if scope_key(template_id(tpl)) not in scope:
+            scope[scope_key(template_id(tpl))] = tpl
+            session.templates += 1
 
     def decode(self, item: StepItem) -> torch.Tensor:
         """The hidden states (1, T, H) of one STEP, its headers checked first

@@ -67,7 +67,10 @@ class ServerSession:
     busy: bool = False  #: a step is in flight
     closed: bool = False
     steps: int = 0  #: steps answered
-    contexts: dict = field(default_factory=dict)  #: codec contexts (id -> context) it opened with
+    #: what its streams decode with: the codec contexts it opened with (id -> context) and
+    #: the compact-stream templates its full streams taught (``compact.scope_key`` -> bytes)
+    contexts: dict = field(default_factory=dict)
+    templates: int = 0  #: templates learned (at most ``service.SESSION_TEMPLATES``)
     client: Hashable | None = None  #: whose quotas it counts against (None: no quota)
     context_ids: tuple = ()  #: (codec id, SHA-256) of each codec context it opened with
 

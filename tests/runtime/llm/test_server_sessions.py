@@ -80,9 +80,11 @@ def test_greedy_over_the_server_equals_the_unsplit_model(tiny_models, serve, pro
         assert [t for t, _ in s.top] == logp.topk(3).indices.tolist()
     assert [s.position for s in steps] == [len(prompt) + i for i in range(12)]
     assert steps[0].tokens_sent == len(prompt) and steps[1].tokens_sent == 1
-    # a decode step: one fp32 bitstream of H floats + container, in a frame of fixed overhead
+    # a decode step: one fp32 bitstream of H floats, compact (the prefill taught the server
+    # its template): 9 bytes of container, in a frame of fixed overhead
     h = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
-    blob = len(codecs.get("fp32").encode(torch.zeros(1, 1, h)))
+    blob = len(codecs.get("fp32").encode(torch.zeros(1, 1, h), compact=True))
+    assert blob == 4 * h + 9
     assert steps[1].bytes_sent == 12 + 2 + 16 + 4 + 4 + blob
     assert steps[1].bytes_received == 12 + 2 + 27 + 3 * 8
     s = _metrics(srv)
