@@ -123,6 +123,11 @@ def score_exit(exit_head: ExitHead, rule: str, head: nn.Module, tail: nn.Module,
     return Scores(**{k: torch.cat(v) for k, v in parts.items()})
 
 
+def _device_of(module: nn.Module, default: torch.device) -> torch.device:
+    p = next(module.parameters(), None)
+    return default if p is None else p.device
+
+
 def exit_figures(s: Scores, threshold: float, exit_head: ExitHead, head: nn.Module,
                  example: torch.Tensor) -> dict[str, Any]:
     """The JSON figures of an exit at ``threshold`` on the scored images."""
@@ -132,8 +137,10 @@ def exit_figures(s: Scores, threshold: float, exit_head: ExitHead, head: nn.Modu
     right = int((pred == s.labels).sum())
     base = int((s.teacher_pred == s.labels).sum())
     sent = s.stream_bytes[~exits]
+    example = example.to(_device_of(head, example.device))  # the head may sit on a GPU
     with torch.no_grad():
         (feat,) = head(example)
+    feat = feat.to(_device_of(exit_head, feat.device))
     return {
         "n_eval": n, "edge_share": float(exits.float().mean()),
         "top1_baseline": 100.0 * base / n, "top1": 100.0 * right / n,

@@ -52,7 +52,11 @@ def test_cpu_and_auto_deployments_answer_alike(r20) -> None:
         report = dep.run_batch(streams)
         assert all(r.error is None for r in report.replies)
         answers[device] = [r.result for r in report.replies]
-    assert answers["cpu"] == answers["auto"]  # the same bytes
+    if not torch.cuda.is_available():
+        assert answers["cpu"] == answers["auto"]  # auto is the CPU here: the same bytes
+    for cpu, auto in zip(answers["cpu"], answers["auto"], strict=True):  # a GPU rounds apart
+        torch.testing.assert_close(codecs.decode(auto)[0], codecs.decode(cpu)[0],
+                                   rtol=1e-3, atol=1e-3)
     for f, data in zip(feats, answers["cpu"], strict=True):
         assert torch.equal(codecs.decode(data)[0], r20.reference(f, 3))
 
@@ -66,7 +70,10 @@ def test_full_offload_takes_the_device_too() -> None:
         dep = zoo_full_offload("resnet20", model=model, device=device)
         (reply,) = dep.run_batch([FP32.encode(pixels)]).replies
         out.append(reply.result)
-    assert out[0] == out[1]
+    if not torch.cuda.is_available():
+        assert out[0] == out[1]  # auto is the CPU here: the same bytes
+    torch.testing.assert_close(codecs.decode(out[1])[0], codecs.decode(out[0])[0],
+                               rtol=1e-3, atol=1e-3)
 
 
 def test_to_device_and_on_device_on_the_cpu() -> None:

@@ -58,6 +58,8 @@ def _layer_kinds(model: nn.Module, config: Any, n: int) -> tuple[list[str], list
         from transformers.cache_utils import get_layer_types_and_kwargs
 
         kinds, kwargs = get_layer_types_and_kwargs(config)
+        if isinstance(kwargs, dict):  # transformers < 5.24: one dict for every layer
+            kwargs = [kwargs] * len(kinds)
         windows = [kw.get("sliding_window") for kw in kwargs]
     except (ImportError, AttributeError):
         kinds = list(getattr(config, "layer_types", None) or [])
