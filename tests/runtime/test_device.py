@@ -44,6 +44,7 @@ def test_cuda_without_cuda_is_a_typed_error(r20) -> None:
 
 def test_cpu_and_auto_deployments_answer_alike(r20) -> None:
     feats = [r20.features(torch.randn(1, 3, 32, 32)) for _ in range(3)]
+    refs = [r20.reference(f, 3) for f in feats]  # now: a GPU deployment moves the tail there
     streams = [FP32.encode(f) for f in feats]
     answers = {}
     for device in ("cpu", "auto"):
@@ -56,9 +57,9 @@ def test_cpu_and_auto_deployments_answer_alike(r20) -> None:
         assert answers["cpu"] == answers["auto"]  # auto is the CPU here: the same bytes
     for cpu, auto in zip(answers["cpu"], answers["auto"], strict=True):  # a GPU rounds apart
         torch.testing.assert_close(codecs.decode(auto)[0], codecs.decode(cpu)[0],
-                                   rtol=1e-3, atol=1e-3)
-    for f, data in zip(feats, answers["cpu"], strict=True):
-        assert torch.equal(codecs.decode(data)[0], r20.reference(f, 3))
+                                   rtol=1e-2, atol=2e-2)
+    for ref, data in zip(refs, answers["cpu"], strict=True):
+        assert torch.equal(codecs.decode(data)[0], ref)
 
 
 def test_full_offload_takes_the_device_too() -> None:
@@ -73,7 +74,7 @@ def test_full_offload_takes_the_device_too() -> None:
     if not torch.cuda.is_available():
         assert out[0] == out[1]  # auto is the CPU here: the same bytes
     torch.testing.assert_close(codecs.decode(out[1])[0], codecs.decode(out[0])[0],
-                               rtol=1e-3, atol=1e-3)
+                               rtol=1e-2, atol=2e-2)
 
 
 def test_to_device_and_on_device_on_the_cpu() -> None:
