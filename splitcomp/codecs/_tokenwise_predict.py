@@ -21,7 +21,9 @@ predictor of each channel from the *decoded* earlier ones: the LDL factorisation
 calibration covariance plus the quantization noise ``D_j^2 / 12`` on the diagonal (the noise
 is what a decoded channel adds; without it the predictor over-trusts noisy inputs). The
 encoder's loop over channels is sequential by nature: compiled (numba) when the codecs'
-compiled path is on, numpy otherwise (the reference; both give the same symbols).
+compiled path is on, numpy otherwise (the reference; the two sum the prediction in their
+own orders, so a residual within rounding of a cell edge may get the neighbouring symbol:
+the decoder is the same either way).
 """
 
 from __future__ import annotations

@@ -1,12 +1,24 @@
 """The compiled encoder loop of :mod:`._tokenwise_predict` (closed-loop prediction across a
-token's channels): the same float64 operations in the same order as its numpy reference, so
-the symbols are the same. Imported after numba's cache folder is set; a top-level function so
-numba's on-disk cache finds it in every process (see :mod:`.entropy._ans_kernels`)."""
+token's channels): the float64 operations of its numpy reference, the prediction's sum in
+SIMD lanes (as numpy's BLAS dot sums in its own order), so the symbols are the same but where
+a residual lies within rounding of a cell edge. Imported after numba's cache folder is set;
+top-level functions, so numba's on-disk cache finds them in every process (see
+:mod:`.entropy._ans_kernels`)."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _dot(x, y, n):  # pragma: no cover - compiled
+    """``sum(x[:n] * y[:n])`` in SIMD lanes (fastmath: the sum's order is free, as BLAS's is
+    in the numpy path; only a residual within rounding of a cell edge can tell them apart)."""
+    s = 0.0
+    for k in range(n):
+        s += x[k] * y[k]
+    return s
 
 
 @njit(cache=True, nogil=True)
@@ -17,9 +29,7 @@ def quantize_closed_loop(e, d, a, theta, delta):  # pragma: no cover - compiled
     xh = np.zeros(c)
     for i in range(r):
         for j in range(c):
-            p = 0.0
-            for k in range(j):
-                p += xh[k] * a[j, k]
+            p = _dot(xh, a[j], j)
             u = (e[i, j] - p) / d[i, j]
             s = 1.0 if u > 0 else (-1.0 if u < 0 else 0.0)
             qj = s * np.floor(abs(u) + 0.5 - theta)
