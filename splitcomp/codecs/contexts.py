@@ -36,6 +36,10 @@ T = TypeVar("T")
 BytesLike = bytes | bytearray | memoryview
 
 _SCOPE: ContextVar[Mapping[int, object] | None] = ContextVar("codec_contexts", default=None)
+#: an id no item has (ids are never 0): a scope holding it for a kind (under the kind's
+#: :meth:`ContextRegistry.scope_key`) holds every item of that kind its streams may name,
+#: and those registered in the process are not looked at
+SCOPE_ONLY = 0
 
 
 @contextlib.contextmanager
@@ -169,11 +173,16 @@ class ContextRegistry(Generic[T]):
         return (self.scope_tag, key) if self.scope_tag else key
 
     def find(self, key: int) -> T | None:
-        """The item ``key`` in scope (when ``scoped``), else the one registered, else None."""
+        """The item ``key`` in scope (when ``scoped``), else the one registered (unless the
+        scope holds :data:`SCOPE_ONLY` of this kind), else None."""
         if self.scoped:
-            hit = scoped_context(self.scope_key(key))  # type: ignore[arg-type]
-            if isinstance(hit, self.item_type):
-                return hit
+            scope = _SCOPE.get()
+            if scope is not None:
+                hit = scope.get(self.scope_key(key))  # type: ignore[call-overload]
+                if isinstance(hit, self.item_type):
+                    return hit
+                if self.scope_key(SCOPE_ONLY) in scope:
+                    return None
         return self.get(key)
 
     def require(self, key: int) -> T:

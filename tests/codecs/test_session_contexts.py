@@ -19,7 +19,7 @@ from splitcomp.codecs import _tokenwise_context as twc
 from splitcomp.codecs import bottleneck as bn
 from splitcomp.codecs import tokenwise as tw
 from splitcomp.codecs.base import SessionContextCodec
-from splitcomp.codecs.contexts import ContextRegistry, scoped_context
+from splitcomp.codecs.contexts import SCOPE_ONLY, ContextRegistry, scoped_context
 
 from .registries import emptied, unregistered
 
@@ -217,6 +217,24 @@ def test_scope_wins_over_the_registry() -> None:
         reg.require(key)
     with pytest.raises(BitstreamError, match=r"test item 0001c8: not registered here \(hint"):
         unscoped.require(0x1C8)
+
+
+def test_a_tagged_scope_can_hide_the_registry() -> None:
+    """Templates sit in a scope under (tag, id) beside contexts under plain ids; a scope that
+    holds SCOPE_ONLY of a kind is all of that kind a stream may name."""
+    reg = _registry(scope_tag="tpl")
+    key = reg.register(b"registered")
+    assert reg.scope_key(key) == ("tpl", key)
+    with context_scope({key: b"a plain id: another kind's"}):
+        assert reg.find(key) == b"registered"
+    with context_scope({("tpl", key): b"scoped"}):
+        assert reg.find(key) == b"scoped"
+    with context_scope({reg.scope_key(SCOPE_ONLY): True}):
+        assert reg.find(key) is None
+        with pytest.raises(BitstreamError, match="not registered"):
+            reg.require(key)
+    with context_scope({SCOPE_ONLY: True}):  # untagged: not this kind's marker
+        assert reg.find(key) == b"registered"
 
 
 @dataclass(frozen=True)

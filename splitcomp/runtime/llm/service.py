@@ -29,7 +29,8 @@ import torch
 from ... import codecs as _codecs
 from ...codecs import BitstreamError, DecodeLimits, Header, context_scope
 from ...codecs.compact import scope_key, template_id
-from ...codecs.container import CODE_NAMES, read_header, template
+from ...codecs.container import CODE_NAMES, MAGIC, RESILIENT_MAGIC, read_header, template
+from ...codecs.contexts import SCOPE_ONLY
 from ...codecs.registry import codec_class_by_id
 from ...llm.halves import ServerHalf
 from ...llm.sampling import pick
@@ -45,6 +46,8 @@ from .sessions import ANONYMOUS, ServerSession, SessionManager, client_share
 #: compact-stream templates a session may teach (one per codec parameters and shape it sends
 #: per token: a few; each ~20 bytes)
 SESSION_TEMPLATES = 16
+#: the streams that teach a session their template: full ones, plain or resilient
+FULL_MAGICS = (MAGIC, RESILIENT_MAGIC)
 
 _MASK64 = (1 << 64) - 1
 
@@ -312,6 +315,8 @@ class LLMDeployment(Service):
             ids = ((ref.codec_id, bytes(ref.digest)),)
             self.sessions.check_contexts(quota_key, ids)
             contexts = self.contexts.resolve(ref)
+        # compact templates: only those the session's own streams taught (none from the process)
+        contexts = {**contexts, scope_key(SCOPE_ONLY): True}
         return self.sessions.open(owner, request.sampling, contexts, client=quota_key,
                                   context_ids=ids)
 
@@ -361,8 +366,8 @@ class LLMDeployment(Service):
         the session's later streams of that codec, parameters and shape may be compact
         (``docs/protocol.md``, "Compact steps"); no other session sees it."""
         scope = session.contexts
-        if bytes(blob[:2]) != b"SC" or session.templates >= SESSION_TEMPLATES:
-            return  # compact (or resilient) streams teach nothing
+        if bytes(blob[:2]) not in FULL_MAGICS or session.templates >= SESSION_TEMPLATES:
+            return  # compact streams teach nothing
         with context_scope(scope):
             header, codec, _ = read_header(blob, self._step_limits)
         (info,) = header.tensors  # checked: one tensor
