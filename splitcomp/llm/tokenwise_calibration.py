@@ -19,8 +19,10 @@ from ..codecs.tokenwise import TokenwiseContext, calibrate
 from .text import _read_text
 
 
-def tail_windows(tokenizer, path: Path, window: int, count: int) -> torch.Tensor:
-    """``count`` non-overlapping ``window``-token windows from the end of a text file."""
+def tail_windows(tokenizer, path: Path, window: int, count: int, at_least: int | None = None
+                 ) -> torch.Tensor:
+    """``count`` non-overlapping ``window``-token windows from the end of a text file; with
+    ``at_least``, as many as it holds if that is fewer (but not fewer than ``at_least``)."""
     text = _read_text(path)
     chars = max(8 * window * count, 4096)
     while True:
@@ -29,6 +31,8 @@ def tail_windows(tokenizer, path: Path, window: int, count: int) -> torch.Tensor
             break
         chars *= 2
     ids = ids[1:]  # the first token may be a fragment of a word cut in the middle
+    if at_least is not None and len(ids) // window >= at_least:
+        count = min(count, len(ids) // window)
     need = window * count
     if len(ids) < need:
         raise ValueError(f"{path} has {len(ids)} tokens, {count} windows of {window} need {need}")

@@ -39,6 +39,18 @@ def test_calibrate_lm_into_a_folder(command, wiki, tmp_path, capsys) -> None:
     assert TokenwiseContext.from_bytes(data).to_bytes() == data
 
 
+def test_a_short_text_calibrates_on_what_it_holds(wiki, tmp_path, capsys) -> None:
+    out = tmp_path / "c.sctx"
+    argv = ["calibrate-lm", "--model", "llama_tiny", "--split", "1", "--window", "16"]
+    assert main([*argv, "--windows", "100000", "--text", str(wiki), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "note: the text holds" in err and "calibrating on those" in err
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("a b")  # not even two windows: one line, exit 2
+    assert main([*argv, "--text", str(tiny), "--out", str(tmp_path / "d.sctx")]) == 2
+    assert "tokens" in capsys.readouterr().err
+
+
 def test_predictor_by_default_and_without(wiki, tmp_path) -> None:
     sizes = {}
     for flag in ("--predict", "--no-predict"):
