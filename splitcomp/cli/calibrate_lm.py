@@ -10,8 +10,9 @@ of the text (:mod:`splitcomp.llm.tokenwise_calibration`), away from the first on
 reports on.
 
 Calibration reads 32 windows (16k tokens) by default: the predictor has ``C^2 / 2``
-coefficients, and on SmolLM2 32k tokens coded held-out text 0.1-0.17 bit per element cheaper
-than 2k did at equal KL (``docs/results/llm_bits.json``); a shorter text gives what it holds.
+coefficients, and on SmolLM2 contexts from 8k and 32k tokens coded held-out text 0.03-0.18 bit
+per element cheaper at equal KL than one from 2k did (``docs/results/llm_bits.json``); a
+shorter text gives what it holds.
 
 By default the context holds a predictor across the hidden state's channels (each channel
 coded as its residual against the token's earlier channels: ~0.2 bit per element fewer at the
