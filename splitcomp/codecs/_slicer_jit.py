@@ -50,8 +50,11 @@ def kernels() -> ModuleType:
 
 def warm_up() -> None:
     """Compile (or load) the kernels now, e.g. before timing: a round trip of a few small
-    tensors through the slicer takes every kernel and the usual argument types."""
-    from .slicer import SlicerCodec  # here, not at import: slicer imports this module
+    tensors through the slicer, rans and self-contained tokenwise takes every kernel and
+    the usual argument types."""
+    from .rans import RansCodec  # here, not at import: these modules import this one
+    from .slicer import SlicerCodec
+    from .tokenwise import TokenwiseCodec
 
     kernels()
     rng = np.random.default_rng(0)
@@ -62,6 +65,10 @@ def warm_up() -> None:
             for sample in (x, np.maximum(x, 0)):
                 payload = codec.encode_array(sample)
                 codec.decode_array(memoryview(payload), shape, _limits())
+        for other in (RansCodec(), RansCodec(bits=2), TokenwiseCodec()):
+            for sample in (x, np.maximum(x, 0)):
+                payload = other.encode_array(sample)
+                other.decode_array(memoryview(payload), shape, _limits())
 
 
 def _limits():

@@ -207,9 +207,9 @@ class TokenwiseContext:
         qf = q.astype(np.float32)
         r = (qf - np.sign(qf) * self.delta) * d
         if self.pred is not None:
-            if self._recon is None:
-                self._recon = reconstruction(self.pred).astype(np.float32)
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"):  # a hostile predictor overflows: refused later
+                if self._recon is None:
+                    self._recon = reconstruction(self.pred).astype(np.float32)
                 r = r @ self._recon.T
         return (self.mu + r).astype(np.float32)
 

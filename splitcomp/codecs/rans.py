@@ -50,6 +50,7 @@ import numpy as np
 from . import entropy as ent
 from .base import Codec, Param
 from .bytes_io import Reader, put_varint, unzigzag, zigzag
+from .entropy.tables import _log2_table, choose_kernels, rows_kernels
 from .errors import DecodeLimits, require
 from .registry import register_codec
 
@@ -71,6 +72,9 @@ def _range(x: np.ndarray, lo: float, hi: float, clip: float) -> tuple[float, flo
     tail = int(x.size * (1.0 - clip))
     if tail == 0:
         return lo, hi
+    kern = choose_kernels()
+    if kern is not None:  # the same histogram and edges, compiled
+        return kern.clip_range(x.reshape(-1), lo, hi, tail)
     counts = np.bincount(x.reshape(-1).view(np.uint32) >> 20, minlength=4096)
 
     def edge(side: np.ndarray, extreme: float) -> float:
@@ -131,10 +135,15 @@ def _xlogx(v: np.ndarray) -> np.ndarray:
     return v * np.log2(np.maximum(v, 1.0))
 
 
-def _sum_xlogx(mat: np.ndarray) -> float:
-    """sum of c * log2(c) over all cells of a count matrix, via a histogram of the counts."""
-    mult = np.bincount(mat.reshape(-1))
-    return float(mult @ _xlogx(np.arange(mult.size)))
+def _sum_xlogx(mat: np.ndarray, lg: np.ndarray | None = None, mult=None) -> float:
+    """sum of c * log2(c) over all cells of a count matrix, via a histogram of the counts
+    (``mult``, when the caller has it); ``lg`` (``tables._log2_table``, covering the counts)
+    saves computing the logs, not one bit of the result."""
+    if mult is None:
+        mult = np.bincount(mat.reshape(-1))
+    if lg is None:
+        return float(mult @ _xlogx(np.arange(mult.size)))
+    return float(mult @ (np.arange(mult.size, dtype=np.float64) * lg[: mult.size]))
 
 
 def _side_bits(rows: int, m: int, top: int) -> float:
@@ -153,6 +162,22 @@ def _run_tables(lengths: np.ndarray, first: bool) -> tuple[float, list]:
             bits += ent.estimate_table_bits(counts, alphabet)
             parts.append((syms, alphabet, counts))
     return bits, parts
+
+
+def _encode_compiled(kern, n: int, r, alphabet, mat, zero_rank: int, parts: list):
+    """The tables and rANS words of :meth:`RansCodec.encode_array` (``coder="ans"``) by one
+    kernel, the same bytes; None leaves the case (and any error) to the reference."""
+    lg = _log2_table(n + 1)
+    if lg is None:
+        return None
+    none = np.zeros(0, np.int64)
+    args = [tuple(np.ascontiguousarray(v, np.int64) for v in part) for part in parts]
+    args += [(none, none, none)] * (2 - len(args))
+    status, data = kern.encode_rans(
+        np.ascontiguousarray(r, np.int32), np.ascontiguousarray(alphabet, np.int64),
+        np.ascontiguousarray(mat, np.int64), zero_rank, len(parts), *args[0], *args[1],
+        _cap(n, 1), _cap(n, mat.shape[0]), lg)
+    return data.tobytes() if status == 0 else None
 
 
 @register_codec("rans", codec_id=7)
@@ -194,14 +219,21 @@ class RansCodec(Codec):
         clip = self.params["clip"] if clip is None else clip
         delta, xmin, xmax = _step(x, self.params["bits"], clip)
         inv = np.float32(1.0) / delta
-        t = np.multiply(x.reshape(-1), inv)
-        np.rint(t, out=t)
         q_min = int(np.rint(np.float32(xmin) * inv))
         q_max = int(np.rint(np.float32(xmax) * inv))
-        u = t.astype(np.int32)
-        if q_min:
-            u -= np.int32(q_min)
-        alphabet, counts = ent.histogram(u)
+        kern = choose_kernels()
+        ok = False
+        if kern is not None:  # the same symbols and histogram in one compiled pass
+            limit = max(4 * x.size, 1 << 16)
+            u, ok, alphabet, counts = kern.quantize(x.reshape(-1), inv, q_min, limit)
+        else:
+            t = np.multiply(x.reshape(-1), inv)
+            np.rint(t, out=t)
+            u = t.astype(np.int32)
+            if q_min:
+                u -= np.int32(q_min)
+        if not ok:
+            alphabet, counts = ent.histogram(u)
         if alphabet.size > ent.MAX_ALPHABET and clip < 1.0:
             return self._quantize(x, 1.0)
         return delta, xmin, xmax, q_min, q_max, u, alphabet, counts
@@ -236,6 +268,12 @@ class RansCodec(Codec):
                 put_varint(out, len(data))
                 out += data
             return bytes(out)
+        kern = rows_kernels()
+        if kern is not None:  # tables and words in one compiled pass (entropy._rows_kernels)
+            body = _encode_compiled(kern, n, r, alphabet, mat, zero_rank,
+                                    run_parts if mode == MODE_RUNS else [])
+            if body is not None:
+                return bytes(out) + body
         writer = ent.AnsWriter()
         if mode == MODE_RUNS:
             for syms, a, c in run_parts:
@@ -266,9 +304,25 @@ class RansCodec(Codec):
         """
         n = r.size
         m = alphabet.size
+        kern = choose_kernels()
+        lg = _log2_table(n + 1) if kern is not None else None
+        if lg is not None:  # numpy's floats, compiled: (v * log2(max(v, 1))).sum()
+            def xlogx_sum(v: np.ndarray) -> float:
+                return kern.xlogx_sum(np.ascontiguousarray(v, np.int64), lg)
+
+            def xlogx(v: int) -> float:
+                return float(v) * float(lg[v])
+        else:
+            def xlogx_sum(v: np.ndarray) -> float:
+                return float(_xlogx(v).sum())
+
+            def xlogx(v: int) -> float:
+                return float(_xlogx(v))
         top = int(counts.max())
         mats = {n: counts[None, :]}
-        best_bits = _side_bits(1, m, top) + float(_xlogx(n) - _xlogx(counts).sum())
+        mults: dict[int, np.ndarray] = {}  # np.bincount of a matrix's cells, where known
+        counts_xlogx = xlogx_sum(counts)
+        best_bits = _side_bits(1, m, top) + (xlogx(n) - counts_xlogx)
         # finer blockings: skip those whose side information alone (rows * m codes of at
         # least the width the largest count of some row needs) exceeds that estimate
         finer = []
@@ -279,8 +333,11 @@ class RansCodec(Codec):
         if finer:
             fine = finer[-1][1]
             rows = n // fine
-            idx = r.reshape(rows, fine) + (np.arange(rows, dtype=np.int32) * m)[:, None]
-            mats[fine] = np.bincount(idx.reshape(-1), minlength=rows * m).reshape(rows, m)
+            if kern is not None:
+                mats[fine], mults[fine] = kern.block_counts(np.ascontiguousarray(r), rows, m)
+            else:
+                idx = r.reshape(rows, fine) + (np.arange(rows, dtype=np.int32) * m)[:, None]
+                mats[fine] = np.bincount(idx.reshape(-1), minlength=rows * m).reshape(rows, m)
             for _, b in finer[:-1]:
                 mats[b] = mats[fine].reshape(n // b, b // fine, m).sum(axis=1)
         run_bits = None
@@ -292,16 +349,21 @@ class RansCodec(Codec):
             0.0 if p0 in (0.0, 1.0) else -n * (p0 * math.log2(p0) + (1 - p0) * math.log2(1 - p0))
         )
         if zero_rank >= 0 and (mask_bits > 64 or p0 == 1.0):
-            first, lengths = ent.runs(r != zero_rank)
-            run_bits, parts = _run_tables(lengths, first)
+            if lg is not None:  # the same runs, tables and float bits, compiled
+                first, lengths, run_bits, n_parts, *flat = kern.run_tables(
+                    np.ascontiguousarray(r), zero_rank, lg)
+                first, parts = bool(first), [tuple(flat[:3]), tuple(flat[3:])][:n_parts]
+            else:
+                first, lengths = ent.runs(r != zero_rank)
+                run_bits, parts = _run_tables(lengths, first)
             run_info = (first, lengths, parts)
         best = (MODE_DENSE, 0, n)
         for j, b in [(0, n), *finer]:
             mat = mats[b]
             rows = mat.shape[0]
             side = _side_bits(rows, m, top if rows == 1 else int(mat.max()))
-            cells = float(_xlogx(counts).sum()) if rows == 1 else _sum_xlogx(mat)
-            dense = side + rows * float(_xlogx(b)) - cells
+            cells = counts_xlogx if rows == 1 else _sum_xlogx(mat, lg, mults.get(b))
+            dense = side + rows * xlogx(b) - cells
             if dense < best_bits:
                 best_bits, best = dense, (MODE_DENSE, j, b)
             if run_bits is not None:
@@ -309,7 +371,7 @@ class RansCodec(Codec):
                 if int(zeros.sum()) == n:
                     est = run_bits
                 else:
-                    rest = float(_xlogx(b - zeros).sum()) - cells + float(_xlogx(zeros).sum())
+                    rest = xlogx_sum(b - zeros) - cells + xlogx_sum(zeros)
                     est = run_bits + side + rest
                 if est < best_bits:
                     best_bits, best = est, (MODE_RUNS, j, b)
@@ -358,6 +420,15 @@ class RansCodec(Codec):
             values = (u.astype(np.float64) + q_min) * float(delta)
             values = np.clip(values, -_F32_MAX, _F32_MAX).astype(np.float32)
             return self._scatter(values, mask, shape)
+        kern = rows_kernels()
+        if kern is not None:  # the same decode in one compiled pass (entropy._rows_kernels)
+            status, out = kern.decode_rans(
+                np.frombuffer(r.buf, np.uint8), r.pos, r.end, n, rows, mode == MODE_RUNS,
+                first, n_runs, n_zero, q_min, float(delta), _cap(n, 1), _cap(n, rows),
+                2 * MAX_Q + 1)
+            if status == 0:
+                return out.reshape(shape)
+            # corrupt: the reference below raises its own error and message
         tables = [(c, ent.FreqTable.read(r, 1, n - 1, _cap(n, 1))) for c in run_counts]
         value_table = None
         if mode == MODE_DENSE or n_runs - n_zero > 0:

@@ -36,6 +36,7 @@ Payload layout of both modes: ``docs/bitstream.md``, section "tokenwise".
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -164,9 +165,17 @@ class TokenwiseCodec(SessionContextCodec):
     def _decode_plain(self, payload: memoryview, r: int, c: int) -> np.ndarray:
         require(len(payload) >= 4 * r, "tokenwise: truncated steps")
         steps = np.frombuffer(payload[: 4 * r], "<f4").astype(np.float32)
-        require(bool(np.all(np.isfinite(steps) & (steps > 0))), "tokenwise: bad step")
+        if r == 1:  # a decode step's token: Python floats are faster than numpy calls here
+            step = float(steps[0])
+            require(math.isfinite(step) and step > 0, "tokenwise: bad step")
+        else:
+            require(bool(np.all(np.isfinite(steps) & (steps > 0))), "tokenwise: bad step")
         alphabet, idx = decode_symbol_indices(payload[4 * r :], r * c, max_symbol=2 * Q_MAX)
-        out = _unzigzag(alphabet).astype(np.float32)[idx].reshape(r, c)  # 8 bytes an element
+        levels = _unzigzag(alphabet).astype(np.float32)
+        if r == 1:
+            levels *= steps[0]  # scaled per symbol of the alphabet, then gathered
+            return levels[idx].reshape(1, c)
+        out = levels[idx].reshape(r, c)  # 8 bytes an element
         out *= steps[:, None]
         return out
 

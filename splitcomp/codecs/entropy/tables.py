@@ -20,12 +20,15 @@ Every reader validates counts against bounds the caller derives from what it alr
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from types import ModuleType
 
 import numpy as np
 
+from .. import _slicer_jit
 from ..bytes_io import Reader
 from ..errors import require
 from .bits import pack_bits, put_varints, read_varints, unpack_bits
@@ -59,6 +62,48 @@ _MANTISSA = {
 }
 _MAX_CODE = {k: 40 * k + 1 for k in _K_CHOICES}  # frequencies stay below 2**41
 _LUT_SPAN = 1 << 22  # symbol spans up to this use a lookup table, wider ones a binary search
+#: the compiled kernels take counts up to this (their numpy log2 table, 8 bytes an entry)
+_LG_CAP = 1 << 22
+_LG = np.zeros(0, np.float64)
+_KERNELS: dict[str, ModuleType] = {}
+
+
+def _kernels(name: str) -> ModuleType | None:
+    """The compiled kernel module ``name`` of this package, or None where the compiled path
+    is off (``_slicer_jit.active()``); imported once numba's cache folder is set, then kept."""
+    if not _slicer_jit.active():
+        return None
+    mod = _KERNELS.get(name)
+    if mod is None:
+        mod = _KERNELS[name] = importlib.import_module(f"{__package__}.{name}")
+    return mod
+
+
+def _compiled() -> ModuleType | None:
+    """:mod:`._tables_kernels` (fit, serialise, parse a table), or None."""
+    return _kernels("_tables_kernels")
+
+
+def choose_kernels() -> ModuleType | None:
+    """:mod:`._choose_kernels` (histogram, ranks, rans cost-model pieces), or None."""
+    return _kernels("_choose_kernels")
+
+
+def rows_kernels() -> ModuleType | None:
+    """:mod:`._rows_kernels` (tables and rANS words of a whole stream in one call), or None."""
+    return _kernels("_rows_kernels")
+
+
+def _log2_table(need: int) -> np.ndarray | None:
+    """numpy's ``log2(max(i, 1))`` for ``i`` below at least ``need`` (grown by powers of two,
+    kept), so compiled cost models multiply numpy's very logs; None past :data:`_LG_CAP`."""
+    global _LG
+    if need > _LG.size:
+        if need > _LG_CAP:
+            return None
+        t = np.arange(max(1 << 12, 1 << (need - 1).bit_length()), dtype=np.float64)
+        _LG = np.log2(np.maximum(t, 1))
+    return _LG
 
 
 # -- histograms ----------------------------------------------------------------------------
@@ -74,6 +119,11 @@ def histogram(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     top = int(u.max())
     limit = max(4 * u.size, 1 << 16)
+    kern = choose_kernels() if top < limit and u.dtype.kind in "iu" else None
+    if kern is not None:
+        ok, alphabet, counts = kern.histogram(np.ascontiguousarray(u), top)
+        if ok:
+            return alphabet, counts
     if top < limit:
         counts = np.bincount(u, minlength=top + 1)
         alphabet = np.flatnonzero(counts)
@@ -94,6 +144,11 @@ def ranks(u: np.ndarray, alphabet: np.ndarray) -> np.ndarray:
     if alphabet.size == 0:
         return np.zeros(u.size, np.int32)
     lo, hi = int(alphabet[0]), int(alphabet[-1])
+    kern = choose_kernels() if hi - lo < _LUT_SPAN and u.dtype.kind in "iu" else None
+    if kern is not None:
+        ok, out = kern.ranks(np.ascontiguousarray(u), np.ascontiguousarray(alphabet, np.int64))
+        if ok:
+            return out
     if hi - lo < _LUT_SPAN:
         lut = np.zeros(hi - lo + 1, np.int32)
         lut[alphabet - lo] = np.arange(alphabet.size, dtype=np.int32)
@@ -195,7 +250,14 @@ def estimate_table_bits(counts: np.ndarray, alphabet: np.ndarray | None = None) 
         return 8.0
     if alphabet is None:
         alphabet = np.arange(counts.shape[1])
-    return _table_cost(np.asarray(alphabet, np.int64), counts, 0)
+    alphabet = np.asarray(alphabet, np.int64)
+    kern = _compiled()
+    if kern is not None and counts.ndim == 2 and counts.dtype.kind in "iu" and alphabet.size:
+        counts = np.ascontiguousarray(counts, np.int64)
+        lg = _log2_table(int(counts.sum()) + 1) if int(counts.min()) >= 0 else None
+        if lg is not None:
+            return kern.table_cost(np.ascontiguousarray(alphabet), counts, 0, lg)
+    return _table_cost(alphabet, counts, 0)
 
 
 def _binned(alphabet: np.ndarray, counts: np.ndarray, shift: int):
@@ -279,6 +341,11 @@ class FreqTable:
         if counts.ndim == 1:
             counts = counts[None, :]
         limit = min(max_alphabet, MAX_ALPHABET)
+        kern = _compiled()
+        if kern is not None and alphabet.ndim == 1 and counts.ndim == 2 and counts.shape[0]:
+            table = cls._fit_compiled(kern, alphabet, counts, limit)
+            if table is not None:
+                return table
         if not 0 < alphabet.size <= limit or counts.shape[1] != alphabet.size:
             raise ValueError(f"alphabet of {alphabet.size} symbols (1 to {limit} allowed)")
         if alphabet[0] < 0 or alphabet[-1] > MAX_SYMBOL or (np.diff(alphabet) <= 0).any():
@@ -307,11 +374,37 @@ class FreqTable:
                 best_cost, best_k = cost, k
         return cls(bins, _count_codes(binc, best_k).astype(np.uint8), best_k, shift)
 
+    @classmethod
+    def _fit_compiled(cls, kern, alphabet: np.ndarray, counts: np.ndarray, limit: int):
+        """:meth:`fit` by the kernel (same table), or None to leave the case to numpy (counts
+        past the log2 table, negative counts)."""
+        alphabet = np.ascontiguousarray(alphabet)
+        counts = np.ascontiguousarray(counts)
+        lg = _log2_table(4096)
+        status, shift, k, bins, codes = kern.fit(alphabet, counts, limit, lg)
+        if status == kern.NEED_TABLE:
+            lg = _log2_table(shift + 1)
+            if lg is None:
+                return None
+            status, shift, k, bins, codes = kern.fit(alphabet, counts, limit, lg)
+        if status == 1:
+            raise ValueError(f"alphabet of {alphabet.size} symbols (1 to {limit} allowed)")
+        if status == 2:
+            raise ValueError("alphabet must be sorted, distinct, in [0, MAX_SYMBOL]")
+        if status != 0:
+            return None
+        return cls(bins, codes, k, shift)
+
     def to_bytes(self) -> bytes:
         """``u8 spec (k index << 6 | shift << 3 | w - 1) | bins | rows * bins codes of w bits``.
 
         The number of rows is not stored: the reader knows it (the caller's blocking).
         """
+        kern = _compiled()
+        if kern is not None and self.bins.size and self.codes.shape[1:] == self.bins.shape:
+            codes = np.ascontiguousarray(self.codes, np.uint8)
+            bins = np.ascontiguousarray(self.bins, np.int64)
+            return kern.to_bytes(bins, codes, _K_CHOICES.index(self.k), self.shift).tobytes()
         w = _bits_needed(int(self.codes.max())) if self.codes.size else 1
         spec = _K_CHOICES.index(self.k) << 6 | self.shift << 3 | (w - 1)
         return bytes([spec]) + _alphabet_bytes(self.bins) + pack_bits(self.codes, w)
@@ -325,6 +418,15 @@ class FreqTable:
         ``max_symbol`` bounds the first symbol of every bin; ``max_alphabet`` the symbols a
         row can code (bins times bin width): the decoder's models take ``rows`` times that.
         """
+        kern = _compiled()
+        if kern is not None:
+            buf = np.frombuffer(r.buf, np.uint8)
+            status, pos, k_index, shift, bins, codes = kern.read(
+                buf, r.pos, r.end, rows, max_symbol, max_alphabet)
+            if status == 0:
+                r.pos = pos
+                return cls(bins, codes, _K_CHOICES[k_index], shift)
+            # malformed: the parser below raises the reference's error and message
         require(1 <= rows <= 8 * r.remaining(), f"table of {rows} rows exceeds the payload")
         spec = r.u8()
         k, shift, w = _K_CHOICES[spec >> 6], (spec >> 3) & 7, (spec & 7) + 1
@@ -353,6 +455,12 @@ def encode_symbols(u: np.ndarray) -> bytes:
         return b""
     if u.dtype.kind not in "iu" or int(u.min()) < 0:
         raise ValueError("encode_symbols takes non-negative integers")
+    kern = rows_kernels()
+    lg = _log2_table(u.size + 1) if kern is not None else None
+    if lg is not None:  # the same bytes in one compiled pass (histogram, table, words)
+        status, data = kern.encode_symbols(np.ascontiguousarray(u), _symbols_cap(u.size), lg)
+        if status == 0:
+            return data.tobytes()
     alphabet, counts = histogram(u)
     table = FreqTable.fit(alphabet, counts, _symbols_cap(u.size))
     w = AnsWriter()
@@ -377,6 +485,13 @@ def decode_symbol_indices(
     if n == 0:
         require(len(data) == 0, "data for an empty array")
         return np.zeros(0, np.int64), np.zeros(0, np.int32)
+    kern = rows_kernels()
+    if kern is not None:
+        status, symbols, idx = kern.decode_symbols(
+            np.frombuffer(data, np.uint8), 0, len(data), n, max_symbol, _symbols_cap(n))
+        if status == 0:
+            return symbols, idx
+        # corrupt: the reference below raises its own error and message
     r = Reader(data)
     table = FreqTable.read(r, 1, max_symbol, _symbols_cap(n))
     reader = AnsReader(r.take(r.remaining()))
