@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._ans_kernels import finish, quantized_cdf, read, read_slots, slot_table, write
+from ._ans_kernels import finish, quantized_cdf, read, read_slots, reader_init, slot_table, write
 from ._choose_kernels import histogram
 from ._tables_kernels import fit, to_bytes
 from ._tables_kernels import read as read_table
@@ -115,26 +115,6 @@ def _symbol(bins, shift, idx):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _start(words, st):  # pragma: no cover - compiled
-    """``_ans_kernels.reader_init`` (inlined here: a zero last word is an error)."""
-    n = words.size
-    st[0] = np.uint64(0)
-    st[1] = np.uint64(0)
-    if n == 0:
-        return True
-    if words[n - 1] == 0:
-        return False
-    state = np.uint64(words[n - 1])
-    left = n - 1
-    if left > 0:
-        left -= 1
-        state = (state << np.uint64(32)) | np.uint64(words[left])
-    st[0] = state
-    st[1] = np.uint64(left)
-    return True
-
-
-@njit(cache=True, nogil=True)
 def decode_symbols(buf, pos, end, n, max_symbol, max_alphabet):  # pragma: no cover
     """``decode_symbol_indices`` of ``buf[pos:end]`` (``n >= 1``): (status, symbols, idx)."""
     no_sym = np.zeros(0, np.int64)
@@ -145,7 +125,7 @@ def decode_symbols(buf, pos, end, n, max_symbol, max_alphabet):  # pragma: no co
         return 1, no_sym, no_idx
     words = _words(buf, pos, end)
     st = np.zeros(2, np.uint64)
-    if not _start(words, st):
+    if not reader_init(words, st):
         return 1, no_sym, no_idx
     idx = np.empty(n, np.int32)
     if not read_row(words, st, row_freqs(codes, 0, k_index, shift), n, idx, 0):
@@ -194,7 +174,7 @@ def decode_rans(buf, pos, end, n, rows, runs, first, n_runs, n_zero, q_min, delt
         return 1, fail
     words = _words(buf, pos, end)
     st = np.zeros(2, np.uint64)
-    if not _start(words, st):
+    if not reader_init(words, st):
         return 1, fail
     mask = np.ones(n, np.bool_)
     if runs:
