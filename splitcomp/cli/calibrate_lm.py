@@ -31,12 +31,10 @@ from ..codecs.tokenwise import CONTEXTS, context_id, save_context
 from ..llm.halves import EdgeHalf
 from ..llm.text import default_wikitext, load_lm
 from ..llm.tokenwise_calibration import calibrate_edge, tail_windows
+from ..runtime.llm.contexts import MAX_CONTEXT_BYTES
 from ._checks import lm_name, require_file
 from ._common import UsageError, add_force, at_least, check_output, write_atomic
 from ._llm_args import add_lm_model, set_threads, weights_arg
-
-#: the largest context a server takes from a client by default (``serve --max-context-bytes``)
-SERVER_UPLOAD_BYTES = 1 << 20
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -93,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         path = save_context(ctx, args.out)
     print(f"context {context_id(data)} ({len(data)} bytes): {path}")
-    if len(data) > SERVER_UPLOAD_BYTES:
-        print(f"note: servers accept client contexts up to {SERVER_UPLOAD_BYTES} bytes by "
+    if len(data) > MAX_CONTEXT_BYTES:
+        print(f"note: servers accept client contexts up to {MAX_CONTEXT_BYTES} bytes by "
               f"default: serve with --max-context-bytes {len(data)} or --codec-context FILE, "
               f"or calibrate with --no-predict", file=sys.stderr)
     return 0

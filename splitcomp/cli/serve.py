@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING
 import torch
 
 from ..runtime.deployment import Deployment, zoo_deployment
+from ..runtime.llm.contexts import MAX_CONTEXT_BYTES
 from ..runtime.server import Server
 from ._checks import (
     bind_problem,
@@ -101,7 +102,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--session-idle-timeout", type=float, default=300.0,
                    help="seconds before an unused session is freed")
     g.add_argument("--max-sessions", type=int, default=4096)
-    g.add_argument("--max-context-bytes", type=int, default=1 << 20,
+    g.add_argument("--max-context-bytes", type=int, default=MAX_CONTEXT_BYTES,
                    help="largest codec context (tokenwise) a client may send at OPEN")
     g.add_argument("--max-contexts", type=int, default=64,
                    help="distinct codec contexts held at most (kept or in use)")

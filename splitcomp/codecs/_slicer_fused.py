@@ -14,6 +14,7 @@ releases the GIL, so a server can decode a batch in threads.
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import numpy as np
@@ -36,15 +37,12 @@ ERRORS = (
     "slicer: trailing rANS data",
     "slicer: varint too long",
 )
-_KERNELS: SimpleNamespace | None = None
 
 
+@functools.cache
 def kernels() -> SimpleNamespace:
     """The compiled decoder and its model tables (built on the first call)."""
-    global _KERNELS
-    if _KERNELS is None:
-        _KERNELS = _build()
-    return _KERNELS
+    return _build()
 
 
 def decode(payload: memoryview, geo, rescale: np.ndarray) -> np.ndarray:

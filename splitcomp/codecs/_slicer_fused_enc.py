@@ -12,6 +12,7 @@ stack (:mod:`.entropy._ans_jit`).
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,14 +20,11 @@ import numpy as np
 from . import _slicer_fused as fused
 from . import _slicer_mask as mk
 
-_KERNELS: SimpleNamespace | None = None
 
-
+@functools.cache
 def kernels() -> SimpleNamespace:
-    global _KERNELS
-    if _KERNELS is None:
-        _KERNELS = _build()
-    return _KERNELS
+    """The compiled encoder kernels (built on the first call)."""
+    return _build()
 
 
 def encode_tail(planes: np.ndarray, values: np.ndarray, signs: list[tuple[int, int]],

@@ -37,6 +37,11 @@ def codec_context(codec: Codec, send: bool = True) -> CodecContext | None:
     return CodecContext.of(owner.codec_id, data, send)
 
 
+#: the largest codec context a deployment takes from a client by default
+#: (``splitcomp serve --max-context-bytes``)
+MAX_CONTEXT_BYTES = 1 << 20
+
+
 class ContextStore:
     """A deployment's codec contexts. ``max_bytes``: largest context accepted;
     ``max_contexts``: distinct contexts held at most (kept for reuse or in use by sessions);
@@ -44,7 +49,7 @@ class ContextStore:
     (``OVERLOADED``) when all are in use. ``local``: also use the contexts this process holds
     (``Codec.local_context``); False: only those clients sent."""
 
-    def __init__(self, max_bytes: int = 1 << 20, max_contexts: int = 64,
+    def __init__(self, max_bytes: int = MAX_CONTEXT_BYTES, max_contexts: int = 64,
                  local: bool = True) -> None:
         if max_bytes < 0 or max_contexts < 1:
             raise ValueError("max_bytes must be >= 0 and max_contexts >= 1")

@@ -40,7 +40,7 @@ from ..errors import RequestError
 from ..protocol import ErrorCode
 from ..service import BatchResult, QueueCheck, Service, Work, register_service
 from ..stats import Counter, Gauge, Registry
-from .contexts import ContextStore
+from .contexts import MAX_CONTEXT_BYTES, ContextStore
 from .sessions import ANONYMOUS, ServerSession, SessionManager, client_share
 
 #: compact-stream templates a session may teach (one per codec parameters and shape it sends
@@ -149,7 +149,7 @@ class LLMDeployment(Service):
                  idle_timeout_s: float = 300.0, max_sessions: int = 4096,
                  max_step_tokens: int = 4096, min_step_bytes_per_token: int = 8,
                  allowed_clients: Iterable[str] | None = None,
-                 max_context_bytes: int = 1 << 20, max_contexts: int = 64,
+                 max_context_bytes: int = MAX_CONTEXT_BYTES, max_contexts: int = 64,
                  local_contexts: bool = True, max_sessions_per_client: int | None = None,
                  max_kv_bytes_per_client: int | None = None,
                  max_contexts_per_client: int | None = None,
@@ -372,8 +372,9 @@ class LLMDeployment(Service):
             header, codec, _ = read_header(blob, self._step_limits)
         (info,) = header.tensors  # checked: one tensor
         tpl = template(codec, info.shape, CODE_NAMES[info.code])
-        if scope_key(template_id(tpl)) not in scope:
-            scope[scope_key(template_id(tpl))] = tpl
+        key = scope_key(template_id(tpl))
+        if key not in scope:
+            scope[key] = tpl
             session.templates += 1
 
     def decode(self, item: StepItem) -> torch.Tensor:
