@@ -1,7 +1,9 @@
 """Fewer bits at the same perplexity? The ``tokenwise`` codec with and without a rotation of
 the hidden state before quantization, with a predictor across channels (``predict``: the
-context's own, :mod:`splitcomp.codecs._tokenwise_predict`), and a screen of previous-token
-prediction (issue #13).
+context's own, :mod:`splitcomp.codecs._tokenwise_predict`), with the predictor and Fisher noise
+shaping (``shaped``, or ``shaped:S`` with the Fisher matrix shrunk by ``S``:
+:mod:`splitcomp.codecs._tokenwise_shaping`, the matrix from the calibration windows alone), and
+a screen of previous-token prediction (issue #13).
 
     python benchmarks/llm_bits.py [--levels 2,0,-2,-4,-6] [--variants none,block_hadamard,...]
                                   [--json PATH]
@@ -54,6 +56,7 @@ from splitcomp.llm.gen_eval import GenEval, report_prompts  # noqa: E402
 from splitcomp.llm.halves import EdgeHalf, ServerHalf  # noqa: E402
 from splitcomp.llm.hidden_wire import overhead_bytes  # noqa: E402
 from splitcomp.llm.text import _read_text, default_wikitext, load_lm  # noqa: E402
+from splitcomp.llm.tokenwise_calibration import fisher_at_cut  # noqa: E402
 
 #: a predicting variant predicts tokens from this position of a sequence on
 PRED_FROM = 2
@@ -331,14 +334,25 @@ def main() -> None:
         if args.gen_prompts > 0 else None
     levels = [int(v) for v in args.levels.split(",") if v.strip()]
     curves: dict[str, Any] = {}
+    fisher = None
     for kind in [v for v in args.variants.split(",") if v]:
         pred = predictor(calib["hidden"]) if kind == "prev" else None
-        rot = rotation("none" if pred or kind == "predict" else kind, width, args.seed)
+        shaped = kind.split(":")[0] == "shaped"
+        rot = rotation("none" if pred or kind == "predict" or shaped else kind, width, args.seed)
         states = torch.cat([h[0] for h in calib["hidden"]]).float()
         if rot is not None:
             states = states @ torch.from_numpy(rot).float()
+        shaping: dict[str, Any] = {}
+        if shaped:
+            if fisher is None:
+                t0 = time.time()
+                fisher = fisher_at_cut(server, calib["hidden"])
+                result["fisher_seconds"] = time.time() - t0
+            shaping["fisher"] = fisher
+            if ":" in kind:
+                shaping["shaping_shrink"] = float(kind.split(":")[1])
         ctx = calibrate(residuals(calib["hidden"], pred) if pred else states.numpy(),
-                        predict=kind == "predict")
+                        predict=kind == "predict" or shaped, **shaping)
         rows, chosen = [], None
         for level in levels:
             t0 = time.time()

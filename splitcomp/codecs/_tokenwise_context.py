@@ -34,11 +34,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _tokenwise_shaping as shaping_mod
 from ._tokenwise_predict import fit_predictor, quantize_closed_loop, reconstruction
 from .bytes_io import put_varint
 from .contexts import ContextRegistry, seal, unseal
 from .contexts import context_scope as context_scope  # its old home; splitcomp.codecs has it
-from .errors import require
+from .errors import BitstreamError, require
 
 MAGIC = b"SCTX"
 #: version 1: no predictor; 2: a predictor across channels follows the knots
@@ -99,6 +100,10 @@ class TokenwiseContext:
     #: strictly lower-triangular (C, C) prediction coefficients (:mod:`._tokenwise_predict`),
     #: or None: channels coded as they are
     pred: np.ndarray | None = None
+    #: the encoder's Fisher noise-shaping feedback (C, C), strictly lower triangular
+    #: (:mod:`._tokenwise_shaping`), or None. Not part of the wire bytes or the id (the decoder
+    #: does not need it); a context file carries it (:meth:`file_bytes`)
+    shaping: np.ndarray | None = None
     _recon: np.ndarray | None = field(default=None, repr=False)
     _tables: dict = field(default_factory=dict, repr=False)  #: (step, code) -> tables, LRU
     _table_bytes: int = field(default=0, repr=False)
@@ -130,6 +135,24 @@ class TokenwiseContext:
         if self.pred is not None:
             out += self.pred[np.tril_indices(self.channels, -1)].astype("<f2").tobytes()
         return seal(out)
+
+    def file_bytes(self) -> bytes:
+        """What a context file holds: :meth:`to_bytes`, then the shaping section if any."""
+        data = self.to_bytes()
+        return data if self.shaping is None else data + shaping_mod.section_bytes(self.shaping)
+
+    @classmethod
+    def from_file_bytes(cls, data: bytes | bytearray | memoryview) -> TokenwiseContext:
+        """Parse a context file (:meth:`file_bytes`); BitstreamError if malformed."""
+        head, section = shaping_mod.split_file(data)
+        if section is not None:
+            try:
+                ctx = cls.from_bytes(head)
+            except BitstreamError:  # a context whose CRC happens to end in the trailer
+                return cls.from_bytes(data)
+            ctx.shaping = shaping_mod.section_from_bytes(section, ctx.channels)
+            return ctx
+        return cls.from_bytes(head)
 
     @property
     def context_id(self) -> int:
@@ -195,11 +218,25 @@ class TokenwiseContext:
     def quantize(self, x: np.ndarray, d: np.ndarray) -> np.ndarray:
         """Symbols (R, C), float (whole numbers, unbounded: the caller checks their range), of
         rows ``x`` with steps ``d``: of ``(x - mu) / d``, or with a predictor of each
-        channel's residual (closed loop, :mod:`._tokenwise_predict`)."""
+        channel's residual (closed loop, :mod:`._tokenwise_predict`), with shaping of each
+        channel's target moved by the errors made before it (:mod:`._tokenwise_shaping`)."""
+        if self.shaping is not None:
+            return self.quantize_inputs(x, d)[0]
         if self.pred is not None:
             return quantize_closed_loop(x - self.mu, d, self.pred, self.theta, self.delta)
         u = (x - self.mu) / d
         return np.sign(u) * np.floor(np.abs(u) + 0.5 - self.theta)
+
+    def quantize_inputs(self, x: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`quantize`'s symbols and what each one rounded, in steps (R, C): what the
+        entropy tables model (calibration's knots, :func:`fit_offsets`)."""
+        if self.shaping is not None:
+            return shaping_mod.quantize_shaped(x - self.mu, d, self.pred, self.shaping,
+                                               self.theta, self.delta)
+        q = self.quantize(x, d)
+        if self.pred is None:
+            return q, (x - self.mu) / d
+        return q, (x - self.reconstruct(q, d)) / d + q  # the decoding error plus the symbol
 
     def reconstruct(self, q: np.ndarray, d: np.ndarray) -> np.ndarray:
         """Decoded rows (R, C) float32 of symbols ``q`` with steps ``d`` (not checked finite:
@@ -291,7 +328,8 @@ def _nbytes(tables: list[Table]) -> int:
 #: under 20-bit ids: the first 20 bits of their SHA-256 (not their CRC32: a CRC over bytes
 #: ending in it is a constant)
 CONTEXTS: ContextRegistry[TokenwiseContext] = ContextRegistry(
-    "tokenwise context", TokenwiseContext, id_bits=20, max_items=64, file_ext="sctx")
+    "tokenwise context", TokenwiseContext, id_bits=20, max_items=64, file_ext="sctx",
+    file_bytes=TokenwiseContext.file_bytes, parse_file=TokenwiseContext.from_file_bytes)
 _STORE = CONTEXTS._items  # its old name: id -> context, least recently used first
 
 # the functions of old are the registry's methods (see ContextRegistry)
@@ -301,7 +339,8 @@ registered_context, find_context, get_context = CONTEXTS.get, CONTEXTS.find, CON
 
 
 def calibrate(hidden: np.ndarray, sensitivity: np.ndarray | None = None, alpha: float = 0.0,
-              theta: float = 0.0, p_grid: np.ndarray = P_GRID, predict: bool = False
+              theta: float = 0.0, p_grid: np.ndarray = P_GRID, predict: bool = False,
+              fisher: np.ndarray | None = None, shaping_shrink: float = shaping_mod.SHRINK
               ) -> TokenwiseContext:
     """A context from calibration hidden states (N, C) (e.g. a few hundred tokens).
 
@@ -312,7 +351,12 @@ def calibrate(hidden: np.ndarray, sensitivity: np.ndarray | None = None, alpha: 
     ``predict``: code each channel as its residual against a linear prediction from the
     token's earlier channels (:mod:`._tokenwise_predict`; fitted on the rows whose scale is
     within 4x of the median, so an attention sink's massive activations do not set it), the
-    knots then being the residuals' at level 0. Rows that are not finite are ignored."""
+    knots then being the residuals' at level 0. ``fisher`` (C, C), optional, is the Fisher
+    matrix of the model's output at the cut (mean outer product of loss gradients): the
+    encoder then shapes its error to it (:mod:`._tokenwise_shaping`, the matrix shrunk by
+    ``shaping_shrink``), the steps follow the shaping's pivots (so ``sensitivity`` is not
+    taken with it) and the knots describe the shaped inputs. Rows that are not finite are
+    ignored."""
     x = np.asarray(hidden, np.float32)
     if x.ndim != 2 or x.shape[0] < 2 or not 1 <= x.shape[1] <= _MAX_CHANNELS:
         raise ValueError("calibrate takes hidden states (N >= 2, C)")
@@ -324,6 +368,13 @@ def calibrate(hidden: np.ndarray, sensitivity: np.ndarray | None = None, alpha: 
     s = np.median(np.abs(x - mu), axis=1)
     scale = float(np.float32(max(float(np.median(s)), 1e-30)))
     w_code = np.full(c, 128, np.uint8)
+    fb = None
+    if fisher is not None:
+        if sensitivity is not None:
+            raise ValueError("calibrate takes sensitivity or fisher, not both")
+        if np.shape(fisher) != (c, c):
+            raise ValueError(f"fisher must be ({c}, {c}), not {np.shape(fisher)}")
+        fb, sensitivity = shaping_mod.fit_shaping(fisher, shaping_shrink)
     if sensitivity is not None:
         f = np.maximum(np.asarray(sensitivity, np.float64).reshape(c), 1e-30)
         rel = f / np.exp(np.mean(np.log(f)))
@@ -338,9 +389,13 @@ def calibrate(hidden: np.ndarray, sensitivity: np.ndarray | None = None, alpha: 
     counts = np.bincount(codes, minlength=CODE_MAX + 1)
     ctx.code_counts = np.minimum(np.ceil(counts * min(1.0, 65535 / counts.max())), 65535)
     units = np.float32(scale) * token_factor(codes).astype(np.float32)[:, None] * ctx.w[None, :]
+    ctx.shaping = fb
     z = (x - mu) / units
     if predict:
         z = _residuals(ctx, x, codes) / units
+    elif fb is not None:
+        d = ctx.steps(1.0, codes)
+        z = ctx.quantize_inputs(x, d)[1] * d / units
     knots = np.quantile(z.astype(np.float64), ctx.p_grid, axis=0).T
     knots = np.clip(knots, -60000, 60000).astype(np.float16).astype(np.float64)
     ctx.knots = np.maximum.accumulate(knots, axis=1)
@@ -363,8 +418,11 @@ def _residuals(ctx: TokenwiseContext, x: np.ndarray, codes: np.ndarray) -> np.nd
         ctx.pred = fit_predictor((x[fit] - ctx.mu)[rows] if rows.sum() >= 2
                                  else x[fit] - ctx.mu, ctx.scale * ctx.w)
         ctx._recon = None
-        q = ctx.quantize(x[use], d[use])
-        out[use] = (x[use] - ctx.reconstruct(q, d[use])) + q * d[use]
+        if ctx.shaping is None:  # the residual: its decoding error plus its symbol
+            q = ctx.quantize(x[use], d[use])
+            out[use] = (x[use] - ctx.reconstruct(q, d[use])) + q * d[use]
+        else:
+            out[use] = ctx.quantize_inputs(x[use], d[use])[1] * d[use]
     ctx.pred = fit_predictor((x - ctx.mu)[typical], ctx.scale * ctx.w)
     ctx._recon = None
     return out
@@ -376,10 +434,7 @@ def fit_offsets(ctx: TokenwiseContext, hidden: np.ndarray, step: float) -> None:
     x = np.asarray(hidden, np.float32)
     ctx.delta = np.zeros(ctx.channels, np.float32)  # with a predictor, the residuals see it
     d = ctx.steps(step, ctx.token_codes(x))
-    q = ctx.quantize(x, d)
-    u = (x - ctx.mu) / d
-    if ctx.pred is not None:  # each residual, in steps: the decoding error plus its symbol
-        u = (x - ctx.reconstruct(q, d)) / d + q
+    q, u = ctx.quantize_inputs(x, d)
     nz = q != 0
     gap = np.where(nz, np.abs(q) - np.abs(u), 0.0).sum(0) / np.maximum(nz.sum(0), 1)
     ctx.delta = (np.clip(np.rint(gap * 256), 0, 127) / 256).astype(np.float32)

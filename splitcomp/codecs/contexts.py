@@ -94,15 +94,20 @@ class ContextRegistry(Generic[T]):
     the :func:`context_scope` first, under :meth:`scope_key` (``scope_tag`` keeps one kind's
     keys apart from another's in a scope holding both). ``file_prefix`` and ``file_ext`` name files
     (``<prefix>-<id hex>.<ext>``, :meth:`save`); :meth:`load_file` reads at most
-    ``max_file_bytes``. ``key_format`` formats ids in messages; ``hint`` ends the message of a
-    missing item. The ids are part of the wire format: ``id_bits`` never changes for a kind.
+    ``max_file_bytes``; ``file_bytes`` and ``parse_file`` (default ``to_bytes`` and ``parse``)
+    are a file's bytes and their parser, where a file holds more than the wire (what only the
+    sender needs, kept out of the id). ``key_format`` formats ids in messages; ``hint`` ends
+    the message of a missing item. The ids are part of the wire format: ``id_bits`` never
+    changes for a kind.
     """
 
     def __init__(self, kind: str, item_type: type[T], *, id_bits: int = 20,
                  max_items: int = 64, parse: Callable[[BytesLike], T] | None = None,
                  to_bytes: Callable[[T], bytes] | None = None, scoped: bool = True,
                  file_prefix: str = "", file_ext: str = "", max_file_bytes: int = 1 << 26,
-                 key_format: str = "d", hint: str = "", scope_tag: str = "") -> None:
+                 key_format: str = "d", hint: str = "", scope_tag: str = "",
+                 file_bytes: Callable[[T], bytes] | None = None,
+                 parse_file: Callable[[BytesLike], T] | None = None) -> None:
         if not 1 <= id_bits <= 256:
             raise ValueError("id_bits must be 1 .. 256")
         self.kind = kind
@@ -112,6 +117,8 @@ class ContextRegistry(Generic[T]):
         #: bytes -> item (BitstreamError if malformed), item -> bytes
         self.parse: Callable[[BytesLike], T] = parse or item_type.from_bytes
         self.to_bytes: Callable[[T], bytes] = to_bytes or item_type.to_bytes
+        self.file_bytes: Callable[[T], bytes] = file_bytes or self.to_bytes
+        self.parse_file: Callable[[BytesLike], T] = parse_file or self.parse
         self.scoped = scoped
         self.scope_tag = scope_tag
         self.file_prefix, self.file_ext = file_prefix or kind.split()[0], file_ext
@@ -154,7 +161,9 @@ class ContextRegistry(Generic[T]):
             old = self._items.get(key)
             if old is not None and self.to_bytes(old) != data:
                 raise ValueError(f"{self._name(key)}: another {self.kind} already has this id")
-            self._items[key] = item if old is None else old  # type: ignore[assignment]
+            richer = old is not None and len(self.file_bytes(item)) > len(data)  # type: ignore
+            # the one held stays (its caches), unless this one carries the sender's extras
+            self._items[key] = item if old is None or richer else old  # type: ignore
             self._items.move_to_end(key)
             while len(self._items) > max(self.max_items, 1):
                 self._items.popitem(last=False)
@@ -228,10 +237,9 @@ class ContextRegistry(Generic[T]):
 
     def save(self, item: T, directory: str | Path) -> Path:
         """Write ``item`` as :meth:`filename` in ``directory`` (for :meth:`load_file`)."""
-        data = self.to_bytes(item)
-        path = Path(directory) / self.filename(self.id_of(data))
+        path = Path(directory) / self.filename(self.key_of(item))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        path.write_bytes(self.file_bytes(item))
         return path
 
     def load_file(self, path: str | Path) -> int:
@@ -242,4 +250,4 @@ class ContextRegistry(Generic[T]):
         with open(path, "rb") as f:
             data = f.read(self.max_file_bytes + 1)
         require(len(data) <= self.max_file_bytes, f"{self.kind} file {path}: too large")
-        return self.register(data)
+        return self.register(self.parse_file(data))

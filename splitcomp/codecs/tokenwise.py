@@ -53,6 +53,7 @@ from ._tokenwise_context import (
     registered_context,
     save_context,
 )
+from ._tokenwise_shaping import shaped_error_bound
 from .base import Param, SessionContextCodec
 from .bytes_io import Reader
 from .entropy import (
@@ -317,4 +318,7 @@ class TokenwiseCodec(SessionContextCodec):
             return float(self._row_steps(x2).max()) * 0.5 * (1 + 1e-5) + top * 2.0**-22
         _, d, _ = self._quantize(x2)
         half = 0.5 + float(self.context.delta.max())
+        if self.context.shaping is not None:  # each channel also carries the feedback it got
+            return float(shaped_error_bound(d * half, self.context.shaping).max()) * (
+                1 + 1e-5) + top * 2.0**-22 + 1e-30
         return float(d.max()) * half * (1 + 1e-5) + top * 2.0**-22 + 1e-30

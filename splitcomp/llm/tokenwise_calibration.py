@@ -1,4 +1,6 @@
-"""Calibrating a ``tokenwise`` codec context on a split LLM (the edge half only, no labels).
+"""Calibrating a ``tokenwise`` codec context on a split LLM: the edge half's hidden states, and
+for Fisher noise shaping the server half's gradients at the cut (labels sampled from the model,
+none needed).
 
     splitcomp lm-context --split 15 --out contexts/
     splitcomp eval-lm --split 15 --codec tokenwise --param level=0 \\
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from ..codecs.tokenwise import TokenwiseContext, calibrate
+from .cache import positions_for
 from .text import _read_text
 
 
@@ -39,8 +42,41 @@ def tail_windows(tokenizer, path: Path, window: int, count: int, at_least: int |
     return torch.tensor(ids[-need:], dtype=torch.long).view(count, window)
 
 
-def calibrate_edge(edge, windows: torch.Tensor, **kwargs) -> TokenwiseContext:
+def calibrate_edge(edge, windows: torch.Tensor, server=None, **kwargs) -> TokenwiseContext:
     """A context from the edge's hidden states over ``windows`` (count, window), every token
-    (each window's first one too: the attention sink gets its share of the scale-code model)."""
-    hidden = torch.cat([edge.forward_full(w[None])[0] for w in windows])
+    (each window's first one too: the attention sink gets its share of the scale-code model);
+    with the ``server`` half, its encoder shapes the error to the Fisher matrix at the cut
+    (:func:`fisher_at_cut`, :mod:`splitcomp.codecs._tokenwise_shaping`)."""
+    states = [edge.forward_full(w[None]) for w in windows]
+    hidden = torch.cat([h[0] for h in states])
+    if server is not None:
+        kwargs["fisher"] = fisher_at_cut(server, states)
     return calibrate(hidden.float().numpy().astype(np.float32), **kwargs)
+
+
+def fisher_at_cut(server, states: list[torch.Tensor], seed: int = 0, skip: int = 2
+                  ) -> np.ndarray:
+    """The Fisher matrix (H, H) float64 of the server half's next-token distributions with
+    respect to the hidden state at the cut: the mean outer product, over positions, of the
+    gradient of the log-likelihood of next tokens *sampled from the model's own distribution*
+    (so its expectation is the matrix in ``KL ~ 1/2 e^T F e``; no labels needed). Each of
+    ``states`` is one window (1, T, H) from position 0; its first ``skip`` positions (the
+    attention sink and the token after it, whose massive activations the codec escapes) are
+    left out. Seeded: the same states give the same matrix."""
+    total, count = None, 0
+    for i, h in enumerate(states):
+        x = h.detach().to(server.dtype).clone().requires_grad_(True)
+        t = x.shape[1]
+        with torch.enable_grad():
+            logits = server.part(x, positions_for([0], t), server.masks([0], t), None, None)
+            logp = torch.log_softmax(logits[0].float(), dim=-1)
+            gen = torch.Generator().manual_seed(seed + i)
+            y = torch.multinomial(logp.detach().exp(), 1, generator=gen)
+            (grad,) = torch.autograd.grad(logp.gather(-1, y).sum(), x)
+        g = grad[0, skip:].double()
+        total = g.T @ g if total is None else total + g.T @ g
+        count += g.shape[0]
+    if total is None or count == 0:
+        raise ValueError("fisher_at_cut needs at least one window longer than "
+                         f"{skip} tokens")
+    return (total / count).numpy()

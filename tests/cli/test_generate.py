@@ -90,7 +90,12 @@ def test_generate_with_a_context_file_against_a_real_server(capsys, tmp_path) ->
         assert got == text_here and held["context_bytes"] == 0
         assert held["prefill_bytes"] == embedded["prefill_bytes"]
         got, sent = run("--server", bare, "--deployment", "llama_tiny")
-        assert got == text_here and sent["context_bytes"] == ctx.stat().st_size
+        # the context's bytes go up, not the file's encoder-only shaping section
+        from splitcomp.codecs.tokenwise import TokenwiseContext
+
+        wire = TokenwiseContext.from_file_bytes(ctx.read_bytes()).to_bytes()
+        assert len(wire) < ctx.stat().st_size
+        assert got == text_here and sent["context_bytes"] == len(wire)
 
 def test_serve_param_takes_only_a_context_file(tmp_path) -> None:
     import argparse

@@ -32,11 +32,15 @@ def test_calibrate_lm_into_a_folder(command, wiki, tmp_path, capsys) -> None:
     out = tmp_path / "contexts"
     assert main([command, *ARGS, "--text", str(wiki), "--out", str(out)]) == 0
     (path,) = out.glob("tokenwise-*.sctx")
-    data = path.read_bytes()
+    ctx = TokenwiseContext.from_file_bytes(path.read_bytes())
+    data = ctx.to_bytes()  # the wire bytes (what a server gets), named by their id
     cid = context_id(data)
-    assert path.name == f"tokenwise-{cid:05x}.sctx"
-    assert capsys.readouterr().out.strip() == f"context {cid} ({len(data)} bytes): {path}"
-    assert TokenwiseContext.from_bytes(data).to_bytes() == data
+    assert path.name == f"tokenwise-{cid:05x}.sctx" and ctx.shaping is not None
+    extra = path.stat().st_size - len(data)
+    assert capsys.readouterr().out.strip() == (
+        f"context {cid} ({len(data)} bytes, {extra} more in the file: the encoder's shaping): "
+        f"{path}")
+    assert path.read_bytes() == ctx.file_bytes()
 
 
 def test_a_short_text_calibrates_on_what_it_holds(wiki, tmp_path, capsys) -> None:
@@ -51,27 +55,30 @@ def test_a_short_text_calibrates_on_what_it_holds(wiki, tmp_path, capsys) -> Non
     assert "tokens" in capsys.readouterr().err
 
 
-def test_predictor_by_default_and_without(wiki, tmp_path) -> None:
+def test_predictor_and_shaping_by_default_and_without(wiki, tmp_path) -> None:
     sizes = {}
-    for flag in ("--predict", "--no-predict"):
-        out = tmp_path / f"{flag}.sctx"
-        assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(out), flag]) == 0
-        ctx = TokenwiseContext.from_bytes(out.read_bytes())
-        assert (ctx.pred is not None) == (flag == "--predict")
-        sizes[flag] = out.stat().st_size
+    for flags in (["--predict"], ["--no-predict"], ["--no-shape"], ["--no-predict", "--no-shape"]):
+        out = tmp_path / f"{'_'.join(flags)}.sctx"
+        assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(out), *flags]) == 0
+        ctx = TokenwiseContext.from_file_bytes(out.read_bytes())
+        assert (ctx.pred is not None) == ("--no-predict" not in flags)
+        assert (ctx.shaping is not None) == ("--no-shape" not in flags)
+        sizes[tuple(flags)] = len(ctx.to_bytes()), out.stat().st_size
     default = tmp_path / "default.sctx"
     assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(default)]) == 0
-    assert default.read_bytes() == (tmp_path / "--predict.sctx").read_bytes()
-    c = 64  # llama_tiny's hidden size: C (C - 1) bytes of coefficients
-    assert sizes["--predict"] - sizes["--no-predict"] == c * (c - 1)
+    assert default.read_bytes() == (tmp_path / "--predict.sctx").read_bytes()  # seeded
+    c = 64  # llama_tiny's hidden size: C (C - 1) bytes of coefficients each
+    assert sizes[("--predict",)][0] - sizes[("--no-predict",)][0] == c * (c - 1)
+    assert sizes[("--no-shape",)][1] == sizes[("--no-shape",)][0]  # the file is the wire
+    shaped_file = sizes[("--predict",)][1] - sizes[("--predict",)][0]
+    assert c * (c - 1) < shaped_file < c * (c - 1) + 32  # the feedback, sealed, and a trailer
 
 
 def test_calibrate_lm_to_a_file_then_eval_lm_with_its_path(wiki, tmp_path, capsys) -> None:
     ctx = tmp_path / "sub" / "ctx.sctx"
     assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(ctx)]) == 0
-    data = ctx.read_bytes()
-    cid = context_id(data)
-    assert capsys.readouterr().out.strip() == f"context {cid} ({len(data)} bytes): {ctx}"
+    cid = TokenwiseContext.from_file_bytes(ctx.read_bytes()).context_id
+    assert capsys.readouterr().out.strip().startswith(f"context {cid} (")
     # the file exists now: replaced only with --force
     assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(ctx)]) == 2
     assert "--force" in capsys.readouterr().err
