@@ -50,8 +50,10 @@ def kernels() -> ModuleType:
 
 def warm_up() -> None:
     """Compile (or load) the kernels now, e.g. before timing: a round trip of a few small
-    tensors through the slicer, rans and self-contained tokenwise takes every kernel and
-    the usual argument types."""
+    tensors through the slicer (one-piece grids: :func:`._slicer_fused_enc.encode_fast`;
+    an outlier's magnitude blocks: the numpy quantizer and
+    :func:`._slicer_fused_enc.encode_tail`), rans and self-contained tokenwise takes every
+    kernel and the usual argument types."""
     from .rans import RansCodec  # here, not at import: these modules import this one
     from .slicer import SlicerCodec
     from .tokenwise import TokenwiseCodec
@@ -60,11 +62,14 @@ def warm_up() -> None:
     rng = np.random.default_rng(0)
     for shape, axis in (((1, 8, 6, 6), 1), ((1, 5, 48), -1), ((2, 3), 7)):
         x = rng.standard_normal(shape).astype(np.float32)
+        spiky = x.copy()  # magnitude blocks: the numpy quantizer, then the compiled tail
+        spiky.reshape(-1)[0] = 1e4
         for q in (0.3, 1.0):
             codec = SlicerCodec(quality=q, axis=axis)
-            for sample in (x, np.maximum(x, 0)):
+            for sample in (x, np.maximum(x, 0), spiky):
                 payload = codec.encode_array(sample)
                 codec.decode_array(memoryview(payload), shape, _limits())
+                codec.error_bound(sample)  # quantize_fast's kernels
         for other in (RansCodec(), RansCodec(bits=2), TokenwiseCodec()):
             for sample in (x, np.maximum(x, 0)):
                 payload = other.encode_array(sample)

@@ -8,13 +8,16 @@ parameters, shapes, dtypes and a CRC, so a bitstream is self-describing.
 from __future__ import annotations
 
 import abc
+import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .errors import DEFAULT_LIMITS, BitstreamError, DecodeLimits
+from .bytes_io import Reader, put_varint, unzigzag, zigzag
+from .errors import DEFAULT_LIMITS, BitstreamError, DecodeLimits, require
 
 if TYPE_CHECKING:  # torch only in the adapters (encode, decode): the core is numpy
     import torch
@@ -64,6 +67,45 @@ class Param:
         return value
 
 
+def encode_params(spec: Sequence[Param], params: Mapping[str, Any]) -> bytes:
+    """The wire form of ``params`` in ``spec``'s order (the container's header)."""
+    out = bytearray()
+    for p in spec:
+        v = params[p.name]
+        if p.kind is bool:
+            out.append(1 if v else 0)
+        elif p.kind is int:
+            put_varint(out, zigzag(v))
+        elif p.kind is float:
+            out += struct.pack("<f", v)
+        elif p.kind is str:
+            out.append(p.choices.index(v))
+        else:  # pragma: no cover - guarded by Param
+            raise TypeError(p.kind)
+    return bytes(out)
+
+
+def decode_params(spec: Sequence[Param], r: Reader) -> dict[str, Any]:
+    """Inverse of :func:`encode_params`: BitstreamError for a value no codec writes."""
+    params: dict[str, Any] = {}
+    for p in spec:
+        if p.kind is bool:
+            b = r.u8()
+            require(b in (0, 1), f"param {p.name}: bad bool {b}")
+            params[p.name] = bool(b)
+        elif p.kind is int:
+            params[p.name] = unzigzag(r.varint())
+        elif p.kind is float:
+            (v,) = r.unpack("<f")
+            require(math.isfinite(v), f"param {p.name}: not finite")
+            params[p.name] = v
+        elif p.kind is str:
+            i = r.u8()
+            require(i < len(p.choices), f"param {p.name}: bad choice {i}")
+            params[p.name] = p.choices[i]
+    return params
+
+
 class Codec(abc.ABC):
     """Base class of every intermediate-feature codec.
 
@@ -83,8 +125,15 @@ class Codec(abc.ABC):
     has_session_context: ClassVar[bool] = False
     #: whether an instance is an immutable value of its parameters, so the container may
     #: reuse one decoder per parameter set instead of building it for every stream (off for
-    #: codecs that bind a session context or an inner codec when built)
+    #: codecs that bind a session context or an inner codec when built; per parameters:
+    #: :meth:`reusable_for`)
     reusable: ClassVar[bool] = False
+
+    @classmethod
+    def reusable_for(cls, params: Mapping[str, Any]) -> bool:
+        """Whether a decoder built with ``params`` is a value of them alone (:attr:`reusable`),
+        so the container may keep it, and what it parsed of a header, for later streams."""
+        return cls.reusable
 
     def __init__(self, **params: Any) -> None:
         known = {p.name: p for p in self.params_spec}
@@ -244,6 +293,12 @@ class SessionContextCodec(Codec):
     context_param: ClassVar[str]
     #: the contexts registered in this process
     context_registry: ClassVar[ContextRegistry[Any]]
+
+    @classmethod
+    def reusable_for(cls, params: Mapping[str, Any]) -> bool:
+        """A decoder naming no context (a self-contained mode) binds nothing but its
+        parameters; one naming a context is built per stream (the scope may differ)."""
+        return cls.reusable or not params.get(cls.context_param)
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

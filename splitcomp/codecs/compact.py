@@ -15,12 +15,20 @@ own full streams (``docs/protocol.md``, "Compact steps").
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .contexts import ContextRegistry
+from .errors import DecodeLimits
+
+if TYPE_CHECKING:
+    from .base import Codec
 
 #: magic of a compact stream (a full one starts with ``SC``)
 COMPACT_MAGIC = b"SK"
 #: bytes before the payload: magic and the template id (u24 LE)
 PREFIX_BYTES = 5
+#: the trailing CRC32 of every stream (as the container's)
+CRC_BYTES = 4
 #: templates this process keeps at first (least recently used forgotten first; the live bound:
 #: ``TEMPLATES.max_items``)
 MAX_TEMPLATES = 256
@@ -44,3 +52,80 @@ find_template = TEMPLATES.require
 
 def prefix(tid: int) -> bytes:
     return COMPACT_MAGIC + tid.to_bytes(3, "little")
+
+
+# -- parsed templates ----------------------------------------------------------------------
+#: what the container parsed of a one-tensor header before, by (its bytes, the limits it was
+#: checked against): a template, or a full stream's header up to its payload length (the same
+#: bytes). Parsing reads those bytes alone, so a stream starting with them parses the same way;
+#: the container keeps here only what a reusable decoder parsed (:meth:`.base.Codec.reusable_for`)
+PARSED: dict[tuple[bytes, DecodeLimits], tuple] = {}
+#: the lengths of the :data:`PARSED` byte strings, most recent last (a full stream is looked up
+#: by each: its header's length is not known before it is parsed)
+PARSED_SIZES: list[int] = []
+#: bounds of :data:`PARSED` and :data:`PARSED_SIZES`: past either, both are cleared (a peer
+#: cycling through headers costs a parse per stream, as without them, and no memory)
+MAX_PARSED, MAX_PARSED_SIZES = 256, 4
+
+
+def remember_parsed(head: bytes, limits: DecodeLimits, codec: Codec, header: Any) -> None:
+    """Keep what parsing the one-tensor header bytes ``head`` under ``limits`` gave (the
+    decoder and its :class:`~.container.Header`, see :data:`PARSED`) when nothing else made
+    it: a reusable decoder (:meth:`.base.Codec.reusable_for`), limits of the plain type."""
+    if type(limits) is not DecodeLimits or not type(codec).reusable_for(codec.params):
+        return
+    size = len(head)
+    if len(PARSED) >= MAX_PARSED or (size not in PARSED_SIZES
+                                     and len(PARSED_SIZES) >= MAX_PARSED_SIZES):
+        PARSED.clear()
+        PARSED_SIZES.clear()
+    if size not in PARSED_SIZES:
+        PARSED_SIZES.append(size)
+    PARSED[head, limits] = (codec, header, {})  # the last: its headers, by their sizes
+
+
+def parsed_header(head: bytes, limits: DecodeLimits, header_bytes: int, total: int):
+    """``(header, decoder)`` of a stream of ``total`` bytes, its payload after
+    ``header_bytes``, whose one-tensor header ``head`` is in :data:`PARSED` under ``limits``
+    (the header kept per sizes: few differ); None if it is not there."""
+    parsed = PARSED.get((head, limits)) if type(limits) is DecodeLimits else None
+    if parsed is None:
+        return None
+    codec, first, headers = parsed
+    header = headers.get((header_bytes, total))
+    if header is None:  # the parsed header's classes (container's Header and TensorInfo)
+        info = first.tensors[0]
+        size = total - header_bytes - CRC_BYTES
+        header = type(first)(codec_id=first.codec_id, codec_name=first.codec_name,
+                             params=first.params, header_bytes=header_bytes, total_bytes=total,
+                             tensors=(type(info)(code=info.code, shape=info.shape,
+                                                 payload_bytes=size),))
+        if len(headers) < 64:
+            headers[header_bytes, total] = header
+    return header, codec
+
+
+def parsed_stream(view: memoryview, body_end: int, limits: DecodeLimits):
+    """``(header, decoder, payload offset)`` of a full one-tensor stream (``view``, its body
+    ending at ``body_end``) whose header up to its payload length is in :data:`PARSED` under
+    ``limits``, when that length (a varint of up to 4 bytes, read as the parser reads it) is
+    what the body holds; else None (the stream is then parsed as usual)."""
+    if type(limits) is not DecodeLimits:
+        return None
+    for p in PARSED_SIZES:
+        head = bytes(view[:p]) if p < body_end else b""
+        if (head, limits) not in PARSED:
+            continue
+        size = shift = 0
+        pos = p
+        while pos < body_end and shift <= 21:
+            byte = view[pos]
+            pos += 1
+            size |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                hit = parsed_header(head, limits, pos, len(view)) if size == body_end - pos \
+                    else None
+                return None if hit is None else (*hit, pos)
+            shift += 7
+        return None
+    return None

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import compact as compact_module
-from .bytes_io import Reader, put_varint, unzigzag, zigzag
+from .base import Codec, Param, decode_params, encode_params
+from .bytes_io import Reader, put_varint
 from .contexts import context_scope
 from .errors import DEFAULT_LIMITS, BitstreamError, DecodeLimits, require
 from .registry import codec_class_by_id
@@ -34,11 +35,9 @@ from .registry import codec_class_by_id
 if TYPE_CHECKING:
     import torch
 
-    from .base import Codec, Param
-
 MAGIC = b"SC"
 FORMAT_VERSION = 1
-CRC_BYTES = 4
+CRC_BYTES = compact_module.CRC_BYTES
 #: magic of a full stream whose CRC covers only the header (a ``checks_payload`` codec's)
 RESILIENT_MAGIC = b"SR"
 #: magic of a compact stream whose CRC covers only its prefix (magic and template id)
@@ -54,13 +53,22 @@ NAME_CODES = {v: k for k, v in CODE_NAMES.items()}
 FLOAT_CODES = frozenset({1, 2, 3, 4})
 
 
+#: numpy dtypes resolved before (``dtype.name`` costs microseconds), bounded
+_NUMPY_CODES: dict[np.dtype, int] = {}
+
+
 def dtype_code(dtype: Any) -> int:
     """The wire code of a torch dtype, numpy dtype or dtype name; TypeError if unsupported."""
+    key = dtype if isinstance(dtype, np.dtype) else None
+    if key is not None and key in _NUMPY_CODES:
+        return _NUMPY_CODES[key]
     if isinstance(dtype, (np.dtype, type)):
         dtype = np.dtype(dtype).name if np.dtype(dtype).isnative else dtype
     name = str(dtype).removeprefix("torch.")
     if name not in NAME_CODES:
         raise TypeError(f"unsupported dtype {dtype}")
+    if key is not None and len(_NUMPY_CODES) < 64:
+        _NUMPY_CODES[key] = NAME_CODES[name]
     return NAME_CODES[name]
 
 
@@ -144,59 +152,44 @@ def _nested_spec(cls: type[Codec], params: dict[str, Any]) -> tuple[Param, ...]:
         raise BitstreamError(f"bad parameters for {cls.name}: {e}") from None
 
 
-def encode_params(spec: Sequence[Param], params: dict[str, Any]) -> bytes:
-    out = bytearray()
-    for p in spec:
-        v = params[p.name]
-        if p.kind is bool:
-            out.append(1 if v else 0)
-        elif p.kind is int:
-            put_varint(out, zigzag(v))
-        elif p.kind is float:
-            out += struct.pack("<f", v)
-        elif p.kind is str:
-            out.append(p.choices.index(v))
-        else:  # pragma: no cover - guarded by Param
-            raise TypeError(p.kind)
-    return bytes(out)
-
-
-def decode_params(spec: Sequence[Param], r: Reader) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for p in spec:
-        if p.kind is bool:
-            b = r.u8()
-            require(b in (0, 1), f"param {p.name}: bad bool {b}")
-            params[p.name] = bool(b)
-        elif p.kind is int:
-            params[p.name] = unzigzag(r.varint())
-        elif p.kind is float:
-            (v,) = r.unpack("<f")
-            require(math.isfinite(v), f"param {p.name}: not finite")
-            params[p.name] = v
-        elif p.kind is str:
-            i = r.u8()
-            require(i < len(p.choices), f"param {p.name}: bad choice {i}")
-            params[p.name] = p.choices[i]
-    return params
+#: codec heads written before, by (class, parameters, tensor count), and tensor heads, by
+#: (dtype code, shape): each a function of these alone (bounded; cleared when full)
+_HEADS: dict[tuple, bytes] = {}
 
 
 def _codec_head(codec: Codec, count: int) -> bytearray:
-    head = bytearray(MAGIC)
-    head.append(FORMAT_VERSION)
-    head.append(codec.codec_id)
-    spec = (*codec.params_spec, *_nested_spec(type(codec), codec.params))
-    head += encode_params(spec, codec.params)
-    put_varint(head, count)
-    return head
+    """Magic, version, codec id, parameters and tensor count: a new bytearray to extend."""
+    key = (type(codec), tuple(codec.params.items()), count)
+    head = _HEADS.get(key)
+    if head is None:
+        head = bytearray((*MAGIC, FORMAT_VERSION, codec.codec_id))
+        head += encode_params((*codec.params_spec, *_nested_spec(type(codec), codec.params)),
+                              codec.params)
+        put_varint(head, count)
+        head = _keep(key, head)
+    return bytearray(head)
+
+
+def _keep(key: tuple, head: bytearray) -> bytes:
+    """``head`` kept in :data:`_HEADS` under ``key`` (cleared when full), as bytes."""
+    if len(_HEADS) >= _REUSED_MAX:
+        _HEADS.clear()
+    _HEADS[key] = out = bytes(head)
+    return out
 
 
 def _tensor_head(head: bytearray, dtype: Any, shape: Sequence[int]) -> None:
-    """``dtype``: a wire code, or a dtype (torch, numpy or name)."""
-    head.append(dtype if isinstance(dtype, int) else dtype_code(dtype))
-    head.append(len(shape))
-    for d in shape:
-        put_varint(head, int(d))
+    """Append a tensor's dtype code and shape (kept per both, as :data:`_HEADS`); ``dtype``:
+    a wire code, or a dtype (torch, numpy or name)."""
+    code = dtype if isinstance(dtype, int) else dtype_code(dtype)
+    key = (code, *shape)
+    part = _HEADS.get(key)
+    if part is None:
+        part = bytearray((code, len(shape)))
+        for d in shape:
+            put_varint(part, int(d))
+        part = _keep(key, part)
+    head += part
 
 
 def template(codec: Codec, shape: Sequence[int], dtype: Any = "float32") -> bytes:
@@ -225,7 +218,8 @@ def pack(codec: Codec, tensors: torch.Tensor | Sequence[torch.Tensor],
         t = t.detach()
         code = dtype_code(t.dtype)
         t = t.cpu().contiguous()
-        arrays.append((code, t.to(torch.float32).numpy() if code in FLOAT_CODES else t.numpy()))
+        arrays.append((code, t.to(torch.float32).numpy() if code in FLOAT_CODES and code != 1
+                       else t.numpy()))  # float32 (1): ``to`` would return ``t``
     return _pack(codec, arrays, compact)
 
 
@@ -291,8 +285,8 @@ def read_header(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEF
     require(zlib.crc32(view[:body_end]) == crc, "CRC mismatch: bitstream corrupted")
     if magic == compact_module.COMPACT_MAGIC:
         return _read_compact(view, body_end, limits)
-    r = Reader(view, 2, body_end)
-    return _read_full(r, limits, None, n)
+    hit = compact_module.parsed_stream(view, body_end, limits)  # a header parsed before
+    return hit or _read_full(Reader(view, 2, body_end), limits, None, n, remember=True)
 
 
 def _read_resilient(view: memoryview, magic: bytes, crc: int, limits: DecodeLimits):
@@ -319,9 +313,13 @@ def _read_compact(view: memoryview, body_end: int, limits: DecodeLimits):
     pre = compact_module.PREFIX_BYTES
     require(body_end >= pre, "truncated compact stream")
     tid = int.from_bytes(view[2:pre], "little")
-    tpl = compact_module.find_template(tid)
+    tpl = bytes(compact_module.find_template(tid))
+    hit = compact_module.parsed_header(tpl, limits, pre, len(view))
+    if hit is not None:
+        return *hit, pre
     header, codec, _ = _read_full(Reader(memoryview(tpl), 2, len(tpl)), limits,
                                   body_end - pre, len(view))
+    compact_module.remember_parsed(tpl, limits, codec, header)
     return header, codec, pre
 
 
@@ -333,7 +331,7 @@ _REUSED_MAX = 256
 def _codec(cls: type[Codec], params: dict) -> Codec:
     """The decoder of a stream's parameters: built, or a reusable one built before (saves
     ~7 us a stream; the cache is bounded, a stream cycling through parameters refills it)."""
-    key = (cls, tuple(params.items())) if cls.reusable else None
+    key = (cls, tuple(params.items())) if cls.reusable_for(params) else None
     codec = _REUSED.get(key) if key is not None else None
     if codec is None:
         try:
@@ -347,9 +345,11 @@ def _codec(cls: type[Codec], params: dict) -> Codec:
     return codec
 
 
-def _read_full(r: Reader, limits: DecodeLimits, implied_payload: int | None, total: int):
-    """The header after the magic; ``implied_payload``: a template's one tensor has no
-    payload length field, its payload is the rest of the stream (that many bytes)."""
+def _read_full(r: Reader, limits: DecodeLimits, implied_payload: int | None, total: int,
+               remember: bool = False):
+    """The header after the magic; ``implied_payload``: a template's one tensor has no payload
+    length field, its payload is the rest of the stream (that many bytes). ``remember``: keep
+    a one-tensor header's parse (a full stream's, ``SC``) for later streams."""
     version = r.u8()
     require(version == FORMAT_VERSION, f"unsupported format version {version}")
     codec_id = r.u8()
@@ -379,6 +379,7 @@ def _read_full(r: Reader, limits: DecodeLimits, implied_payload: int | None, tot
             header = Header(codec_id, cls.name, codec.params, tuple(infos),
                             compact_module.PREFIX_BYTES, total)
             return header, codec, compact_module.PREFIX_BYTES
+        size_at = r.pos
         size = r.varint()
         total_payload += size
         require(total_payload <= r.remaining(), "truncated: payloads exceed bitstream")
@@ -386,6 +387,8 @@ def _read_full(r: Reader, limits: DecodeLimits, implied_payload: int | None, tot
     require(implied_payload is None, "a compact template holds one tensor")
     require(total_payload == r.remaining(), "payload lengths do not match bitstream size")
     header = Header(codec_id, cls.name, codec.params, tuple(infos), r.pos, total)
+    if remember and n_tensors == 1:
+        compact_module.remember_parsed(bytes(r.buf[:size_at]), limits, codec, header)
     return header, codec, r.pos
 
 
@@ -421,8 +424,8 @@ def unpack(
     import torch
 
     out = _scoped(data, limits, expect_codec, check, contexts)
-    return tuple(torch.from_numpy(a).to(torch_dtype(c)) if c in FLOAT_CODES
-                 else torch.from_numpy(a) for c, a in out)
+    return tuple(torch.from_numpy(a).to(torch_dtype(c)) if c in FLOAT_CODES and c != 1
+                 else torch.from_numpy(a) for c, a in out)  # float32 (1): no ``to`` needed
 
 
 def unpack_arrays(

@@ -64,6 +64,7 @@ from .entropy import (
     put_varints,
     read_varints,
 )
+from .entropy.tables import _log2_table, _symbols_cap, rows_kernels
 from .errors import DecodeLimits, require
 from .registry import register_codec
 
@@ -81,6 +82,8 @@ __all__ = [
     "save_context",
 ]
 
+#: a row step on the wire: a little-endian float32
+_F32 = struct.Struct("<f")
 #: largest symbol magnitude either mode writes or accepts
 Q_MAX = 1 << 28
 #: rows (tokens) a context-mode payload may hold per byte: a decoder's work stays bounded by
@@ -113,9 +116,22 @@ def stream_work(ctx: TokenwiseContext, step: float, codes: np.ndarray) -> int:
 
 def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
     """(rows, channels) of a tensor: channels along the last axis (a scalar is one)."""
-    n = int(np.prod(shape, dtype=np.int64))
+    n = int(math.prod(shape))
     c = shape[-1] if shape else 1
     return (n // c if c else 0), c
+
+
+def _top_median(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's largest value and ``np.median`` of the rows of ``a`` (r, c), c > 0, by one
+    partition of ``a`` in place (np.median's, its last order statistic the row's largest:
+    NaN where the row has one); the median is computed as np.median computes it (the mean
+    of the middle one or two, in float32), so the same bits, NaN rows aside."""
+    c = a.shape[1]
+    h = c // 2
+    a.partition((h, c - 1) if c % 2 else (h - 1, h, c - 1), axis=1)
+    if c % 2:
+        return a[:, -1], a[:, h]
+    return a[:, -1], (a[:, h - 1] + a[:, h]) / 2
 
 
 def _zigzag(q: np.ndarray) -> np.ndarray:
@@ -151,28 +167,62 @@ class TokenwiseCodec(SessionContextCodec):
 
     # -- self-contained rows -----------------------------------------------------------------
     def _row_steps(self, x2: np.ndarray) -> np.ndarray:
-        a = np.abs(x2)
-        top = a.max(axis=1) if x2.shape[1] else np.zeros(x2.shape[0], np.float32)
-        med = np.median(a, axis=1) if x2.shape[1] else top
+        """Each row's float32 step (from its median and largest magnitude)."""
+        if not x2.shape[1]:
+            top = np.zeros(x2.shape[0], np.float32)
+            return self._steps_of(top, top)
+        return self._steps_of(*_top_median(np.abs(x2)))
+
+    def _steps_of(self, top: np.ndarray, med: np.ndarray) -> np.ndarray:
         s = np.maximum(med, top * 2.0**-20).astype(np.float64) * self.step
         s[~(s > 0)] = 1.0
         return np.minimum(s, 3e38).astype(np.float32)
 
     def _encode_plain(self, x2: np.ndarray) -> bytes:
-        steps = self._row_steps(x2)
-        q = np.rint(x2 / steps[:, None]).astype(np.int64)
-        return steps.astype("<f4").tobytes() + encode_symbols(_zigzag(q).reshape(-1))
+        """Row steps and the zigzagged symbols ``rint(x / step)``; ValueError for NaN or inf
+        (found as a row's largest magnitude, which the steps need anyway)."""
+        top, med = _top_median(np.abs(x2))
+        if x2.shape[0] == 1:  # a decode step's token: _steps_of in Python scalars
+            t, m = top[0], med[0]  # float32 scalars
+            if not math.isfinite(t):
+                raise ValueError("tokenwise: input contains NaN or inf")
+            s = float(max(m, t * 2.0**-20)) * self.step  # float32 maximum, float64 product
+            steps = np.array([min(s, 3e38) if s > 0 else 1.0], np.float32)
+            head = _F32.pack(steps[0])
+        else:
+            if not np.isfinite(top).all():
+                raise ValueError("tokenwise: input contains NaN or inf")
+            steps = self._steps_of(top, med)
+            head = steps.astype("<f4").tobytes()
+        kern = rows_kernels()
+        lg = _log2_table(x2.size + 1) if kern is not None else None
+        if lg is not None and x2.dtype == np.float32 and x2.flags.c_contiguous \
+                and x2.flags.writeable:  # quotients to bytes in one compiled pass
+            status, data = kern.encode_scaled(x2, steps, _symbols_cap(x2.size), lg)
+            if status == 0:
+                return head + data.tobytes()
+        y = x2 / steps[:, None]
+        q = np.rint(y, out=y).astype(np.int64)
+        u = (q << 1) ^ (q >> 63)  # zigzag: 2q or -2q - 1, as int64 arithmetic gives them
+        return head + encode_symbols(u.reshape(-1))
 
     def _decode_plain(self, payload: memoryview, r: int, c: int) -> np.ndarray:
         require(len(payload) >= 4 * r, "tokenwise: truncated steps")
-        steps = np.frombuffer(payload[: 4 * r], "<f4").astype(np.float32)
-        if r == 1:  # a decode step's token: Python floats are faster than numpy calls here
-            step = float(steps[0])
-            require(math.isfinite(step) and step > 0, "tokenwise: bad step")
+        steps = np.frombuffer(payload, "<f4", r).astype(np.float32)
+        if r == 1:  # a decode step's token: a scalar check is faster than numpy calls
+            require(math.isfinite(steps[0]) and steps[0] > 0, "tokenwise: bad step")
         else:
             require(bool(np.all(np.isfinite(steps) & (steps > 0))), "tokenwise: bad step")
+        kern = rows_kernels()
+        if kern is not None:  # symbols to values in one compiled pass (the same float32s)
+            buf = np.frombuffer(payload, np.uint8)
+            status, out = kern.decode_scaled(buf, 4 * r, buf.size, steps, c, 2 * Q_MAX,
+                                             _symbols_cap(r * c))
+            if status == 0:
+                return out.reshape(r, c)
+            # corrupt: the reference below raises its error and message
         alphabet, idx = decode_symbol_indices(payload[4 * r :], r * c, max_symbol=2 * Q_MAX)
-        levels = _unzigzag(alphabet).astype(np.float32)
+        levels = ((alphabet >> 1) ^ -(alphabet & 1)).astype(np.float32)  # unzigzag
         if r == 1:
             levels *= steps[0]  # scaled per symbol of the alphabet, then gathered
             return levels[idx].reshape(1, c)
@@ -289,9 +339,7 @@ class TokenwiseCodec(SessionContextCodec):
         if r * c == 0:
             return b""
         x2 = x.reshape(r, c)
-        if self.context is None:
-            if not np.all(np.isfinite(x2)):
-                raise ValueError("tokenwise: input contains NaN or inf")
+        if self.context is None:  # checks finiteness
             return self._encode_plain(x2)
         if c != self.context.channels:
             raise ValueError(f"tokenwise: last dim {c}, the context has {self.context.channels}")

@@ -14,6 +14,9 @@ bit, and is tested against it (``tests/codecs/test_ans_jit.py``):
 * the stream: words in push order, then the state's low and high words (zero high word
   dropped); a reader pops from the end, and a stream whose last word is 0 is invalid.
 
+The encoder divides by multiplying (``_ans_kernels.write_rcp``: ryg_rans' reciprocals, with a
+remainder check where they are one too high): the same quotients, so the same words.
+
 A decoder state is a uint64 array ``[state, words left]``; kernels return False (or -1) where
 constriction would raise, never read out of bounds, and never allocate from stream contents.
 """

@@ -7,7 +7,9 @@ kernel would be compiled again by every process."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from ._ans_jit import PRECISION
 
@@ -16,6 +18,7 @@ low = np.uint64(1 << 32)
 shift_p = np.uint64(PRECISION)
 shift_w = np.uint64(32)
 shift_hi = np.uint64(64 - PRECISION)
+mask32 = np.uint64(0xFFFFFFFF)
 
 
 @njit(cache=True, nogil=True)
@@ -166,11 +169,51 @@ def read_rows(words, st, probs, out):  # pragma: no cover - compiled
     return True
 
 
+@intrinsic
+def umulhi(typingctx, a, b):
+    """High 64 bits of the 128-bit product of two uint64: one ``mul`` instruction. numba has
+    no 128-bit integers, and four 32-bit products instead measured ~7 % slower per symbol."""
+    sig = types.uint64(types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        i128 = ir.IntType(128)
+        p = builder.mul(builder.zext(args[0], i128), builder.zext(args[1], i128))
+        return builder.trunc(builder.lshr(p, ir.Constant(i128, 64)), ir.IntType(64))
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True)
-def write(buf, st, cdf, symbols, lo, hi):  # pragma: no cover - compiled
-    """Push ``symbols[lo:hi]`` in reverse (so they decode in order) onto the stack
-    ``st = [state, words in buf]``; False if ``buf`` is full or a symbol is outside the
-    model (constriction raises for both)."""
+def reciprocals(cdf, rcp, rsh):  # pragma: no cover - compiled
+    """Per symbol of ``cdf``: ryg_rans' ``Rans64EncSymbolInit`` reciprocal of its probability
+    (Alverson: ``rcp = ceil(2**(63 + shift) / p)``), so :func:`write_rcp` divides by a
+    multiply and a shift; ``p < 2``: rcp 0 (:func:`write_rcp` then divides)."""
+    one = np.uint64(1)
+    for s in range(cdf.size - 1):
+        freq = np.uint64(cdf[s + 1]) - np.uint64(cdf[s])
+        if freq < 2:
+            rcp[s] = np.uint64(0)
+            rsh[s] = np.uint64(0)
+            continue
+        shift = np.uint64(0)
+        while freq > (one << shift):
+            shift += one
+        # the 96-bit long division (2**(shift + 63) + freq - 1) // freq in two 64-bit steps
+        x1 = one << (shift + np.uint64(31))
+        t1 = x1 // freq
+        t0 = (freq - one + ((x1 % freq) << shift_w)) // freq
+        rcp[s] = t0 + (t1 << shift_w)
+        rsh[s] = shift - one
+
+
+@njit(cache=True, nogil=True)
+def write_rcp(buf, st, cdf, rcp, rsh, symbols, lo, hi):  # pragma: no cover - compiled
+    """:func:`write` with the division by the probability done by :func:`reciprocals`'
+    multiply-high and shift: ryg_rans' "fast encode" quotient is exact for states below
+    ``2**63`` and at most one too high above (constriction's states reach ``2**64``, with
+    probabilities over 1/2); a remainder check catches that and divides, so the state and
+    the words are the division's, at ~0.55x its time (measured, 6,500 symbols)."""
+    one_p = np.uint64(1 << PRECISION)
     state = st[0]
     n = np.int64(st[1])
     n_sym = cdf.size - 1
@@ -183,7 +226,43 @@ def write(buf, st, cdf, symbols, lo, hi):  # pragma: no cover - compiled
         if (state >> shift_hi) >= prob:
             if n >= buf.size:
                 return False
-            buf[n] = np.uint32(state & np.uint64(0xFFFFFFFF))
+            buf[n] = np.uint32(state & mask32)
+            n += 1
+            state = state >> shift_w
+        q = umulhi(state, rcp[s]) >> rsh[s]
+        if state - q * prob >= prob:  # rare: see above (and probability 1: rcp 0)
+            state = ((state // prob) << shift_p) | (left_c + state % prob)
+        else:  # (q << 24) | (left_c + state - q * prob), one multiply on the state's path
+            state = state + left_c + q * (one_p - prob)
+    st[0] = state
+    st[1] = np.uint64(n)
+    return True
+
+
+@njit(cache=True, nogil=True)
+def write(buf, st, cdf, symbols, lo, hi):  # pragma: no cover - compiled
+    """Push ``symbols[lo:hi]`` in reverse (so they decode in order) onto the stack
+    ``st = [state, words in buf]``; False if ``buf`` is full or a symbol is outside the
+    model (constriction raises for both). Streams long for their alphabet go through
+    :func:`write_rcp` (reciprocals cost two divisions a symbol of the alphabet)."""
+    n_sym = cdf.size - 1
+    if hi - lo > 2 * n_sym + 8:
+        rcp = np.empty(max(n_sym, 0), np.uint64)
+        rsh = np.empty(max(n_sym, 0), np.uint64)
+        reciprocals(cdf, rcp, rsh)
+        return write_rcp(buf, st, cdf, rcp, rsh, symbols, lo, hi)
+    state = st[0]
+    n = np.int64(st[1])
+    for k in range(hi - 1, lo - 1, -1):
+        s = symbols[k]
+        if s < 0 or s >= n_sym:
+            return False
+        left_c = np.uint64(cdf[s])
+        prob = np.uint64(cdf[s + 1]) - left_c
+        if (state >> shift_hi) >= prob:
+            if n >= buf.size:
+                return False
+            buf[n] = np.uint32(state & mask32)
             n += 1
             state = state >> shift_w
         state = ((state // prob) << shift_p) | (left_c + state % prob)

@@ -3,11 +3,12 @@
 Python around the coder (table parsing, models, a call per stream) cost more than the coding
 itself on tensors of a few thousand elements; these kernels do a whole stream in one call.
 :func:`decode_symbols` / :func:`encode_symbols` are :func:`.tables.decode_symbol_indices` /
-:func:`.tables.encode_symbols`, and :func:`decode_rans` / :func:`encode_rans` the
-``coder="ans"`` part of ``RansCodec.decode_array`` / ``encode_array``, each computing what
-the compiled path of the reference computes: tables fitted, written and parsed by
-:mod:`._tables_kernels`, frequencies as ``tables._code_freqs``, models by
-``_ans_kernels.quantized_cdf`` and words by ``_ans_kernels.write`` / ``read`` /
+:func:`.tables.encode_symbols` (:func:`decode_scaled` / :func:`encode_scaled`: the same on
+values and row steps, tokenwise's self-contained rows), and :func:`decode_rans` /
+:func:`encode_rans` the ``coder="ans"`` part of ``RansCodec.decode_array`` /
+``encode_array``, each computing what the compiled path of the reference computes: tables
+fitted, written and parsed by :mod:`._tables_kernels`, frequencies as ``tables._code_freqs``,
+models by ``_ans_kernels.quantized_cdf`` and words by ``_ans_kernels.write`` / ``read`` /
 ``read_slots`` under the rule of ``AnsReader.read_model`` (a slot table above 64 symbols
 for 2,048 symbols or more). Per stream, what ``AnsWriter.add`` / ``AnsReader.read`` do:
 nothing coded for no symbols or a row with one symbol, an error for a row with none.
@@ -135,6 +136,27 @@ def decode_symbols(buf, pos, end, n, max_symbol, max_alphabet):  # pragma: no co
     for i in range(symbols.size):
         symbols[i] = _symbol(bins, shift, i)
     return 0, symbols, idx
+
+
+@njit(cache=True, nogil=True)
+def decode_scaled(buf, pos, end, steps, c, max_symbol, max_alphabet):  # pragma: no cover
+    """:func:`decode_symbols` of ``steps.size * c >= 1`` zigzagged integers, each value
+    (float32) times its row's float32 step (a float32 product, as numpy's): (status,
+    float32 values)."""
+    n = steps.size * c
+    status, symbols, idx = decode_symbols(buf, pos, end, n, max_symbol, max_alphabet)
+    if status:
+        return status, np.zeros(0, np.float32)
+    levels = np.empty(symbols.size, np.float32)
+    for i in range(symbols.size):
+        u = symbols[i]
+        levels[i] = np.float32((u >> 1) ^ -(u & 1))
+    out = np.empty(n, np.float32)
+    for row in range(steps.size):
+        step = np.float32(steps[row])
+        for j in range(row * c, row * c + c):
+            out[j] = np.float32(levels[idx[j]] * step)
+    return 0, out
 
 
 @njit(cache=True, nogil=True)
@@ -396,3 +418,24 @@ def encode_symbols(u, cap, lg):  # pragma: no cover - compiled
         for b in range(4):
             out[data.size + 4 * i + b] = np.uint8((w >> np.uint32(8 * b)) & np.uint32(0xFF))
     return 0, out
+
+
+@njit(cache=True, nogil=True)
+def encode_scaled(x, steps, cap, lg):  # pragma: no cover - compiled
+    """:func:`encode_symbols` of the zigzagged ``rint(x[row] / steps[row])`` of float32 rows
+    ``x`` (r, c) on float32 ``steps`` (each a float32 quotient, rounded half to even, as
+    numpy's): (status, bytes). Status 4 where a step is not positive and finite or a
+    quotient not below 2**62 (the caller leaves those to numpy), else encode_symbols's."""
+    r, c = x.shape
+    u = np.empty(r * c, np.int64)
+    for row in range(r):
+        step = np.float32(steps[row])
+        if not (step > 0 and step < np.inf):
+            return 4, np.zeros(0, np.uint8)
+        for j in range(c):
+            y = np.rint(np.float32(x[row, j] / step))
+            if not abs(y) < 4.6e18:
+                return 4, np.zeros(0, np.uint8)
+            q = np.int64(y)
+            u[row * c + j] = (q << 1) ^ (q >> 63)
+    return encode_symbols(u, cap, lg)

@@ -453,7 +453,7 @@ def encode_symbols(u: np.ndarray) -> bytes:
     u = np.asarray(u).reshape(-1)
     if u.size == 0:
         return b""
-    if u.dtype.kind not in "iu" or int(u.min()) < 0:
+    if u.dtype.kind not in "iu":
         raise ValueError("encode_symbols takes non-negative integers")
     kern = rows_kernels()
     lg = _log2_table(u.size + 1) if kern is not None else None
@@ -461,6 +461,8 @@ def encode_symbols(u: np.ndarray) -> bytes:
         status, data = kern.encode_symbols(np.ascontiguousarray(u), _symbols_cap(u.size), lg)
         if status == 0:
             return data.tobytes()
+    if int(u.min()) < 0:  # after the kernel, which refuses them itself (status 1)
+        raise ValueError("encode_symbols takes non-negative integers")
     alphabet, counts = histogram(u)
     table = FreqTable.fit(alphabet, counts, _symbols_cap(u.size))
     w = AnsWriter()
