@@ -14,8 +14,10 @@ use, not when :mod:`splitcomp.codecs` is imported.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -84,14 +86,31 @@ def _limits():
 
 def _numba_cache() -> None:
     """numba's on-disk cache goes where splitcomp's caches go (``$SPLITCOMP_CACHE`` or the
-    XDG cache folder), not beside an installed package; ``NUMBA_CACHE_DIR`` wins. (The
-    rule is ``splitcomp.data.paths``'; ``codecs`` may not import ``data``.)"""
+    XDG cache folder), not beside an installed package, in a folder per
+    :func:`kernels_digest`; ``NUMBA_CACHE_DIR`` wins. (The rule is ``splitcomp.data.paths``';
+    ``codecs`` may not import ``data``.)"""
     if "NUMBA_CACHE_DIR" in os.environ:
         return
     root = os.environ.get("SPLITCOMP_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
         "splitcomp")
-    os.environ["NUMBA_CACHE_DIR"] = os.path.join(root, "numba")
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(root, "numba", kernels_digest())
+
+
+#: the modules whose source compiled kernels are made of: the kernels and the constants they
+#: import (numba checks a cached kernel against its own file only, so a kernel inlining a
+#: changed function of another file would load stale; a folder per digest cannot)
+KERNEL_SOURCES = ("*_kernels.py", "entropy/*_kernels.py", "entropy/_ans_jit.py",
+                  "_slicer_quant.py", "_slicer_values.py", "_slicer_mask.py")
+
+
+def kernels_digest() -> str:
+    """12 hex digits of the SHA-256 of the :data:`KERNEL_SOURCES` files' bytes."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for path in sorted({p for pattern in KERNEL_SOURCES for p in here.glob(pattern)}):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def _build() -> ModuleType:

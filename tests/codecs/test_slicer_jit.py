@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,3 +244,19 @@ def test_corrupt_payloads_fail_or_decode_alike(seed, edits) -> None:
     assert (ref is None) == (got is None)
     if ref is not None:
         assert np.array_equal(ref, got)
+
+
+def test_numba_cache_folder_is_keyed_by_the_kernel_sources(monkeypatch, tmp_path) -> None:
+    """numba checks a cached kernel against its own file only: a folder per digest of every
+    kernel source (and the constants they import) keeps a changed callee from loading stale."""
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "")  # restored (or removed) when the test ends
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    monkeypatch.setenv("SPLITCOMP_CACHE", str(tmp_path))
+    jit._numba_cache()
+    digest = jit.kernels_digest()
+    assert os.environ["NUMBA_CACHE_DIR"] == str(tmp_path / "numba" / digest)
+    assert len(digest) == 12 and int(digest, 16) >= 0
+    here = Path(jit.__file__).parent
+    names = {p.name for pattern in jit.KERNEL_SOURCES for p in here.glob(pattern)}
+    assert {"_ans_kernels.py", "_rows_kernels.py", "_slicer_fused_kernels.py",
+            "_tokenwise_predict_kernels.py", "_ans_jit.py"} <= names
