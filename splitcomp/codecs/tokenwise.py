@@ -84,6 +84,9 @@ __all__ = [
 
 #: a row step on the wire: a little-endian float32
 _F32 = struct.Struct("<f")
+#: the smallest row step a self-contained stream carries (float32's smallest subnormal): a
+#: row's step that rounds to 0 in float32 becomes this, so every stream written decodes
+_STEP_MIN = np.float32(np.finfo(np.float32).smallest_subnormal)
 #: largest symbol magnitude either mode writes or accepts
 Q_MAX = 1 << 28
 #: rows (tokens) a context-mode payload may hold per byte: a decoder's work stays bounded by
@@ -176,7 +179,9 @@ class TokenwiseCodec(SessionContextCodec):
     def _steps_of(self, top: np.ndarray, med: np.ndarray) -> np.ndarray:
         s = np.maximum(med, top * 2.0**-20).astype(np.float64) * self.step
         s[~(s > 0)] = 1.0
-        return np.minimum(s, 3e38).astype(np.float32)
+        out = np.minimum(s, 3e38).astype(np.float32)
+        out[out == 0] = _STEP_MIN  # a row of subnormals at a low level: never a step of 0
+        return out
 
     def _encode_plain(self, x2: np.ndarray) -> bytes:
         """Row steps and the zigzagged symbols ``rint(x / step)``; ValueError for NaN or inf
@@ -188,6 +193,8 @@ class TokenwiseCodec(SessionContextCodec):
                 raise ValueError("tokenwise: input contains NaN or inf")
             s = float(max(m, t * 2.0**-20)) * self.step  # float32 maximum, float64 product
             steps = np.array([min(s, 3e38) if s > 0 else 1.0], np.float32)
+            if steps[0] == 0:  # below float32's smallest subnormal: see _steps_of
+                steps[0] = _STEP_MIN
             head = _F32.pack(steps[0])
         else:
             if not np.isfinite(top).all():
