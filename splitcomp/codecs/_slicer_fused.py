@@ -9,7 +9,9 @@ table, mask model and histograms, the rANS stack (:mod:`.entropy._ans_jit`, cons
 coder compiled), both mask phases, the level symbols with their value contexts, and the
 scatter into planes. Every read is bounds-checked by hand (numba does not check indices), and
 nothing is allocated from stream contents beyond what the payload's own size bounds. It
-releases the GIL, so a server can decode a batch in threads.
+releases the GIL, so a server can decode a batch in threads. Symbols are read by slot tables
+(:func:`.entropy._ans_kernels.slot_entries`: one load gives a symbol, its start and its
+probability), the mask models' built here once; the level models' per stream.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def decode(payload: memoryview, geo, rescale: np.ndarray) -> np.ndarray:
     k = kernels()
     out = np.empty((geo.planes, geo.plane_size), np.float32)
     err = k.decode(np.frombuffer(payload, np.uint8), geo.planes, geo.channels, geo.phase_a,
-                   geo.phase_b, geo.neighbours, geo.context_base, rescale, k.quad, k.freqs, out)
+                   geo.phase_b, geo.neighbours, geo.context_base, rescale, k.quad, k.quad_lut,
+                   k.freqs, out)
     if err:
         raise BitstreamError(ERRORS[err])
     return out
@@ -76,4 +79,8 @@ def _build() -> SimpleNamespace:
     _ans_jit.kernels()  # numba's cache folder, before the kernels import numba
     from . import _slicer_fused_kernels as m
 
-    return SimpleNamespace(decode=m.decode, quad=_quad_table(m.quantized_cdf), freqs=vl.FREQS)
+    quad = _quad_table(m.quantized_cdf)
+    quad_lut = np.zeros((quad.shape[0], 1 << m.quad_bits), np.int64)  # row 0 unused
+    for code in range(1, quad.shape[0]):
+        m.slot_entries(quad[code], 16, m.quad_bits, quad_lut[code])
+    return SimpleNamespace(decode=m.decode, quad=quad, quad_lut=quad_lut, freqs=vl.FREQS)

@@ -9,10 +9,24 @@ from numba import njit
 
 from ._slicer_quant import MAX_LEVELS, MAX_PIECES
 from ._slicer_values import N_CONTEXTS
-from .entropy._ans_kernels import quantized_cdf, read, reader_init
+from .entropy import _ans_kernels as ans
+from .entropy._ans_kernels import quantized_cdf, read, read_entries, reader_init, slot_entries
+
+#: quantile bits of the slot tables (:func:`.entropy._ans_kernels.slot_entries`), 2 KiB
+#: each: the mask models' (precomputed) and the level models' (a decode's ~30 stay in L1; 10
+#: bits measured no faster: fewer split slots, but 8 KiB tables)
+quad_bits = 8
+level_bits = 8
+quad_drop = np.uint64(24 - quad_bits)
 
 n_ctx = N_CONTEXTS
 f32_max = float(np.finfo(np.float32).max)
+
+
+@njit(cache=True, nogil=True)
+def u(i):  # pragma: no cover - compiled
+    """``i`` (never negative) as an unsigned index: numba then skips its wraparound."""
+    return np.uint64(i)
 
 
 @njit(cache=True, nogil=True)
@@ -130,13 +144,59 @@ def read_histograms(buf, pos, rows, size, table, freqs):  # pragma: no cover - c
 
 
 @njit(cache=True, nogil=True)
-def read_bits(words, st, quad, code, count, bits, at):  # pragma: no cover - compiled
-    """``count`` mask bits (a run of 4-bit symbols) into ``bits[at : at + count]``."""
-    n_nib = (count + 3) // 4
-    nib = np.empty(n_nib, np.int32)
-    read(words, st, quad[code], 16, n_nib, nib, 0)
+def read_nibbles(words, st, cdf, tbl, count, bits, at):  # pragma: no cover - compiled
+    """:func:`.entropy._ans_kernels.read_entries` of ``count`` 4-bit mask symbols (``tbl``
+    of ``quad_bits``), each written as its four bits into ``bits[at + 4 k :]`` (a run's
+    padding bits land past its end: the next run, read after it, or the slack of ``bits``)."""
+    state = st[0]
+    left = np.int64(st[1])
     for k in range(count):
-        bits[at + k] = (nib[k >> 2] >> (k & 3)) & 1
+        quantile = state & ans.mask24
+        e = tbl[np.int64(quantile >> quad_drop)]
+        if e >= 0:
+            lo = e & 0xFF
+            left_c = np.uint64((e >> 8) & 0x1FFFFFF)
+            prob = np.uint64(e >> 33)
+        else:
+            q = np.uint32(quantile)
+            lo = -1 - e
+            while cdf[lo + 1] <= q:
+                lo += 1
+            left_c = np.uint64(cdf[lo])
+            prob = np.uint64(cdf[lo + 1]) - left_c
+        state = (state >> ans.shift_p) * prob + (quantile - left_c)
+        if state < ans.low and left > 0:
+            left -= 1
+            state = (state << ans.shift_w) | np.uint64(words[left])
+        o = at + 4 * k
+        bits[o] = lo & 1
+        bits[o + 1] = (lo >> 1) & 1
+        bits[o + 2] = (lo >> 2) & 1
+        bits[o + 3] = lo >> 3
+    st[0] = state
+    st[1] = np.uint64(left)
+
+
+@njit(cache=True, nogil=True)
+def read_levels(words, st, cdf, tbl, fast, n_sym, count, out, at):  # pragma: no cover
+    """Level symbols: by the slot table (``level_bits``) where :func:`slot_tables` made
+    them (``fast``), else by :func:`.entropy._ans_kernels.read`'s search."""
+    if fast:
+        read_entries(words, st, cdf, tbl, level_bits, count, out, at)
+    else:
+        read(words, st, cdf, n_sym, count, out, at)
+
+
+@njit(cache=True, nogil=True)
+def slot_tables(cdfs, n_levels, ok):  # pragma: no cover - compiled
+    """The level models' slot tables, if any (at most 64 levels, every model quantized:
+    ``ok``; a hostile stream's split slots then cost no more steps than the search): (the
+    tables, at least one row; whether they were made)."""
+    n = cdfs.shape[0] if n_levels <= 64 and ok else 0
+    tbls = np.zeros((max(n, 1), 1 << level_bits), np.int64)
+    for r in range(n):
+        slot_entries(cdfs[r], n_levels, level_bits, tbls[r])
+    return tbls, n > 0
 
 
 @njit(cache=True, nogil=True)
@@ -148,8 +208,9 @@ def first_total(cells, pieces, g):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def decode(buf, planes, channels, phase_a, phase_b, nbr, base, rescale, quad, table, out):
-    """One slicer payload into ``out`` (planes, plane size); 0 or an error code."""  # noqa
+def decode(buf, planes, channels, phase_a, phase_b, nbr, base, rescale, quad, quad_lut, table, out):
+    """One slicer payload into ``out`` (planes, plane size); 0 or an error code. ``quad_lut``:
+    the ``quad`` mask models' slot tables (:func:`.entropy._ans_kernels.slot_entries`)."""  # noqa
     n = buf.size
     n_a, n_b = phase_a.size, phase_b.size
     tmp = np.empty(1, np.uint32)
@@ -253,13 +314,15 @@ def decode(buf, planes, channels, phase_a, phase_b, nbr, base, rescale, quad, ta
         rows = 1
     # padded to 17 entries of 2**24 at least: the fixed-width symbol search
     cdfs = np.full((rows, max(n_levels + 1, 17)), 1 << 24, np.uint32)
+    ok = True
     if rows:
         freqs = np.zeros((rows, n_levels))
         pos, err = read_histograms(buf, pos, rows, n_levels, table, freqs)
         if err:
             return err
         for r in range(rows):
-            quantized_cdf(freqs[r], cdfs[r])
+            ok &= quantized_cdf(freqs[r], cdfs[r])
+    luts, fast = slot_tables(cdfs, n_levels, ok)
     # the rANS stack
     if (n - pos) % 4:
         return 9
@@ -271,9 +334,9 @@ def decode(buf, planes, channels, phase_a, phase_b, nbr, base, rescale, quad, ta
     st = np.zeros(2, np.uint64)
     if not reader_init(words, st):
         return 9
-    # phase A: planes grouped by class, each class one run
-    bits = np.empty(max(planes * max(n_a, n_b), 1), np.uint8)
-    mask_a = np.zeros((planes, n_a), np.bool_)
+    # phase A: planes grouped by class, each class one run (every plane has a class)
+    bits = np.empty(planes * max(n_a, n_b) + 4, np.uint8)  # 4: a run's padding bits
+    mask_a = np.empty((planes, n_a), np.uint8)
     kept_a = 0
     for c in range(n_cls):
         count = 0
@@ -281,102 +344,158 @@ def decode(buf, planes, channels, phase_a, phase_b, nbr, base, rescale, quad, ta
             count += n_a if cls[p] == c else 0
         if count == 0:
             continue
-        read_bits(words, st, quad, code_a[c], count, bits, 0)
+        read_nibbles(words, st, quad[code_a[c]], quad_lut[code_a[c]], (count + 3) // 4, bits, 0)
         k = 0
         for p in range(planes):
             if cls[p] == c:
                 for j in range(n_a):
-                    mask_a[p, j] = bits[k]
-                    kept_a += bits[k]
-                    k += 1
-    # phase B: bits grouped by (class, kept neighbours), each group one run in the
-    # order of its positions; decoded group by group, then dealt back in position order
-    mask_b = np.zeros((planes, n_b), np.bool_)
-    kept_b = 0
+                    b = bits[u(k + j)]
+                    mask_a[p, u(j)] = b
+                    kept_a += b
+                k += n_a
+    # phase B: bits grouped by (class, kept neighbours), each group one run in the order
+    # of its positions; decoded group by group, then dealt back by each position's rank in
+    # its group (no running count on the dealing path)
+    total_b = planes * n_b
+    key = np.empty(max(total_b, 1), np.uint8)
+    rank = np.empty(max(total_b, 1), np.int64)
+    start = np.zeros(n_code_b + 1, np.int64)
     if n_b:
-        key = np.empty(planes * n_b, np.int64)
-        start = np.zeros(n_code_b + 1, np.int64)
-        ext = np.zeros(n_a + 1, np.int64)  # one plane of phase A, then a 0 sentinel
-        for p in range(planes):
-            for j in range(n_a):
-                ext[j] = mask_a[p, j]
-            for j in range(n_b):  # branch-free: the mask bits are unpredictable
-                cnt = (base[j] + ext[nbr[0, j]] + ext[nbr[1, j]] + ext[nbr[2, j]]
-                       + ext[nbr[3, j]])
-                kk = rescale[cnt] + 5 * cls[p]
-                key[p * n_b + j] = kk
-                start[kk + 1] += 1
+        group_ranks(planes, n_a, n_b, nbr, base, rescale, cls, mask_a, key, rank, start)
         for c in range(n_code_b):
             if start[c + 1]:
-                read_bits(words, st, quad, code_b[c], start[c + 1], bits, start[c])
+                read_nibbles(words, st, quad[code_b[c]], quad_lut[code_b[c]],
+                             (start[c + 1] + 3) // 4, bits, start[c])
             start[c + 1] += start[c]
-        flat_b = mask_b.reshape(-1)
-        for i in range(key.size):
-            b = bits[start[key[i]]]
-            start[key[i]] += 1
-            flat_b[i] = b
-            kept_b += b
-    # level symbols
-    vals_a = np.zeros(kept_a, np.int32)
-    vals_b = np.zeros(kept_b, np.int32)
-    if n_levels > 1 and not use_ctx:
-        both = np.empty(kept_a + kept_b, np.int32)
-        read(words, st, cdfs[0], n_levels, kept_a + kept_b, both, 0)
-        vals_a[:] = both[:kept_a]
-        vals_b[:] = both[kept_a:]
-    elif n_levels > 1:
-        read(words, st, cdfs[0], n_levels, kept_a, vals_a, 0)
-        # branch-free loops: read a (clamped) value everywhere, keep it where kept
-        ext = np.zeros(n_a + 1, np.int64)  # signed levels of a phase-A plane, 0 sentinel
-        vctx = np.empty(kept_b + 1, np.int64)  # a spare slot: every position writes
-        sizes = np.zeros(n_ctx + 1, np.int64)  # n_ctx: not kept
-        last_a = max(kept_a - 1, 0)
-        va = vals_a if kept_a else np.zeros(1, np.int32)
-        ka = 0
-        kb = 0
-        for p in range(planes):
-            for j in range(n_a):
-                m = np.int64(mask_a[p, j])
-                ext[j] = signed[va[min(ka, last_a)]] * m
-                ka += m
-            for j in range(n_b):
-                m = np.int64(mask_b[p, j])
-                s = ext[nbr[0, j]] + ext[nbr[1, j]] + ext[nbr[2, j]] + ext[nbr[3, j]]
-                s = min(max((s >> shift) + 4, 0), n_ctx - 1)
-                vctx[kb] = s
-                sizes[s * m + n_ctx * (1 - m)] += 1
-                kb += m
-        for c in range(n_ctx):
-            if (sizes[c] > 0) != used[c]:
-                return 10
-        grouped = np.empty(kept_b, np.int32)
-        start = np.zeros(n_ctx, np.int64)
-        at = 0
-        row = 1
-        for c in range(n_ctx):
-            start[c] = at
-            if used[c]:
-                read(words, st, cdfs[row], n_levels, sizes[c], grouped, at)
-                at += sizes[c]
-                row += 1
-        for i in range(kept_b):
-            vals_b[i] = grouped[start[vctx[i]]]
-            start[vctx[i]] += 1
+    mask_b = np.zeros(max(total_b, 1), np.uint8)
+    kept_b = 0
+    for ii in range(total_b):
+        i = u(ii)
+        m = bits[u(start[u(key[i])] + rank[i])]
+        mask_b[i] = m
+        kept_b += m
+    # level symbols, then the planes
+    if n_levels > 1 and use_ctx:
+        return context_levels(words, st, planes, n_a, n_b, phase_a, phase_b, nbr, mask_a,
+                              mask_b, kept_a, n_levels, shift, used, cdfs, luts, fast, lut,
+                              signed, out)
+    vals = np.zeros(max(kept_a + kept_b, 1), np.int32)
+    if n_levels > 1:
+        read_levels(words, st, cdfs[0], luts[0], fast, n_levels, kept_a + kept_b, vals, 0)
     if st[0] != 0:
         return 11
-    # scatter into planes
-    va = vals_a if kept_a else np.zeros(1, np.int32)
-    vb = vals_b if kept_b else np.zeros(1, np.int32)
-    last_a, last_b = max(kept_a - 1, 0), max(kept_b - 1, 0)
+    scatter(planes, n_a, n_b, phase_a, phase_b, mask_a, mask_b, vals, kept_a,
+            kept_a + kept_b, n_levels, lut, out)
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def group_ranks(planes, n_a, n_b, nbr, base, rescale, cls, mask_a, key, rank,
+                counts):  # pragma: no cover - compiled
+    """Phase B's mask groups: ``key`` (5 class + rescaled kept neighbours) and ``rank`` in
+    its group of every position, ``counts[1 + g]`` group ``g``'s size. Unsigned indices: numba
+    then skips its wraparound, ~0.55x the time (per-plane counts in a register: no faster)."""
+    ext = np.zeros(n_a + 1, np.int64)  # one plane of phase A, then a 0 sentinel
+    i = 0
+    for p in range(planes):
+        for j in range(n_a):
+            ext[u(j)] = mask_a[p, u(j)]
+        c5 = 5 * cls[p]
+        for jj in range(n_b):
+            j = u(jj)
+            cnt = (base[j] + ext[u(nbr[0, j])] + ext[u(nbr[1, j])] + ext[u(nbr[2, j])]
+                   + ext[u(nbr[3, j])])
+            kk = rescale[u(cnt)] + c5
+            key[u(i)] = kk
+            r = counts[u(kk + 1)]
+            rank[u(i)] = r
+            counts[u(kk + 1)] = r + 1
+            i += 1
+
+
+@njit(cache=True, nogil=True)
+def scatter(planes, n_a, n_b, phase_a, phase_b, mask_a, mask_b, vals, kept_a, kept, n_levels,
+            lut, out):  # pragma: no cover - compiled
+    """``out`` from the masks and the level symbols of the kept positions, phase A's
+    (``vals[:kept_a]``) then phase B's, in position order; ``lut[n_levels]``: dropped."""
+    ka = 0
+    kb = kept_a
+    last_a, last = max(kept_a - 1, 0), max(kept - 1, 0)
+    for p in range(planes):  # branch-free: read a (clamped) value everywhere
+        for jj in range(n_a):  # unsigned indices: see group_ranks
+            j = u(jj)
+            m = np.int64(mask_a[p, j])
+            out[p, u(phase_a[j])] = lut[u(vals[u(min(ka, last_a))] * m + n_levels * (1 - m))]
+            ka += m
+        for jj in range(n_b):
+            j = u(jj)
+            m = np.int64(mask_b[u(p * n_b + jj)])
+            out[p, u(phase_b[j])] = lut[u(vals[u(min(kb, last))] * m + n_levels * (1 - m))]
+            kb += m
+
+
+@njit(cache=True, nogil=True)
+def context_levels(words, st, planes, n_a, n_b, phase_a, phase_b, nbr, mask_a, mask_b,
+                   kept_a, n_levels, shift, used, cdfs, luts, fast, lut, signed,
+                   out):  # pragma: no cover - compiled
+    """The level symbols with value contexts, into ``out``; 0 or an error code. Phase A's
+    run first; then one pass over the planes writes phase A's values and gives each kept
+    phase-B position its context (the signed levels of its phase-A neighbours), its rank
+    among its context's kept positions and its place in ``out``; each context's run is
+    read, and only the kept phase-B values written (``out`` starts as "dropped")."""
+    vals_a = np.zeros(max(kept_a, 1), np.int32)
+    read_levels(words, st, cdfs[0], luts[0], fast, n_levels, kept_a, vals_a, 0)
+    total_b = planes * n_b
+    plane = out.shape[1]
+    flat = out.reshape(out.size)
+    ext = np.zeros(n_a + 1, np.int64)  # signed levels of a phase-A plane, 0 sentinel
+    vctx = np.empty(total_b + 1, np.uint8)  # a spare slot: every position writes
+    vrank = np.empty(total_b + 1, np.int64)
+    opos = np.empty(total_b + 1, np.int64)
+    sizes = np.zeros(n_ctx + 1, np.int64)
+    dropped = lut[n_levels]
+    last_a = max(kept_a - 1, 0)
+    flat[:] = dropped
     ka = 0
     kb = 0
-    for p in range(planes):  # branch-free, as above; lut[n_levels]: dropped
-        for j in range(n_a):
+    for p in range(planes):  # branch-free: read a (clamped) value everywhere
+        for jj in range(n_a):  # unsigned indices: see group_ranks
+            j = u(jj)
             m = np.int64(mask_a[p, j])
-            out[p, phase_a[j]] = lut[va[min(ka, last_a)] * m + n_levels * (1 - m)]
+            v = u(vals_a[u(min(ka, last_a))] * m + n_levels * (1 - m))
+            ext[j] = signed[v]
+            flat[u(p * plane + phase_a[j])] = lut[v]
             ka += m
-        for j in range(n_b):
-            m = np.int64(mask_b[p, j])
-            out[p, phase_b[j]] = lut[vb[min(kb, last_b)] * m + n_levels * (1 - m)]
+        for jj in range(n_b):
+            j = u(jj)
+            m = np.int64(mask_b[u(p * n_b + jj)])
+            s = (ext[u(nbr[0, j])] + ext[u(nbr[1, j])] + ext[u(nbr[2, j])]
+                 + ext[u(nbr[3, j])])
+            s = min(max((s >> shift) + 4, 0), n_ctx - 1)
+            vctx[u(kb)] = s
+            slot = u(s * m + n_ctx * (1 - m))
+            r = sizes[slot]
+            vrank[u(kb)] = r
+            sizes[slot] = r + 1
+            opos[u(kb)] = p * plane + phase_b[j]
             kb += m
+    kept_b = kb
+    for c in range(n_ctx):
+        if (sizes[c] > 0) != used[c]:
+            return 10
+    grouped = np.zeros(max(kept_b, 1), np.int32)
+    vstart = np.zeros(n_ctx, np.int64)
+    at = 0
+    row = 1
+    for c in range(n_ctx):
+        vstart[c] = at
+        if used[c]:
+            read_levels(words, st, cdfs[row], luts[row], fast, n_levels, sizes[c], grouped,
+                        at)
+            at += sizes[c]
+            row += 1
+    if st[0] != 0:
+        return 11
+    for e in range(kept_b):
+        flat[u(opos[u(e)])] = lut[u(grouped[u(vstart[u(vctx[u(e)])] + vrank[u(e)])])]
     return 0

@@ -156,6 +156,63 @@ def read_slots(words, st, cdf, slots, bits, count, out, at):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)
+def slot_entries(cdf, n_sym, bits, tbl):  # pragma: no cover - compiled
+    """``tbl[i]`` (``2**bits`` int64) for the quantiles ``i << (24 - bits)`` onwards of a
+    strictly increasing ``cdf`` from 0 (as :func:`quantized_cdf` makes them): where one
+    symbol ``s`` covers the whole slot, ``s | cdf[s] << 8 | probability << 33``; where a
+    symbol starts inside it, ``-1 - s`` (``s``: the symbol at the slot's start). Filled by
+    ranges, a store per entry."""
+    size = 1 << bits
+    drop = PRECISION - bits
+    i = 0
+    for s in range(n_sym):
+        end = size if s == n_sym - 1 else min(
+            (np.int64(cdf[s + 1]) + (1 << drop) - 1) >> drop, size)
+        e = (s | (np.int64(cdf[s]) << 8)
+             | ((np.int64(cdf[s + 1]) - np.int64(cdf[s])) << 33))
+        while i < end:
+            tbl[i] = e
+            i += 1
+    for s in range(1, n_sym):
+        j = np.int64(cdf[s]) >> drop
+        if np.int64(cdf[s]) & ((1 << drop) - 1) and j < size and tbl[j] >= 0:
+            tbl[j] = -1 - (tbl[j] & 0xFF)
+
+
+@njit(cache=True, nogil=True)
+def read_entries(words, st, cdf, tbl, bits, count, out, at):  # pragma: no cover
+    """:func:`read` of a ``cdf`` of at most 256 symbols with :func:`slot_entries`' table
+    (the same symbols and state): one load gives a slot's symbol, start and probability;
+    a slot that a boundary splits (a predicted branch, rare) steps over ``cdf`` from its
+    first symbol (``cdf[n_sym] = 2**24`` ends it). ~0.5x :func:`read`'s time a symbol:
+    the state's chain holds one load, not a search and two loads."""
+    state = st[0]
+    left = np.int64(st[1])
+    drop = np.uint64(PRECISION - bits)
+    for k in range(count):
+        quantile = state & mask24
+        e = tbl[np.int64(quantile >> drop)]
+        if e >= 0:
+            lo = e & 0xFF
+            left_c = np.uint64((e >> 8) & 0x1FFFFFF)
+            prob = np.uint64(e >> 33)
+        else:
+            q = np.uint32(quantile)
+            lo = -1 - e
+            while cdf[lo + 1] <= q:
+                lo += 1
+            left_c = np.uint64(cdf[lo])
+            prob = np.uint64(cdf[lo + 1]) - left_c
+        state = (state >> shift_p) * prob + (quantile - left_c)
+        if state < low and left > 0:
+            left -= 1
+            state = (state << shift_w) | np.uint64(words[left])
+        out[at + k] = lo
+    st[0] = state
+    st[1] = np.uint64(left)
+
+
+@njit(cache=True, nogil=True)
 def read_rows(words, st, probs, out):  # pragma: no cover - compiled
     """One symbol per row of ``probs`` (each row its own model, quantized as
     :func:`quantized_cdf` does); False where constriction would refuse a row."""
