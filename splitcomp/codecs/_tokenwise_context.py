@@ -144,15 +144,15 @@ class TokenwiseContext:
     @classmethod
     def from_file_bytes(cls, data: bytes | bytearray | memoryview) -> TokenwiseContext:
         """Parse a context file (:meth:`file_bytes`); BitstreamError if malformed."""
-        head, section = shaping_mod.split_file(data)
-        if section is not None:
-            try:
-                ctx = cls.from_bytes(head)
-            except BitstreamError:  # a context whose CRC happens to end in the trailer
-                return cls.from_bytes(data)
-            ctx.shaping = shaping_mod.section_from_bytes(section, ctx.channels)
-            return ctx
-        return cls.from_bytes(head)
+        try:
+            head, section = shaping_mod.split_file(data)
+            if section is None:
+                return cls.from_bytes(head)
+            ctx = cls.from_bytes(head)
+        except BitstreamError:  # a plain context whose CRC happens to end in the trailer
+            return cls.from_bytes(data)
+        ctx.shaping = shaping_mod.section_from_bytes(section, ctx.channels)
+        return ctx
 
     @property
     def context_id(self) -> int:
