@@ -15,8 +15,7 @@ from .entropy._ans_kernels import quantized_cdf, read, read_entries, reader_init
 #: quantile bits of the slot tables (:func:`.entropy._ans_kernels.slot_entries`), 2 KiB
 #: each: the mask models' (precomputed) and the level models' (a decode's ~30 stay in L1; 10
 #: bits measured no faster: fewer split slots, but 8 KiB tables)
-quad_bits = 8
-level_bits = 8
+quad_bits = level_bits = 8
 quad_drop = np.uint64(24 - quad_bits)
 
 n_ctx = N_CONTEXTS
