@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _tokenwise_shaping as shaping_mod
-from ._tokenwise_predict import fit_predictor, quantize_closed_loop, reconstruction
+from ._tokenwise_predict import closed_loop, fit_predictor, quantize_closed_loop, reconstruction
 from .bytes_io import put_varint
 from .contexts import ContextRegistry, seal, unseal
 from .contexts import context_scope as context_scope  # its old home; splitcomp.codecs has it
@@ -231,8 +231,7 @@ class TokenwiseContext:
         """:meth:`quantize`'s symbols and what each one rounded, in steps (R, C): what the
         entropy tables model (calibration's knots, :func:`fit_offsets`)."""
         if self.shaping is not None:
-            return shaping_mod.quantize_shaped(x - self.mu, d, self.pred, self.shaping,
-                                               self.theta, self.delta)
+            return closed_loop(x - self.mu, d, self.pred, self.shaping, self.theta, self.delta)
         q = self.quantize(x, d)
         if self.pred is None:
             return q, (x - self.mu) / d
@@ -390,12 +389,13 @@ def calibrate(hidden: np.ndarray, sensitivity: np.ndarray | None = None, alpha: 
     ctx.code_counts = np.minimum(np.ceil(counts * min(1.0, 65535 / counts.max())), 65535)
     units = np.float32(scale) * token_factor(codes).astype(np.float32)[:, None] * ctx.w[None, :]
     ctx.shaping = fb
-    z = (x - mu) / units
     if predict:
         z = _residuals(ctx, x, codes) / units
     elif fb is not None:
         d = ctx.steps(1.0, codes)
         z = ctx.quantize_inputs(x, d)[1] * d / units
+    else:
+        z = (x - mu) / units
     knots = np.quantile(z.astype(np.float64), ctx.p_grid, axis=0).T
     knots = np.clip(knots, -60000, 60000).astype(np.float16).astype(np.float64)
     ctx.knots = np.maximum.accumulate(knots, axis=1)

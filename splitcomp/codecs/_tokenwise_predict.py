@@ -72,20 +72,37 @@ def quantize_closed_loop(e: np.ndarray, d: np.ndarray, a: np.ndarray, theta: flo
     (values minus centre) with steps ``d`` (R, C):
     each channel's residual against the prediction from the rows' decoded earlier channels,
     quantized as ``sign(u) floor(|u| + 1/2 - theta)``, decoded as ``(q - sign(q) delta) d``."""
+    return closed_loop(e, d, a, None, theta, delta)[0]
+
+
+def closed_loop(e: np.ndarray, d: np.ndarray, a: np.ndarray | None, fb: np.ndarray | None,
+                theta: float, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`quantize_closed_loop`'s symbols and what each one rounded, in steps (R, C), with
+    ``a`` None for no prediction, and each channel's target moved by the feedback ``fb``
+    (strictly lower triangular) of the errors made on the row's earlier channels (None: none;
+    :mod:`._tokenwise_shaping`)."""
     e = np.ascontiguousarray(e, np.float64)
     d = np.ascontiguousarray(d, np.float64)
     delta = np.ascontiguousarray(delta, np.float64)
     if _slicer_jit.active():
-        from ._tokenwise_predict_kernels import quantize_closed_loop as kernel
+        from ._tokenwise_predict_kernels import closed_loop as kernel
 
-        return kernel(e, d, np.ascontiguousarray(a, np.float64), float(theta), delta)
+        return kernel(e, d, _NONE if a is None else np.ascontiguousarray(a, np.float64),
+                      _NONE if fb is None else np.ascontiguousarray(fb, np.float64),
+                      float(theta), delta)
     r, c = e.shape
-    xh = np.zeros((r, c))
-    q = np.zeros((r, c))
+    xh, err = np.zeros((r, c)), np.zeros((r, c))
+    q, u = np.zeros((r, c)), np.zeros((r, c))
     for j in range(c):
-        p = xh[:, :j] @ a[j, :j]
-        u = (e[:, j] - p) / d[:, j]
-        qj = np.sign(u) * np.floor(np.abs(u) + 0.5 - theta)
+        p = 0.0 if a is None else xh[:, :j] @ a[j, :j]
+        t = e[:, j] if fb is None else e[:, j] + err[:, :j] @ fb[j, :j]
+        u[:, j] = (t - p) / d[:, j]
+        qj = np.sign(u[:, j]) * np.floor(np.abs(u[:, j]) + 0.5 - theta)
         q[:, j] = qj
         xh[:, j] = p + (qj - np.sign(qj) * delta[j]) * d[:, j]
-    return q
+        err[:, j] = e[:, j] - xh[:, j]
+    return q, u
+
+
+#: what the kernel takes for an absent matrix
+_NONE = np.zeros((0, 0))

@@ -1,10 +1,9 @@
-"""The compiled encoder loops of :mod:`._tokenwise_predict` (closed-loop prediction across a
-token's channels) and :mod:`._tokenwise_shaping` (the same, targets moved by the errors made):
-the float64 operations of its numpy reference, the prediction's sum in
-SIMD lanes (as numpy's BLAS dot sums in its own order), so the symbols are the same but where
-a residual lies within rounding of a cell edge. Imported after numba's cache folder is set;
-top-level functions, so numba's on-disk cache finds them in every process (see
-:mod:`.entropy._ans_kernels`)."""
+"""The compiled encoder loop of :mod:`._tokenwise_predict` (closed-loop prediction across a
+token's channels, and :mod:`._tokenwise_shaping`'s targets moved by the errors made): the
+float64 operations of its numpy reference, the prediction's sum in SIMD lanes (as numpy's
+BLAS dot sums in its own order), so the symbols are the same but where a residual lies within
+rounding of a cell edge. Imported after numba's cache folder is set; top-level functions, so
+numba's on-disk cache finds them in every process (see :mod:`.entropy._ans_kernels`)."""
 
 from __future__ import annotations
 
@@ -23,35 +22,20 @@ def _dot(x, y, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def quantize_closed_loop(e, d, a, theta, delta):  # pragma: no cover - compiled
-    """Symbols (R, C) float64 (whole numbers): :func:`._tokenwise_predict.quantize_closed_loop`."""
-    r, c = e.shape
-    q = np.zeros((r, c))
-    xh = np.zeros(c)
-    for i in range(r):
-        for j in range(c):
-            p = _dot(xh, a[j], j)
-            u = (e[i, j] - p) / d[i, j]
-            s = 1.0 if u > 0 else (-1.0 if u < 0 else 0.0)
-            qj = s * np.floor(abs(u) + 0.5 - theta)
-            q[i, j] = qj
-            sq = 1.0 if qj > 0 else (-1.0 if qj < 0 else 0.0)
-            xh[j] = p + (qj - sq * delta[j]) * d[i, j]
-    return q
-
-
-@njit(cache=True, nogil=True)
-def quantize_shaped(e, d, a, fb, theta, delta):  # pragma: no cover - compiled
-    """Symbols and quantizer inputs (R, C) float64: :func:`._tokenwise_shaping.quantize_shaped`."""
+def closed_loop(e, d, a, fb, theta, delta):  # pragma: no cover - compiled
+    """Symbols and quantizer inputs (R, C) float64: :func:`._tokenwise_predict.closed_loop`
+    (``a`` or ``fb`` of shape (0, 0): none)."""
     r, c = e.shape
     q = np.zeros((r, c))
     u = np.zeros((r, c))
     xh = np.zeros(c)
     err = np.zeros(c)
+    predicted, shaped = a.shape[0] > 0, fb.shape[0] > 0
     for i in range(r):
         for j in range(c):
-            p = _dot(xh, a[j], j)
-            uj = (e[i, j] + _dot(err, fb[j], j) - p) / d[i, j]
+            p = _dot(xh, a[j], j) if predicted else 0.0
+            t = e[i, j] + _dot(err, fb[j], j) if shaped else e[i, j]
+            uj = (t - p) / d[i, j]
             u[i, j] = uj
             s = 1.0 if uj > 0 else (-1.0 if uj < 0 else 0.0)
             qj = s * np.floor(abs(uj) + 0.5 - theta)

@@ -35,7 +35,6 @@ import struct
 
 import numpy as np
 
-from . import _slicer_jit
 from .bytes_io import put_varint
 from .contexts import seal, unseal
 from .errors import require
@@ -66,36 +65,6 @@ def fit_shaping(fisher: np.ndarray, shrink: float = SHRINK) -> tuple[np.ndarray,
     low = np.tril(unit.T[np.ix_(rev, rev)], -1)  # (I + low)^T diag(p) (I + low) = F
     pivots = (np.diag(g) ** 2)[rev]
     return np.clip(low, -60000, 60000).astype(np.float16).astype(np.float64), pivots
-
-
-def quantize_shaped(e: np.ndarray, d: np.ndarray, a: np.ndarray | None, fb: np.ndarray,
-                    theta: float, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symbols (R, C) float64 (whole numbers) of rows ``e`` (values minus centre) with steps
-    ``d`` (R, C), and the quantizer's inputs in steps: each channel's target moved by the
-    feedback ``fb`` of the errors on the row's earlier channels, less the prediction ``a``
-    (None: none) from their decoded values (closed loop, as
-    :func:`._tokenwise_predict.quantize_closed_loop`)."""
-    e = np.ascontiguousarray(e, np.float64)
-    d = np.ascontiguousarray(d, np.float64)
-    delta = np.ascontiguousarray(delta, np.float64)
-    c = e.shape[1]
-    a = np.zeros((c, c)) if a is None else np.ascontiguousarray(a, np.float64)
-    fb = np.ascontiguousarray(fb, np.float64)
-    if _slicer_jit.active():
-        from ._tokenwise_predict_kernels import quantize_shaped as kernel
-
-        return kernel(e, d, a, fb, float(theta), delta)
-    r = e.shape[0]
-    xh, err = np.zeros((r, c)), np.zeros((r, c))
-    q, u = np.zeros((r, c)), np.zeros((r, c))
-    for j in range(c):
-        p = xh[:, :j] @ a[j, :j]
-        u[:, j] = (e[:, j] + err[:, :j] @ fb[j, :j] - p) / d[:, j]
-        qj = np.sign(u[:, j]) * np.floor(np.abs(u[:, j]) + 0.5 - theta)
-        q[:, j] = qj
-        xh[:, j] = p + (qj - np.sign(qj) * delta[j]) * d[:, j]
-        err[:, j] = e[:, j] - xh[:, j]
-    return q, u
 
 
 def shaped_error_bound(rounding: np.ndarray, fb: np.ndarray) -> np.ndarray:
