@@ -372,8 +372,7 @@ class TokenwiseCodec(SessionContextCodec):
         if self.context is None:
             return float(self._row_steps(x2).max()) * 0.5 * (1 + 1e-5) + top * 2.0**-22
         _, d, _ = self._quantize(x2)
-        half = 0.5 + float(self.context.delta.max())
+        bound = d.astype(np.float64) * (0.5 + float(self.context.delta.max()))
         if self.context.shaping is not None:  # each channel also carries the feedback it got
-            return float(shaped_error_bound(d * half, self.context.shaping).max()) * (
-                1 + 1e-5) + top * 2.0**-22 + 1e-30
-        return float(d.max()) * half * (1 + 1e-5) + top * 2.0**-22 + 1e-30
+            bound = shaped_error_bound(bound, self.context.shaping)
+        return float(bound.max()) * (1 + 1e-5) + top * 2.0**-22 + 1e-30
