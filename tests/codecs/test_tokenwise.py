@@ -153,18 +153,26 @@ def test_fuzz_context_payloads(codec: tw.TokenwiseCodec, data: st.DataObject) ->
     fuzz_decode(codec.encode(torch.from_numpy(hidden(rows, seed=11, sink=True))), data)
 
 
+def mutate(body: bytes, data: st.DataObject, first: int, changes: int = 4,
+           cut: bool = True) -> bytes:
+    """``body`` with 1 .. ``changes`` of its bytes from ``first`` on set to drawn values, then
+    (with ``cut``) maybe truncated: what the fuzz tests hand the parsers."""
+    out = bytearray(body)
+    for _ in range(data.draw(st.integers(1, changes))):
+        pos = data.draw(st.integers(first, len(out) - 1))
+        out[pos] = data.draw(st.integers(0, 255))
+    if cut and data.draw(st.booleans()):
+        out = out[: data.draw(st.integers(0, len(out)))]
+    return bytes(out)
+
+
 def fuzz_decode(clean: bytes, data: st.DataObject) -> None:
     """A few bytes of ``clean``'s body changed (and maybe cut), the CRC made valid again: the
     stream decodes to finite values or raises BitstreamError."""
-    body = bytearray(clean[:-4])
-    for _ in range(data.draw(st.integers(1, 4))):
-        pos = data.draw(st.integers(10, len(body) - 1))
-        body[pos] = data.draw(st.integers(0, 255))
-    if data.draw(st.booleans()):
-        body = body[: data.draw(st.integers(0, len(body)))]
+    body = mutate(clean[:-4], data, 10)
     limits = DecodeLimits(max_elements=1 << 16, max_tensors=4, max_bytes=1 << 20)
     try:
-        out = codecs.decode(_refresh_crc(bytes(body)), limits=limits)
+        out = codecs.decode(_refresh_crc(body), limits=limits)
     except BitstreamError:
         return
     assert all(torch.isfinite(t).all() for t in out)

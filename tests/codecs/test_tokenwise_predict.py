@@ -17,7 +17,7 @@ from splitcomp.codecs import tokenwise as tw
 from splitcomp.codecs._tokenwise_context import PREDICT_MAX_CHANNELS, VERSION_PREDICT
 from splitcomp.codecs._tokenwise_predict import fit_predictor, quantize_closed_loop
 
-from .test_tokenwise import C, fuzz_decode, hidden
+from .test_tokenwise import C, fuzz_decode, hidden, mutate
 
 
 def correlated(n: int, seed: int = 0, sink: bool = False) -> np.ndarray:
@@ -145,12 +145,9 @@ def test_fuzz_payloads(codec: tw.TokenwiseCodec, data: st.DataObject) -> None:
 def test_fuzz_context_bytes(ctx: tw.TokenwiseContext, data: st.DataObject) -> None:
     """Corrupt predictor contexts (valid CRC) parse to one that codes and decodes (or whose
     encoder refuses the values), or raise BitstreamError."""
-    body = bytearray(ctx.to_bytes()[:-4])
-    for _ in range(data.draw(st.integers(1, 4))):
-        pos = data.draw(st.integers(4, len(body) - 1))
-        body[pos] = data.draw(st.integers(0, 255))
+    body = mutate(ctx.to_bytes()[:-4], data, 4, cut=False)
     try:
-        parsed = tw.TokenwiseContext.from_bytes(_refresh_crc(bytes(body)))
+        parsed = tw.TokenwiseContext.from_bytes(_refresh_crc(body))
     except BitstreamError:
         return
     x = correlated(1, seed=8)[:, : parsed.channels]

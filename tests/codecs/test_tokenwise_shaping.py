@@ -15,7 +15,7 @@ from splitcomp.codecs import _tokenwise_shaping as shaping
 from splitcomp.codecs import tokenwise as tw
 from splitcomp.codecs.errors import DecodeLimits
 
-from .test_tokenwise import C
+from .test_tokenwise import C, mutate
 from .test_tokenwise_predict import correlated
 
 
@@ -163,14 +163,9 @@ def test_a_section_for_other_channels_is_refused(pair) -> None:
 @given(data=st.data())
 def test_hostile_file_bytes_parse_or_raise_typed(pair, data) -> None:
     _, shaped = pair
-    body = bytearray(shaped.file_bytes())
-    for _ in range(data.draw(st.integers(1, 3))):
-        pos = data.draw(st.integers(0, len(body) - 1))
-        body[pos] = data.draw(st.integers(0, 255))
-    if data.draw(st.booleans()):
-        body = body[: data.draw(st.integers(0, len(body)))]
+    body = mutate(shaped.file_bytes(), data, 0, changes=3)
     try:
-        ctx = tw.TokenwiseContext.from_file_bytes(bytes(body))
+        ctx = tw.TokenwiseContext.from_file_bytes(body)
     except BitstreamError:
         return
     assert ctx.shaping is None or np.all(np.isfinite(ctx.shaping))
