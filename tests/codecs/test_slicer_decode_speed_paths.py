@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from splitcomp import codecs
-from splitcomp.codecs import _slicer_jit as jit
+
+from .jit_paths import jit_path
 
 pytest.importorskip("numba", reason="numba not installed: only the numpy path exists")
 
@@ -116,14 +117,12 @@ def test_nibble_reader_equals_read(code: int) -> None:
 def decode_both(codec, payload: bytes, shape):
     out = []
     for compiled in (False, True):
-        old = jit.ENABLED
-        jit.ENABLED = compiled
-        try:
-            out.append(codec.decode_array(memoryview(payload), shape, codecs.DecodeLimits()))
-        except codecs.BitstreamError:
-            out.append(None)
-        finally:
-            jit.ENABLED = old
+        with jit_path(compiled):
+            try:
+                out.append(codec.decode_array(memoryview(payload), shape,
+                                              codecs.DecodeLimits()))
+            except codecs.BitstreamError:
+                out.append(None)
     return out
 
 

@@ -16,6 +16,8 @@ from splitcomp.codecs import _slicer_jit as jit
 from splitcomp.codecs import _slicer_mask as mk
 from splitcomp.codecs import _slicer_quant as sq
 
+from .jit_paths import jit_path
+
 pytest.importorskip("numba", reason="numba not installed: only the numpy path exists")
 
 
@@ -153,14 +155,10 @@ def test_compiled_thresholds_flag_non_finite(bad: float) -> None:
 
 def same_bytes(x: np.ndarray, **params) -> bytes:
     codec = codecs.get("slicer", **params)
-    old = jit.ENABLED
-    try:
-        jit.ENABLED = False
+    with jit_path(False):
         ref = codec.encode_array(x)
-        jit.ENABLED = True
+    with jit_path(True):
         got = codec.encode_array(x)
-    finally:
-        jit.ENABLED = old
     assert got == ref
     return got
 

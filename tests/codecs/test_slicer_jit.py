@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +18,11 @@ from splitcomp.codecs import _slicer_jit as jit
 from splitcomp.codecs import _slicer_mask as mk
 
 from .golden import GOLDEN_PATH, golden_inputs
+from .jit_paths import jit_path as path
 
 pytest.importorskip("numba", reason="numba not installed: only the numpy path exists")
 
 QUALITIES = codecs.codec_class("slicer").quality_grid
-
-
-@contextmanager
-def path(compiled: bool):
-    old = jit.ENABLED
-    jit.ENABLED = compiled
-    try:
-        yield
-    finally:
-        jit.ENABLED = old
 
 
 def both_ways(x: torch.Tensor, **params) -> tuple[bytes, bytes]:

@@ -8,21 +8,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from splitcomp import codecs
-from splitcomp.codecs import _slicer_jit as jit
 from splitcomp.codecs import _slicer_quant as sq
+
+from .jit_paths import jit_path
 
 pytest.importorskip("numba", reason="numba not installed: only the numpy path exists")
 
 
 def both(codec, x: np.ndarray):
-    old = jit.ENABLED
-    try:
-        jit.ENABLED = False
+    with jit_path(False):
         ref = codec._quantize(x)
-        jit.ENABLED = True
+    with jit_path(True):
         got = codec._quantize(x)
-    finally:
-        jit.ENABLED = old
     return ref, got
 
 

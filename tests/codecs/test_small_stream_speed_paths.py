@@ -22,6 +22,8 @@ from splitcomp.codecs import tokenwise as tw
 from splitcomp.codecs.entropy import decode_symbol_indices, encode_symbols
 from splitcomp.codecs.errors import require
 
+from .jit_paths import jit_path
+
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -83,15 +85,11 @@ def reference_decode(payload: memoryview, r: int, c: int) -> np.ndarray:
 
 def on_both_paths(fn):
     """``outcome(fn)`` with the numpy path, then with the compiled path (where numba is)."""
-    old = jit.ENABLED
-    try:
-        out = []
-        for compiled in (False, True):
-            jit.ENABLED = compiled and old
+    out = []
+    for compiled in (False, True):
+        with jit_path(compiled and jit.ENABLED):
             out.append(outcome(fn))
-        return out
-    finally:
-        jit.ENABLED = old
+    return out
 
 
 def same_array(a, b) -> bool:

@@ -8,8 +8,6 @@ the same arrays on decode, and a BitstreamError on exactly the corrupt inputs it
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,21 +19,12 @@ from splitcomp.codecs.bytes_io import Reader
 from splitcomp.codecs.entropy import tables
 from splitcomp.codecs.errors import BitstreamError, DecodeLimits
 
+from .jit_paths import jit_path as jit
+
 pytest.importorskip("numba", reason="numba not installed: only the numpy path exists")
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LIMITS = DecodeLimits()
-
-
-@contextlib.contextmanager
-def jit(on: bool):
-    """The compiled path switched on or off for the block (restored after)."""
-    old = _slicer_jit.ENABLED
-    _slicer_jit.ENABLED = on
-    try:
-        yield
-    finally:
-        _slicer_jit.ENABLED = old
 
 
 def both(fn):
