@@ -2,7 +2,9 @@
 the hidden state before quantization, with a predictor across channels (``predict``: the
 context's own, :mod:`splitcomp.codecs._tokenwise_predict`), with the predictor and Fisher noise
 shaping (``shaped``, or ``shaped:S`` with the Fisher matrix shrunk by ``S``:
-:mod:`splitcomp.codecs._tokenwise_shaping`, the matrix from the calibration windows alone), and
+:mod:`splitcomp.codecs._tokenwise_shaping`, the matrix from the calibration windows alone), with
+both and per-token step allocation (``alloc``, or ``alloc:G`` with gain ``G``:
+:mod:`splitcomp.codecs._tokenwise_alloc`, fitted on the calibration windows' gradients), and
 a screen of previous-token prediction (issue #13).
 
     python benchmarks/llm_bits.py [--levels 2,0,-2,-4,-6] [--variants none,block_hadamard,...]
@@ -51,12 +53,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from splitcomp import codecs  # noqa: E402
-from splitcomp.codecs.tokenwise import TokenwiseCodec, calibrate  # noqa: E402
+from splitcomp.codecs.tokenwise import GAIN, TokenwiseCodec, calibrate, fit_allocation  # noqa: E402
 from splitcomp.llm.gen_eval import GenEval, report_prompts  # noqa: E402
 from splitcomp.llm.halves import EdgeHalf, ServerHalf  # noqa: E402
 from splitcomp.llm.hidden_wire import overhead_bytes  # noqa: E402
 from splitcomp.llm.text import _read_text, default_wikitext, load_lm  # noqa: E402
-from splitcomp.llm.tokenwise_calibration import fisher_at_cut  # noqa: E402
+from splitcomp.llm.tokenwise_calibration import fisher_and_traces  # noqa: E402
 
 #: a predicting variant predicts tokens from this position of a sequence on
 PRED_FROM = 2
@@ -334,10 +336,11 @@ def main() -> None:
         if args.gen_prompts > 0 else None
     levels = [int(v) for v in args.levels.split(",") if v.strip()]
     curves: dict[str, Any] = {}
-    fisher = None
+    fisher = traces = None
     for kind in [v for v in args.variants.split(",") if v]:
         pred = predictor(calib["hidden"]) if kind == "prev" else None
-        shaped = kind.split(":")[0] == "shaped"
+        allocated = kind.split(":")[0] == "alloc"
+        shaped = kind.split(":")[0] == "shaped" or allocated
         rot = rotation("none" if pred or kind == "predict" or shaped else kind, width, args.seed)
         states = torch.cat([h[0] for h in calib["hidden"]]).float()
         if rot is not None:
@@ -346,13 +349,18 @@ def main() -> None:
         if shaped:
             if fisher is None:
                 t0 = time.time()
-                fisher = fisher_at_cut(server, calib["hidden"])
+                fisher, traces = fisher_and_traces(server, calib["hidden"])
                 result["fisher_seconds"] = time.time() - t0
             shaping["fisher"] = fisher
-            if ":" in kind:
+            if ":" in kind and not allocated:
                 shaping["shaping_shrink"] = float(kind.split(":")[1])
         ctx = calibrate(residuals(calib["hidden"], pred) if pred else states.numpy(),
                         predict=kind == "predict" or shaped, **shaping)
+        if allocated:
+            gain = float(kind.split(":")[1]) if ":" in kind else GAIN
+            ctx.alloc = fit_allocation(states.numpy(), traces, ctx.token_codes(states.numpy()),
+                                       gain)
+            ctx.clear_tables()
         rows, chosen = [], None
         for level in levels:
             t0 = time.time()

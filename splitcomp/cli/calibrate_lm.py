@@ -26,6 +26,12 @@ SmolLM2, ``docs/results/llm_bits.json``). That needs the server half's gradients
 calibration windows (a backward pass each, a few seconds on a CPU) and writes the encoder's
 feedback into the context *file* (``C (C - 1)`` bytes more); the bytes a server receives, and
 the id, are the context's alone. ``--no-shape`` leaves it out.
+
+By default each token also gets its own step (:mod:`splitcomp.codecs._tokenwise_alloc`): a
+regression from the token's values to its Fisher trace, fitted on the same gradients, makes
+the step coarser where a token's coding error moves the next-token distributions less (a
+context version 3, ``2 (2 C + 1)`` float32 bytes more; each token ~3.5 bits of offset symbol).
+``--no-allocate`` leaves it out.
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", action=argparse.BooleanOptionalAction, default=True,
                    help="shape the encoder's error to the Fisher matrix at the cut "
                         "(default: on; needs the server half's gradients)")
+    p.add_argument("--allocate", action=argparse.BooleanOptionalAction, default=True,
+                   help="give each token a step that follows its predicted Fisher trace "
+                        "(default: on; needs the server half's gradients)")
     add_force(p)
 
 
@@ -85,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     model, tok = load_lm(args.model, weights_arg(args.weights))
     try:
         edge = EdgeHalf(model, args.split)
-        server = ServerHalf(model, args.split) if args.shape else None
+        server = ServerHalf(model, args.split) if args.shape or args.allocate else None
         windows = tail_windows(tok, text, args.window, args.windows, at_least=2)
     except ValueError as e:  # a split out of range, a text too short
         raise UsageError(str(e)) from None
@@ -93,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: the text holds {len(windows)} windows of {args.window} tokens: "
               f"calibrating on those", file=sys.stderr)
     try:
-        ctx = calibrate_edge(edge, windows, server=server, predict=args.predict)
+        ctx = calibrate_edge(edge, windows, server=server, shape=args.shape,
+                             allocate=args.allocate, predict=args.predict)
     except ValueError as e:  # a predictor over too many channels
         raise UsageError(f"{e} (pass --no-predict)") from None
     data = ctx.to_bytes()

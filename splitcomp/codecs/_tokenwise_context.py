@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _tokenwise_shaping as shaping_mod
+from ._tokenwise_alloc import MAX_OFFSET_LIMIT, Allocation
 from ._tokenwise_predict import closed_loop, fit_predictor, quantize_closed_loop, reconstruction
 from .bytes_io import put_varint
 from .contexts import ContextRegistry, seal, unseal
@@ -42,8 +43,9 @@ from .contexts import context_scope as context_scope  # its old home; splitcomp.
 from .errors import BitstreamError, require
 
 MAGIC = b"SCTX"
-#: version 1: no predictor; 2: a predictor across channels follows the knots
-VERSION, VERSION_PREDICT = 1, 2
+#: version 1: no predictor; 2: a predictor across channels follows the knots; 3: flags (bit 0:
+#: a predictor) and per-token allocation (:mod:`._tokenwise_alloc`)
+VERSION, VERSION_PREDICT, VERSION_ALLOC = 1, 2, 3
 #: most channels a context with a predictor may have (its bytes grow as C^2, and the decoder
 #: inverts a C x C matrix once: ~1 s at 4096)
 PREDICT_MAX_CHANNELS = 4096
@@ -104,10 +106,12 @@ class TokenwiseContext:
     #: (:mod:`._tokenwise_shaping`), or None. Not part of the wire bytes or the id (the decoder
     #: does not need it); a context file carries it (:meth:`file_bytes`)
     shaping: np.ndarray | None = None
+    #: per-token step allocation (:mod:`._tokenwise_alloc`), or None: every row at the level
+    alloc: Allocation | None = None
     _recon: np.ndarray | None = field(default=None, repr=False)
-    _tables: dict = field(default_factory=dict, repr=False)  #: (step, code) -> tables, LRU
+    _tables: dict = field(default_factory=dict, repr=False)  #: table key -> tables, LRU
     _table_bytes: int = field(default=0, repr=False)
-    _cells: dict = field(default_factory=dict, repr=False)  #: (step, code) -> table cells
+    _cells: dict = field(default_factory=dict, repr=False)  #: table key -> table cells
 
     @property
     def channels(self) -> int:
@@ -120,7 +124,10 @@ class TokenwiseContext:
     # -- bytes -------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         out = bytearray(MAGIC)
-        out.append(VERSION if self.pred is None else VERSION_PREDICT)
+        if self.alloc is None:
+            out.append(VERSION if self.pred is None else VERSION_PREDICT)
+        else:
+            out += bytes([VERSION_ALLOC, int(self.pred is not None), self.alloc.max_offset])
         put_varint(out, self.channels)
         put_varint(out, int(self.p_grid.size))
         out += struct.pack("<f", self.scale)
@@ -134,6 +141,8 @@ class TokenwiseContext:
         out += self.knots.astype("<f2").tobytes()
         if self.pred is not None:
             out += self.pred[np.tril_indices(self.channels, -1)].astype("<f2").tobytes()
+        if self.alloc is not None:
+            out += self.alloc.tail_bytes()
         return seal(out)
 
     def file_bytes(self) -> bytes:
@@ -162,14 +171,22 @@ class TokenwiseContext:
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> TokenwiseContext:
         """Parse and validate context bytes; anything malformed raises BitstreamError."""
-        view, r = unseal(data, MAGIC, (VERSION, VERSION_PREDICT), len(MAGIC) + 1 + 4,
-                         "tokenwise context")
-        predicted = view[len(MAGIC)] == VERSION_PREDICT
+        view, r = unseal(data, MAGIC, (VERSION, VERSION_PREDICT, VERSION_ALLOC),
+                         len(MAGIC) + 1 + 4, "tokenwise context")
+        version, max_offset = view[len(MAGIC)], 0
+        predicted = version == VERSION_PREDICT
+        if version == VERSION_ALLOC:
+            flags, max_offset = r.u8(), r.u8()
+            require(flags <= 1 and 1 <= max_offset <= MAX_OFFSET_LIMIT,
+                    "tokenwise context: bad flags or allocation bound")
+            predicted = flags == 1
         c, m = r.varint(), r.varint()
         require(1 <= c <= _MAX_CHANNELS and 3 <= m <= 255, "tokenwise context: bad sizes")
         require(not predicted or c <= PREDICT_MAX_CHANNELS,
                 f"tokenwise context: a predictor over more than {PREDICT_MAX_CHANNELS} channels")
         size = 6 + 2 * m + 256 + 4 * c + 2 * c * m + (c * (c - 1) if predicted else 0)
+        if max_offset:
+            size += Allocation.tail_size(c, max_offset)
         require(r.remaining() == size, "tokenwise context: bad length")
         (scale,) = r.unpack("<f")
         alpha, theta = r.u8(), r.u8()
@@ -193,8 +210,9 @@ class TokenwiseContext:
             require(bool(np.all(np.isfinite(low))), "tokenwise context: predictor not finite")
             pred = np.zeros((c, c))
             pred[np.tril_indices(c, -1)] = low
+        alloc = Allocation.read_tail(r, c, max_offset) if max_offset else None
         return cls(float(scale), alpha / 8.0, theta / 256.0, p16 / 65535.0, mu, w_code,
-                   d8.astype(np.float32) / 256.0, knots, counts, pred)
+                   d8.astype(np.float32) / 256.0, knots, counts, pred, alloc=alloc)
 
     # -- quantizer -----------------------------------------------------------------------------
     def token_codes(self, x: np.ndarray) -> np.ndarray:
@@ -204,11 +222,22 @@ class TokenwiseContext:
             code = np.rint(8.0 * np.log2(np.maximum(s, 1e-30) / self.scale)) + CODE_MID
         return np.clip(code, 0, CODE_MAX).astype(np.int64)
 
-    def steps(self, step: float, codes: np.ndarray) -> np.ndarray:
-        """Quantization steps (R, C) float32 of rows with scale ``codes`` at step ``step``."""
+    def steps(self, step: float | np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Quantization steps (R, C) float32 of rows with scale ``codes`` at step ``step`` (a
+        float, or one per row (R,): each row's ``2**(level / 8)``)."""
         f = token_factor(codes) ** self.alpha
-        return (np.float32(step * self.scale) * f.astype(np.float32)[:, None]
-                * self.w[None, :]).astype(np.float32)
+        if np.ndim(step):
+            s = (np.asarray(step, np.float64) * self.scale).astype(np.float32)[:, None]
+        else:
+            s = np.float32(step * self.scale)
+        return (s * f.astype(np.float32)[:, None] * self.w[None, :]).astype(np.float32)
+
+    def row_steps(self, level: int, offsets: np.ndarray | None) -> float | np.ndarray:
+        """The step factor ``2**(level / 8)`` of every row, or with allocation ``offsets``
+        (R,) each row's ``2**((level + o) / 8)``."""
+        if offsets is None:
+            return float(2.0 ** (level / 8.0))
+        return 2.0 ** ((level + np.asarray(offsets, np.int64)) / 8.0)
 
     def reconstruction_work(self, rows: int) -> int:
         """Decoding work (the codec's units, ~2 ns) of ``rows`` rows' reconstruction: one
@@ -255,14 +284,33 @@ class TokenwiseContext:
         p = self.code_counts.astype(np.float64) + 1e-3
         return (p / p.sum())[None, :]
 
+    def table_key(self, level: int, code: int) -> tuple:
+        """What the tables of a row at ``level`` (its own, offset included) with scale ``code``
+        depend on: the step in units of ``z``, ``2**(level / 8) f_t**(alpha - 1)``. With
+        allocation it is computed from its exponent in 64ths (so rows whose level and code
+        give the same step share one table set), else as before allocation existed (the same
+        tables, so the same bytes, as streams written then)."""
+        if self.alloc is None:
+            return (float(2.0 ** (level / 8.0)), int(code))
+        e = 8 * int(level) + (round(8 * self.alpha) - 8) * (int(code) - CODE_MID)
+        return ("e64", e)
+
+    def _width(self, key: tuple) -> float:
+        if key[0] == "e64":
+            return float(2.0 ** (key[1] / 64.0))
+        return key[0] * float(token_factor(key[1])) ** (self.alpha - 1.0)
+
     def tables(self, step: float, code: int) -> list[Table]:
-        """Entropy tables of a token with scale ``code`` at ``step``, from the cache (least
-        recently used sets evicted beyond :data:`TABLE_CACHE` sets or
-        :data:`TABLE_CACHE_BYTES`: a hostile sender may cycle through codes)."""
-        key = (float(step), int(code))
+        """Entropy tables of a token with scale ``code`` at ``step`` (without allocation)."""
+        return self.tables_at((float(step), int(code)))
+
+    def tables_at(self, key: tuple) -> list[Table]:
+        """Entropy tables of a :meth:`table_key`, from the cache (least recently used sets
+        evicted beyond :data:`TABLE_CACHE` sets or :data:`TABLE_CACHE_BYTES`: a hostile
+        sender may cycle through codes)."""
         hit = self._tables.pop(key, None)
         if hit is None:
-            hit = self._build_tables(step, int(code))
+            hit = self._build_tables(self._width(key))
             self._table_bytes += _nbytes(hit)
         self._tables[key] = hit  # most recently used last
         while len(self._tables) > 1 and (len(self._tables) > TABLE_CACHE
@@ -277,28 +325,28 @@ class TokenwiseContext:
         self._table_bytes = 0
 
     def table_cells(self, step: float, code: int) -> int:
-        """Probabilities in the table set of scale ``code`` at ``step`` (``sum(2K + 2)`` over
+        """Probabilities in the table set of scale ``code`` at ``step`` (without allocation)."""
+        return self.cells_at((float(step), int(code)))
+
+    def cells_at(self, key: tuple) -> int:
+        """Probabilities in the table set of a :meth:`table_key` (``sum(2K + 2)`` over
         channels; 8 bytes each), without building it."""
-        key = (float(step), int(code))
         cells = self._cells.get(key)
         if cells is None:
             if len(self._cells) >= 4 * (CODE_MAX + 1):
                 self._cells.clear()
-            _, k = self._alphabets(step, int(code))
+            k = self._alphabets(self._width(key))
             cells = self._cells[key] = int(2 * k.sum() + 2 * k.size)
         return cells
 
-    def _alphabets(self, step: float, code: int) -> tuple[float, np.ndarray]:
-        """One step in units of z, and each channel's alphabet half-width ``K``."""
-        f = float(token_factor(code))
-        width = step * f ** (self.alpha - 1.0)  # one step in units of z
+    def _alphabets(self, width: float) -> np.ndarray:
+        """Each channel's alphabet half-width ``K`` at a step of ``width`` in units of z."""
         reach = np.maximum(np.abs(self.knots[:, 0]), np.abs(self.knots[:, -1])) / width
         k_need = np.ceil(reach - 0.5 - self.theta).clip(0) + 1
-        k = np.minimum(np.exp2(np.ceil(np.log2(np.maximum(k_need, 2)))), K_MAX).astype(np.int64)
-        return width, k
+        return np.minimum(np.exp2(np.ceil(np.log2(np.maximum(k_need, 2)))), K_MAX).astype(np.int64)
 
-    def _build_tables(self, step: float, code: int) -> list[Table]:
-        width, k = self._alphabets(step, code)
+    def _build_tables(self, width: float) -> list[Table]:
+        k = self._alphabets(width)
         out = []
         for kg in np.unique(k):
             ch = np.flatnonzero(k == kg)

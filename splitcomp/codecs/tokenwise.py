@@ -41,6 +41,7 @@ import struct
 
 import numpy as np
 
+from ._tokenwise_alloc import GAIN, Allocation, fit_allocation
 from ._tokenwise_context import (
     CONTEXTS,
     TokenwiseContext,
@@ -70,10 +71,13 @@ from .registry import register_codec
 
 __all__ = [
     "CONTEXTS",
+    "GAIN",
+    "Allocation",
     "TokenwiseCodec",
     "TokenwiseContext",
     "calibrate",
     "context_id",
+    "fit_allocation",
     "fit_offsets",
     "get_context",
     "load_context_file",
@@ -106,14 +110,21 @@ def work_budget(payload_bytes: int) -> int:
     return FREE_WORK + WORK_PER_BYTE * payload_bytes
 
 
-def stream_work(ctx: TokenwiseContext, step: float, codes: np.ndarray) -> int:
-    """The decoding work of rows with scale ``codes`` at ``step``: each distinct code's tables
-    built once (whether cached or not: the figure depends on the stream alone) and read once
-    per row, and with a predictor each row's reconstruction."""
+def stream_work(ctx: TokenwiseContext, level: int, codes: np.ndarray,
+                offsets: np.ndarray | None = None) -> int:
+    """The decoding work of rows with scale ``codes`` at ``level`` (with allocation, each row
+    at ``level`` plus its offset): each distinct table set built once (whether cached or not:
+    the figure depends on the stream alone) and read once per row, and with a predictor each
+    row's reconstruction."""
     work = ctx.reconstruction_work(len(codes))
-    for code, rows in zip(*np.unique(codes, return_counts=True), strict=True):
-        cells = ctx.table_cells(step, int(code))
-        work += BUILD_CELL * cells + BUILD_CHANNEL * ctx.channels + int(rows) * cells
+    levels = level + (np.zeros(len(codes), np.int64) if offsets is None else offsets)
+    keys: dict[tuple, int] = {}
+    for lv, code in zip(levels.tolist(), np.asarray(codes).tolist(), strict=True):
+        key = ctx.table_key(lv, code)
+        keys[key] = keys.get(key, 0) + 1
+    for key, rows in keys.items():
+        cells = ctx.cells_at(key)
+        work += BUILD_CELL * cells + BUILD_CHANNEL * ctx.channels + rows * cells
     return work
 
 
@@ -238,29 +249,38 @@ class TokenwiseCodec(SessionContextCodec):
         return out
 
     # -- context mode ------------------------------------------------------------------------
-    def _quantize(self, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _quantize(self, x2: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """Rows' scale codes, level offsets (None without allocation), steps and symbols."""
         ctx = self.context
         assert ctx is not None
         codes = ctx.token_codes(x2)
-        d = ctx.steps(self.step, codes)
+        offsets = None if ctx.alloc is None else ctx.alloc.offsets(x2, codes)
+        d = ctx.steps(ctx.row_steps(self.params["level"], offsets), codes)
         with np.errstate(all="ignore"):
             q = ctx.quantize(x2, d)
         if not np.all(np.abs(q) <= Q_MAX):
             raise ValueError("tokenwise: values too large for this context and level")
-        return codes, d, q.astype(np.int64)
+        return codes, offsets, d, q.astype(np.int64)
 
     def _encode_context(self, x2: np.ndarray) -> bytes:
         ctx = self.context
         assert ctx is not None
         if not np.all(np.isfinite(x2)):
             raise ValueError("tokenwise: input contains NaN or inf")
-        codes, _, q = self._quantize(x2)
+        codes, offsets, _, q = self._quantize(x2)
         writer = AnsWriter()
         escapes: list[np.ndarray] = []
-        code_probs = ctx.code_probs
+        code_probs, level = ctx.code_probs, self.params["level"]
+        alloc_probs = None if ctx.alloc is None else ctx.alloc.probs
         for row, code in enumerate(codes):
             writer.add_rows(np.array([code], np.int32), code_probs)
-            for t in ctx.tables(self.step, int(code)):
+            lv = level
+            if offsets is not None:
+                writer.add_rows(np.array([offsets[row] + ctx.alloc.max_offset], np.int32),
+                                alloc_probs)
+                lv += int(offsets[row])
+            for t in ctx.tables_at(ctx.table_key(lv, int(code))):
                 qs = q[row, t.channels]
                 esc = np.abs(qs) > t.k
                 sym = np.where(esc, 2 * t.k + 1, qs + t.k).astype(np.int32)
@@ -274,7 +294,7 @@ class TokenwiseCodec(SessionContextCodec):
             out += tail + bytes(pad) + struct.pack("<I", len(tail))
         if x2.shape[0] > ROWS_PER_BYTE * len(out):
             raise ValueError("tokenwise: rows too cheap for this context (degenerate calibration)")
-        work = stream_work(ctx, self.step, codes)
+        work = stream_work(ctx, level, codes, offsets)
         if work > work_budget(len(out)):
             raise ValueError(f"tokenwise: these rows would cost a decoder {work} units of work, "
                              f"more than {len(out)} bytes allow ({work_budget(len(out))}): "
@@ -300,21 +320,29 @@ class TokenwiseCodec(SessionContextCodec):
         q = np.zeros((r, c), np.int64)
         esc_at: list[tuple[int, np.ndarray, int]] = []
         codes = np.zeros(r, np.int64)
+        alloc, level = ctx.alloc, self.params["level"]
+        offsets = None if alloc is None else np.zeros(r, np.int64)
         code_probs = ctx.code_probs
+        alloc_probs = None if alloc is None else alloc.probs
         budget, work = work_budget(len(payload)), ctx.reconstruction_work(r)
         require(work <= budget, f"tokenwise: {r} rows cost more decoding work than "
                 f"{len(payload)} bytes allow")
-        named: dict[int, tuple[list, int]] = {}  # code -> its tables and cells, in this stream
+        named: dict[tuple, tuple[list, int]] = {}  # table key -> its tables and cells, here
         for row in range(r):
             require(not coder.is_empty(), "tokenwise: rANS data ends early")
             codes[row] = code = int(coder.read_rows(code_probs)[0])
-            tables, cells = named.get(code) or (None, ctx.table_cells(self.step, code))
+            lv = level
+            if alloc is not None:
+                offsets[row] = int(coder.read_rows(alloc_probs)[0]) - alloc.max_offset
+                lv += int(offsets[row])
+            key = ctx.table_key(lv, code)
+            tables, cells = named.get(key) or (None, ctx.cells_at(key))
             work += cells if tables else cells + BUILD_CELL * cells + BUILD_CHANNEL * c
             require(work <= budget, f"tokenwise: the stream costs more decoding work than "
-                    f"its {len(payload)} bytes allow (row {row}, {len(named)} scale codes)")
+                    f"its {len(payload)} bytes allow (row {row}, {len(named)} table sets)")
             if tables is None:  # held for this stream even if the context's cache drops it
-                tables = ctx.tables(self.step, code)
-                named[code] = tables, cells
+                tables = ctx.tables_at(key)
+                named[key] = tables, cells
             for t in tables:
                 sym = np.asarray(coder.read_rows(t.probs), np.int64)
                 esc = sym == 2 * t.k + 1
@@ -335,7 +363,7 @@ class TokenwiseCodec(SessionContextCodec):
                 require(bool(np.all((np.abs(v) > k) & (np.abs(v) <= Q_MAX))),
                         "tokenwise: bad escaped value")
                 q[row, ch] = v
-        d = ctx.steps(self.step, codes)
+        d = ctx.steps(ctx.row_steps(level, offsets), codes)
         out = ctx.reconstruct(q, d)
         require(bool(np.all(np.isfinite(out))), "tokenwise: decoded values not finite")
         return out
@@ -371,7 +399,7 @@ class TokenwiseCodec(SessionContextCodec):
         top = float(np.abs(x2).max())
         if self.context is None:
             return float(self._row_steps(x2).max()) * 0.5 * (1 + 1e-5) + top * 2.0**-22
-        _, d, _ = self._quantize(x2)
+        _, _, d, _ = self._quantize(x2)
         bound = d.astype(np.float64) * (0.5 + float(self.context.delta.max()))
         if self.context.shaping is not None:  # each channel also carries the feedback it got
             bound = shaped_error_bound(bound, self.context.shaping)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..codecs.tokenwise import TokenwiseContext, calibrate
+from ..codecs.tokenwise import GAIN, TokenwiseContext, calibrate, fit_allocation
 from .cache import positions_for
 from .text import _read_text
 
@@ -42,16 +42,26 @@ def tail_windows(tokenizer, path: Path, window: int, count: int, at_least: int |
     return torch.tensor(ids[-need:], dtype=torch.long).view(count, window)
 
 
-def calibrate_edge(edge, windows: torch.Tensor, server=None, **kwargs) -> TokenwiseContext:
+def calibrate_edge(edge, windows: torch.Tensor, server=None, shape: bool = True,
+                   allocate: bool = True, gain: float = GAIN, **kwargs) -> TokenwiseContext:
     """A context from the edge's hidden states over ``windows`` (count, window), every token
     (each window's first one too: the attention sink gets its share of the scale-code model);
-    with the ``server`` half, its encoder shapes the error to the Fisher matrix at the cut
-    (:func:`fisher_at_cut`, :mod:`splitcomp.codecs._tokenwise_shaping`)."""
+    with the ``server`` half and ``shape``, its encoder shapes the error to the Fisher matrix
+    at the cut (:func:`fisher_at_cut`, :mod:`splitcomp.codecs._tokenwise_shaping`) and, with
+    ``allocate``, each token's step follows its predicted Fisher trace (step ~
+    trace^(-gain/2), :mod:`splitcomp.codecs._tokenwise_alloc`)."""
     states = [edge.forward_full(w[None]) for w in windows]
-    hidden = torch.cat([h[0] for h in states])
-    if server is not None:
-        kwargs["fisher"] = fisher_at_cut(server, states)
-    return calibrate(hidden.float().numpy().astype(np.float32), **kwargs)
+    hidden = torch.cat([h[0] for h in states]).float().numpy().astype(np.float32)
+    traces = None
+    if server is not None and (shape or allocate):
+        fisher, traces = fisher_and_traces(server, states)
+        if shape:
+            kwargs["fisher"] = fisher
+    ctx = calibrate(hidden, **kwargs)
+    if traces is not None and allocate:
+        ctx.alloc = fit_allocation(hidden, traces, ctx.token_codes(hidden), gain)
+        ctx.clear_tables()
+    return ctx
 
 
 def fisher_at_cut(server, states: list[torch.Tensor], seed: int = 0, skip: int = 2
@@ -63,7 +73,15 @@ def fisher_at_cut(server, states: list[torch.Tensor], seed: int = 0, skip: int =
     ``states`` is one window (1, T, H) from position 0; its first ``skip`` positions (the
     attention sink and the token after it, whose massive activations the codec escapes) are
     left out. Seeded: the same states give the same matrix."""
-    total, count = None, 0
+    return fisher_and_traces(server, states, seed, skip)[0]
+
+
+def fisher_and_traces(server, states: list[torch.Tensor], seed: int = 0, skip: int = 2
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fisher_at_cut`'s matrix and, from the same gradients, the log of each
+    position's squared gradient norm (its Fisher trace, one label's estimate), every window's
+    positions in order (NaN for the first ``skip`` of each)."""
+    total, count, traces = None, 0, []
     for i, h in enumerate(states):
         x = h.detach().to(server.dtype).clone().requires_grad_(True)
         t = x.shape[1]
@@ -76,7 +94,10 @@ def fisher_at_cut(server, states: list[torch.Tensor], seed: int = 0, skip: int =
         g = grad[0, skip:].double()
         total = g.T @ g if total is None else total + g.T @ g
         count += g.shape[0]
+        tr = np.full(t, np.nan)
+        tr[skip:] = np.log((g**2).sum(-1).numpy() + 1e-30)
+        traces.append(tr)
     if total is None or count == 0:
         raise ValueError("fisher_at_cut needs at least one window longer than "
                          f"{skip} tokens")
-    return (total / count).numpy()
+    return (total / count).numpy(), np.concatenate(traces)

@@ -55,14 +55,16 @@ def test_a_short_text_calibrates_on_what_it_holds(wiki, tmp_path, capsys) -> Non
     assert "tokens" in capsys.readouterr().err
 
 
-def test_predictor_and_shaping_by_default_and_without(wiki, tmp_path) -> None:
+def test_predictor_shaping_and_allocation_by_default_and_without(wiki, tmp_path) -> None:
     sizes = {}
-    for flags in (["--predict"], ["--no-predict"], ["--no-shape"], ["--no-predict", "--no-shape"]):
+    for flags in (["--predict"], ["--no-predict"], ["--no-shape"], ["--no-predict", "--no-shape"],
+                  ["--no-allocate"], ["--no-shape", "--no-allocate"]):
         out = tmp_path / f"{'_'.join(flags)}.sctx"
         assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(out), *flags]) == 0
         ctx = TokenwiseContext.from_file_bytes(out.read_bytes())
         assert (ctx.pred is not None) == ("--no-predict" not in flags)
         assert (ctx.shaping is not None) == ("--no-shape" not in flags)
+        assert (ctx.alloc is not None) == ("--no-allocate" not in flags)
         sizes[tuple(flags)] = len(ctx.to_bytes()), out.stat().st_size
     default = tmp_path / "default.sctx"
     assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(default)]) == 0
@@ -70,6 +72,8 @@ def test_predictor_and_shaping_by_default_and_without(wiki, tmp_path) -> None:
     c = 64  # llama_tiny's hidden size: C (C - 1) bytes of coefficients each
     assert sizes[("--predict",)][0] - sizes[("--no-predict",)][0] == c * (c - 1)
     assert sizes[("--no-shape",)][1] == sizes[("--no-shape",)][0]  # the file is the wire
+    # allocation: 3 header bytes, the median code, 13 counts and 2C + 1 float32 weights
+    assert sizes[("--predict",)][0] - sizes[("--no-allocate",)][0] == 2 + 1 + 26 + 4 * (2 * c + 1)
     shaped_file = sizes[("--predict",)][1] - sizes[("--predict",)][0]
     assert c * (c - 1) < shaped_file < c * (c - 1) + 32  # the feedback, sealed, and a trailer
 

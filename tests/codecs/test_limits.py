@@ -218,7 +218,7 @@ def test_tokenwise_scale_codes_cannot_buy_table_work(spread: bool) -> None:
     ctx = twc.TokenwiseContext.from_bytes(ctx_bytes)
     built: list[int] = []
     build = ctx._build_tables
-    ctx._build_tables = lambda step, code: built.append(code) or build(step, code)  # type: ignore
+    ctx._build_tables = lambda width: built.append(width) or build(width)  # type: ignore
     t0 = time.process_time()
     with context_scope({ctx.context_id: ctx}):
         peak = traced_peak(lambda: decode_or_reject(data, codecs.DEFAULT_LIMITS))
@@ -237,7 +237,7 @@ def test_tokenwise_table_cache_is_bounded_in_bytes() -> None:
         assert ctx._table_bytes <= twc.TABLE_CACHE_BYTES
         assert len(ctx._tables) <= twc.TABLE_CACHE
     assert ctx._table_bytes == sum(twc._nbytes(t) for t in ctx._tables.values())
-    assert ctx.table_cells(1.0, 7) == sum(t.probs.size for t in ctx._build_tables(1.0, 7))
+    assert ctx.table_cells(1.0, 7) == sum(t.probs.size for t in ctx.tables(1.0, 7))
 
 
 _DIMS = st.lists(st.integers(0, 1 << 20), min_size=1, max_size=4)

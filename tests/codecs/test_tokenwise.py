@@ -222,7 +222,7 @@ def test_work_budget_is_the_same_at_both_ends(ctx: tw.TokenwiseContext,
     x *= np.exp2(np.linspace(-3, 3, 40, dtype=np.float32))[:, None]  # 30 scale codes
     data = codec.encode(torch.from_numpy(x))
     payload = codecs.peek(data).tensors[0].payload_bytes
-    work = tw.stream_work(ctx, codec.step, ctx.token_codes(x))
+    work = tw.stream_work(ctx, codec.params["level"], ctx.token_codes(x))
     assert len(np.unique(ctx.token_codes(x))) >= 30
     monkeypatch.setattr(tw, "FREE_WORK", work - tw.WORK_PER_BYTE * payload)
     assert codecs.decode(data)[0].shape == x.shape

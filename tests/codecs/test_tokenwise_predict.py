@@ -167,7 +167,7 @@ def test_fuzz_context_bytes(ctx: tw.TokenwiseContext, data: st.DataObject) -> No
 def test_reconstruction_work_is_bounded_by_the_bytes(ctx: tw.TokenwiseContext) -> None:
     codec = tw.TokenwiseCodec.with_context(ctx, level=0)
     x = correlated(4, seed=9)
-    work = tw.stream_work(ctx, codec.step, ctx.token_codes(x))
+    work = tw.stream_work(ctx, codec.params["level"], ctx.token_codes(x))
     assert work >= ctx.reconstruction_work(4) == 4 * C * C // 16
     stream = codec.encode(torch.from_numpy(x))
     payload = codecs.peek(stream).tensors[0].payload_bytes
