@@ -4,6 +4,7 @@ their streams unchanged."""
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
 
@@ -219,3 +220,20 @@ def test_fuzz_allocated_context_bytes(ctx, data) -> None:
         return
     out = codec.decode_array(memoryview(data_), x.shape, DecodeLimits())
     assert np.all(np.isfinite(out))
+
+
+def test_version_3_bytes_are_pinned() -> None:
+    """A version 3 context (allocation weights set by hand, not fitted: no solver in the
+    figure) and a stream under it: the format, byte for byte."""
+    from .test_tokenwise import hidden
+
+    ctx = tw.calibrate(hidden(600, seed=1))
+    weights = np.zeros(2 * C + 1, np.float32)
+    weights[C + 2], weights[-1] = 1.5, -2.0  # o = round(1.5 |x_2| - 2)
+    ctx.alloc = tw.Allocation(np.arange(1, 14, dtype=np.int64) * 7, weights, 64)
+    data = ctx.to_bytes()
+    assert hashlib.sha256(data).hexdigest()[:16] == "d4df8d23afbc3850"
+    x = hidden(3, seed=12, sink=True)
+    assert ctx.alloc.offsets(x, ctx.token_codes(x)).tolist() == [0, -1, 2]  # the sink keeps 0
+    stream = tw.TokenwiseCodec.with_context(ctx).encode(torch.from_numpy(x))
+    assert hashlib.sha256(stream).hexdigest()[:16] == "d36696b3c95384d9"
