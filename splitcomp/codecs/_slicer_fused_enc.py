@@ -9,9 +9,9 @@ reference, ``tests/codecs/test_slicer_jit.py``): the thresholds and kept counts
 arithmetic), then quantization into dense symbols and the tail: mask classes and the model
 choice (:func:`._slicer_mask.fit_model`, its float sums in numpy's pairwise order and its
 logarithms from a table numpy made), both mask phases as padded 4-bit runs, the value
-histograms (:func:`._slicer_values.histogram_bytes`) and contexts, and the rANS stack
-(:mod:`.entropy._ans_jit`, divisions by reciprocals). Grids of several pieces (magnitude
-blocks) are quantized by numpy and coded by :func:`encode_tail`.
+histograms (:func:`._slicer_values.histogram_bytes`) and contexts, and the two rANS lanes
+(:func:`._slicer_lanes_kernels.write_lanes`, divisions by reciprocals). Grids of several
+pieces (magnitude blocks) are quantized by numpy and coded by :func:`encode_tail`.
 """
 
 from __future__ import annotations

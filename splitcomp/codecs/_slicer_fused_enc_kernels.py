@@ -13,10 +13,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._slicer_lanes_kernels import write_lanes
 from ._slicer_mask import N_CLASSES, N_NEIGHBOUR
 from ._slicer_quant_kernels import quantize_dense
 from ._slicer_values import N_CONTEXTS
-from .entropy._ans_kernels import finish, quantized_cdf, reciprocals, write_rcp
+from .entropy._ans_kernels import quantized_cdf, reciprocals
 
 n_ctx, n_cls4, n_nbr = N_CONTEXTS, N_CLASSES, N_NEIGHBOUR
 
@@ -414,7 +415,7 @@ def encode(planes, dense, levels, neg, channels, phase_a, phase_b, nbr, base, re
                     n_parts += 1
             at += kb
     starts[n_parts] = at
-    # the rANS stack: the last stream first
+    # the level models' tables, then the two rANS lanes
     cdf = np.full((freqs.shape[0], max(n_levels + 1, 17)), 1 << 24, np.uint32)
     rcp = np.zeros((freqs.shape[0], max(n_levels, 1)), np.uint64)
     rsh = np.zeros((freqs.shape[0], max(n_levels, 1)), np.uint64)
@@ -422,21 +423,11 @@ def encode(planes, dense, levels, neg, channels, phase_a, phase_b, nbr, base, re
         for r in range(freqs.shape[0]):
             quantized_cdf(freqs[r], cdf[r])
             reciprocals(cdf[r, : n_levels + 1], rcp[r], rsh[r])
-    st = np.zeros(2, np.uint64)
-    for i in range(n_parts - 1, -1, -1):
-        m = model[i]
-        if m < 0:
-            ok = write_rcp(words, st, quad[-1 - m], quad_rcp[-1 - m], quad_rsh[-1 - m], sym,
-                           starts[i], starts[i + 1])
-        else:
-            ok = write_rcp(words, st, cdf[m, : n_levels + 1], rcp[m], rsh[m], sym, starts[i],
-                           starts[i + 1])
-        if not ok:
-            return flags, -1, 0
-    n = finish(words, st)
-    if n < 0 or h > head.size:
+    if h > head.size:
         return flags, -1, 0
-    return flags, h, n
+    h, n = write_lanes(words, head, h, sym, starts, model, n_parts, quad, quad_rcp, quad_rsh,
+                       cdf, rcp, rsh, n_levels)
+    return flags | 16, h, n  # bit 4: two rANS lanes
 
 
 @njit(cache=True, nogil=True)

@@ -7,16 +7,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._slicer_lanes_kernels import lane_words, level_bits, levels, nibbles
 from ._slicer_quant import MAX_LEVELS, MAX_PIECES
 from ._slicer_values import N_CONTEXTS
-from .entropy import _ans_kernels as ans
-from .entropy._ans_kernels import quantized_cdf, read, read_entries, reader_init, slot_entries
-
-#: quantile bits of the slot tables (:func:`.entropy._ans_kernels.slot_entries`), 2 KiB
-#: each: the mask models' (precomputed) and the level models' (a decode's ~30 stay in L1; 10
-#: bits measured no faster: fewer split slots, but 8 KiB tables)
-quad_bits = level_bits = 8
-quad_drop = np.uint64(24 - quad_bits)
+from .entropy._ans_kernels import quantized_cdf, reader_init, slot_entries
 
 n_ctx = N_CONTEXTS
 f32_max = float(np.finfo(np.float32).max)
@@ -143,50 +137,6 @@ def read_histograms(buf, pos, rows, size, table, freqs):  # pragma: no cover - c
 
 
 @njit(cache=True, nogil=True)
-def read_nibbles(words, st, cdf, tbl, count, bits, at):  # pragma: no cover - compiled
-    """:func:`.entropy._ans_kernels.read_entries` of ``count`` 4-bit mask symbols (``tbl``
-    of ``quad_bits``), each written as its four bits into ``bits[at + 4 k :]`` (a run's
-    padding bits land past its end: the next run, read after it, or the slack of ``bits``)."""
-    state = st[0]
-    left = np.int64(st[1])
-    for k in range(count):
-        quantile = state & ans.mask24
-        e = tbl[np.int64(quantile >> quad_drop)]
-        if e >= 0:
-            lo = e & 0xFF
-            left_c = np.uint64((e >> 8) & 0x1FFFFFF)
-            prob = np.uint64(e >> 33)
-        else:
-            q = np.uint32(quantile)
-            lo = -1 - e
-            while cdf[lo + 1] <= q:
-                lo += 1
-            left_c = np.uint64(cdf[lo])
-            prob = np.uint64(cdf[lo + 1]) - left_c
-        state = (state >> ans.shift_p) * prob + (quantile - left_c)
-        if state < ans.low and left > 0:
-            left -= 1
-            state = (state << ans.shift_w) | np.uint64(words[left])
-        o = at + 4 * k
-        bits[o] = lo & 1
-        bits[o + 1] = (lo >> 1) & 1
-        bits[o + 2] = (lo >> 2) & 1
-        bits[o + 3] = lo >> 3
-    st[0] = state
-    st[1] = np.uint64(left)
-
-
-@njit(cache=True, nogil=True)
-def read_levels(words, st, cdf, tbl, fast, n_sym, count, out, at):  # pragma: no cover
-    """Level symbols: by the slot table (``level_bits``) where :func:`slot_tables` made
-    them (``fast``), else by :func:`.entropy._ans_kernels.read`'s search."""
-    if fast:
-        read_entries(words, st, cdf, tbl, level_bits, count, out, at)
-    else:
-        read(words, st, cdf, n_sym, count, out, at)
-
-
-@njit(cache=True, nogil=True)
 def slot_tables(cdfs, n_levels, ok):  # pragma: no cover - compiled
     """The level models' slot tables, if any (at most 64 levels, every model quantized:
     ``ok``; a hostile stream's split slots then cost no more steps than the search): (the
@@ -217,7 +167,7 @@ def decode(buf, planes, channels, phase_a, phase_b, nbr, base, rescale, quad, qu
         return 1
     flags = np.int64(buf[0])
     pos = 1
-    if flags >= 16:
+    if flags >= 32:
         return 2
     starts = np.zeros((2, MAX_PIECES), np.float32)
     steps = np.zeros((2, MAX_PIECES), np.float32)
@@ -322,16 +272,13 @@ def decode(buf, planes, channels, phase_a, phase_b, nbr, base, rescale, quad, qu
         for r in range(rows):
             ok &= quantized_cdf(freqs[r], cdfs[r])
     luts, fast = slot_tables(cdfs, n_levels, ok)
-    # the rANS stack
-    if (n - pos) % 4:
-        return 9
-    words = np.empty((n - pos) // 4, np.uint32)
-    for i in range(words.size):
-        q = pos + 4 * i
-        words[i] = (np.uint32(buf[q]) | (np.uint32(buf[q + 1]) << 8)
-                    | (np.uint32(buf[q + 2]) << 16) | (np.uint32(buf[q + 3]) << 24))
-    st = np.zeros(2, np.uint64)
-    if not reader_init(words, st):
+    # the rANS stacks: one lane, or two (bit 4)
+    lanes = 2 if flags & 16 else 1
+    w0, w1, err = lane_words(buf, pos, lanes)
+    if err:
+        return err
+    st = np.zeros(4, np.uint64)
+    if not (reader_init(w0, st[0:2]) and reader_init(w1, st[2:4])):
         return 9
     # phase A: planes grouped by class, each class one run (every plane has a class)
     bits = np.empty(planes * max(n_a, n_b) + 4, np.uint8)  # 4: a run's padding bits
@@ -343,7 +290,8 @@ def decode(buf, planes, channels, phase_a, phase_b, nbr, base, rescale, quad, qu
             count += n_a if cls[p] == c else 0
         if count == 0:
             continue
-        read_nibbles(words, st, quad[code_a[c]], quad_lut[code_a[c]], (count + 3) // 4, bits, 0)
+        nibbles(lanes, w0, w1, st, quad[code_a[c]], quad_lut[code_a[c]], (count + 3) // 4, bits,
+                0)
         k = 0
         for p in range(planes):
             if cls[p] == c:
@@ -363,8 +311,8 @@ def decode(buf, planes, channels, phase_a, phase_b, nbr, base, rescale, quad, qu
         group_ranks(planes, n_a, n_b, nbr, base, rescale, cls, mask_a, key, rank, start)
         for c in range(n_code_b):
             if start[c + 1]:
-                read_nibbles(words, st, quad[code_b[c]], quad_lut[code_b[c]],
-                             (start[c + 1] + 3) // 4, bits, start[c])
+                nibbles(lanes, w0, w1, st, quad[code_b[c]], quad_lut[code_b[c]],
+                        (start[c + 1] + 3) // 4, bits, start[c])
             start[c + 1] += start[c]
     mask_b = np.zeros(max(total_b, 1), np.uint8)
     kept_b = 0
@@ -375,13 +323,13 @@ def decode(buf, planes, channels, phase_a, phase_b, nbr, base, rescale, quad, qu
         kept_b += m
     # level symbols, then the planes
     if n_levels > 1 and use_ctx:
-        return context_levels(words, st, planes, n_a, n_b, phase_a, phase_b, nbr, mask_a,
+        return context_levels(lanes, w0, w1, st, planes, n_a, n_b, phase_a, phase_b, nbr, mask_a,
                               mask_b, kept_a, n_levels, shift, used, cdfs, luts, fast, lut,
                               signed, out)
     vals = np.zeros(max(kept_a + kept_b, 1), np.int32)
     if n_levels > 1:
-        read_levels(words, st, cdfs[0], luts[0], fast, n_levels, kept_a + kept_b, vals, 0)
-    if st[0] != 0:
+        levels(lanes, w0, w1, st, cdfs[0], luts[0], fast, n_levels, kept_a + kept_b, vals, 0)
+    if st[0] != 0 or st[2] != 0:
         return 11
     scatter(planes, n_a, n_b, phase_a, phase_b, mask_a, mask_b, vals, kept_a,
             kept_a + kept_b, n_levels, lut, out)
@@ -434,7 +382,7 @@ def scatter(planes, n_a, n_b, phase_a, phase_b, mask_a, mask_b, vals, kept_a, ke
 
 
 @njit(cache=True, nogil=True)
-def context_levels(words, st, planes, n_a, n_b, phase_a, phase_b, nbr, mask_a, mask_b,
+def context_levels(lanes, w0, w1, st, planes, n_a, n_b, phase_a, phase_b, nbr, mask_a, mask_b,
                    kept_a, n_levels, shift, used, cdfs, luts, fast, lut, signed,
                    out):  # pragma: no cover - compiled
     """The level symbols with value contexts, into ``out``; 0 or an error code. Phase A's
@@ -443,7 +391,7 @@ def context_levels(words, st, planes, n_a, n_b, phase_a, phase_b, nbr, mask_a, m
     among its context's kept positions and its place in ``out``; each context's run is
     read, and only the kept phase-B values written (``out`` starts as "dropped")."""
     vals_a = np.zeros(max(kept_a, 1), np.int32)
-    read_levels(words, st, cdfs[0], luts[0], fast, n_levels, kept_a, vals_a, 0)
+    levels(lanes, w0, w1, st, cdfs[0], luts[0], fast, n_levels, kept_a, vals_a, 0)
     total_b = planes * n_b
     plane = out.shape[1]
     flat = out.reshape(out.size)
@@ -489,11 +437,11 @@ def context_levels(words, st, planes, n_a, n_b, phase_a, phase_b, nbr, mask_a, m
     for c in range(n_ctx):
         vstart[c] = at
         if used[c]:
-            read_levels(words, st, cdfs[row], luts[row], fast, n_levels, sizes[c], grouped,
-                        at)
+            levels(lanes, w0, w1, st, cdfs[row], luts[row], fast, n_levels, sizes[c], grouped,
+                   at)
             at += sizes[c]
             row += 1
-    if st[0] != 0:
+    if st[0] != 0 or st[2] != 0:
         return 11
     for e in range(kept_b):
         flat[u(opos[u(e)])] = lut[u(grouped[u(vstart[u(vctx[u(e)])] + vrank[u(e)])])]

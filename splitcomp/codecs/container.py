@@ -25,7 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import _container_memo as memo
 from . import compact as compact_module
+from ._container_dtypes import (  # noqa: F401 - the container's API
+    CODE_NAMES,
+    FLOAT_CODES,
+    NAME_CODES,
+    dtype_code,
+    numpy_dtype,
+    torch_dtype,
+)
 from .base import Codec, Param, decode_params, encode_params
 from .bytes_io import Reader, put_varint
 from .contexts import context_scope
@@ -42,46 +51,6 @@ CRC_BYTES = compact_module.CRC_BYTES
 RESILIENT_MAGIC = b"SR"
 #: magic of a compact stream whose CRC covers only its prefix (magic and template id)
 RESILIENT_COMPACT_MAGIC = b"SQ"
-
-#: dtype code on the wire -> dtype name (torch's and numpy's, but numpy has no bfloat16)
-CODE_NAMES: dict[int, str] = {
-    1: "float32", 2: "float16", 3: "bfloat16", 4: "float64", 10: "uint8", 11: "int8",
-    12: "int16", 13: "int32", 14: "int64", 15: "bool",
-}
-NAME_CODES = {v: k for k, v in CODE_NAMES.items()}
-#: codes of floating-point tensors: coded by the codec (as float32); the others are sent raw
-FLOAT_CODES = frozenset({1, 2, 3, 4})
-
-
-#: numpy dtypes resolved before (``dtype.name`` costs microseconds), bounded
-_NUMPY_CODES: dict[np.dtype, int] = {}
-
-
-def dtype_code(dtype: Any) -> int:
-    """The wire code of a torch dtype, numpy dtype or dtype name; TypeError if unsupported."""
-    key = dtype if isinstance(dtype, np.dtype) else None
-    if key is not None and key in _NUMPY_CODES:
-        return _NUMPY_CODES[key]
-    if isinstance(dtype, (np.dtype, type)):
-        dtype = np.dtype(dtype).name if np.dtype(dtype).isnative else dtype
-    name = str(dtype).removeprefix("torch.")
-    if name not in NAME_CODES:
-        raise TypeError(f"unsupported dtype {dtype}")
-    if key is not None and len(_NUMPY_CODES) < 64:
-        _NUMPY_CODES[key] = NAME_CODES[name]
-    return NAME_CODES[name]
-
-
-def torch_dtype(code: int) -> torch.dtype:
-    """The torch dtype of a wire code (imports torch)."""
-    import torch
-
-    return getattr(torch, CODE_NAMES[code])
-
-
-def numpy_dtype(code: int) -> np.dtype:
-    """The numpy dtype of a wire code (bfloat16: float32, numpy has none)."""
-    return np.dtype("float32" if code == 3 else CODE_NAMES[code])
 
 
 @dataclass(frozen=True)
@@ -273,11 +242,16 @@ def read_header(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEF
     """Validate magic, version, CRC and limits; return (Header, codec instance, payload offset)."""
     view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
     n = len(view)
-    require(n <= limits.max_bytes, f"bitstream of {n} bytes exceeds limit {limits.max_bytes}")
-    require(n >= len(MAGIC) + 2 + CRC_BYTES, f"truncated: {n} bytes")
-    magic = bytes(view[:2])
+    if n > limits.max_bytes:
+        raise BitstreamError(f"bitstream of {n} bytes exceeds limit {limits.max_bytes}")
+    if n < len(MAGIC) + 2 + CRC_BYTES:
+        raise BitstreamError(f"truncated: {n} bytes")
     body_end = n - CRC_BYTES
-    (crc,) = struct.unpack("<I", view[body_end:])
+    crc = int.from_bytes(view[body_end:], "little")
+    hit = memo.lookup(view, body_end, limits)  # the last full header parsed (magic ``SC``)
+    if hit is not None and zlib.crc32(view[:body_end]) == crc:
+        return hit
+    magic = bytes(view[:2])
     if magic in (RESILIENT_MAGIC, RESILIENT_COMPACT_MAGIC):
         return _read_resilient(view, magic, crc, limits)
     require(magic in (MAGIC, compact_module.COMPACT_MAGIC),
@@ -387,8 +361,9 @@ def _read_full(r: Reader, limits: DecodeLimits, implied_payload: int | None, tot
     require(implied_payload is None, "a compact template holds one tensor")
     require(total_payload == r.remaining(), "payload lengths do not match bitstream size")
     header = Header(codec_id, cls.name, codec.params, tuple(infos), r.pos, total)
-    if remember and n_tensors == 1:
-        compact_module.remember_parsed(bytes(r.buf[:size_at]), limits, codec, header)
+    if remember and n_tensors == 1 and cls.reusable_for(codec.params):
+        compact_module.remember_parsed(head := bytes(r.buf[:size_at]), limits, codec, header)
+        memo.remember(head, limits, codec, header)
     return header, codec, r.pos
 
 
@@ -424,8 +399,8 @@ def unpack(
     import torch
 
     out = _scoped(data, limits, expect_codec, check, contexts)
-    return tuple(torch.from_numpy(a).to(torch_dtype(c)) if c in FLOAT_CODES and c != 1
-                 else torch.from_numpy(a) for c, a in out)  # float32 (1): no ``to`` needed
+    return tuple([torch.from_numpy(a).to(torch_dtype(c)) if c in FLOAT_CODES and c != 1
+                  else torch.from_numpy(a) for c, a in out])  # float32 (1): no ``to`` needed
 
 
 def unpack_arrays(
@@ -453,8 +428,8 @@ def _unpack(data, limits, expect_codec, check) -> list[tuple[int, np.ndarray]]:
     header, codec, pos = read_header(data, limits)
     if check is not None:
         check(header)
-    if expect_codec is not None:
-        require(header.codec_id == expect_codec, f"bitstream was made by {header.codec_name!r}")
+    if expect_codec is not None and header.codec_id != expect_codec:
+        raise BitstreamError(f"bitstream was made by {header.codec_name!r}")
     return decode_payloads(data, header, codec, pos, limits)
 
 
@@ -467,7 +442,7 @@ def decode_payloads(data, header: Header, codec: Codec, pos: int, limits: Decode
     for info in header.tensors:
         payload = view[pos : pos + info.payload_bytes]
         pos += info.payload_bytes
-        if info.is_float:
+        if info.code in FLOAT_CODES:
             try:
                 arr = codec.decode_raw(payload, info.shape, limits) if raw else None
                 if arr is not None:
@@ -478,9 +453,12 @@ def decode_payloads(data, header: Header, codec: Codec, pos: int, limits: Decode
                 raise
             except (ValueError, IndexError, OverflowError, RuntimeError, TypeError) as e:
                 raise BitstreamError(f"{header.codec_name}: corrupt payload ({e})") from None
-            arr = np.asarray(arr, dtype=np.float32)
-            require(arr.shape == info.shape, f"{header.codec_name}: decoded shape mismatch")
-            if not (arr.flags.c_contiguous and arr.flags.writeable):
+            if type(arr) is not np.ndarray or arr.dtype != np.float32:
+                arr = np.asarray(arr, dtype=np.float32)
+            if arr.shape != info.shape:
+                raise BitstreamError(f"{header.codec_name}: decoded shape mismatch")
+            flags = arr.flags
+            if not (flags.c_contiguous and flags.writeable):
                 arr = arr.copy(order="C")
         else:
             np_dtype = numpy_dtype(info.code).newbyteorder("<")

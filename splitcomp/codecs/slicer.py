@@ -33,7 +33,9 @@ override it (any value < 0: from quality); ``n_blocks`` (1-16); ``axis``, the ch
 for NCHW; -1 for (batch, tokens, hidden) LLM states, whose outlier channels then get their own
 mask class; out of range: no channels). One threshold and one grid serve the whole tensor: a
 batch is filtered as a whole, not per sample (a per-row mode can come behind ``flags`` bits
-4-7).
+5-7). The rANS streams go on two lanes (flags bit 4, :class:`.entropy.coder.LaneWriter`):
+a decoder runs two state chains side by side; streams of one stack (bit 4 clear) still
+decode.
 
 Payload layout and models: ``docs/bitstream.md``, section "slicer". The largest error is the
 larger threshold (dropped values) or ``max(o, 256 - o) / 256`` of the widest step (kept ones):
@@ -66,11 +68,11 @@ from ._slicer_quant import (
 )
 from .base import Codec, Param
 from .bytes_io import Reader, put_varint
-from .entropy.coder import AnsReader, AnsWriter, categorical
+from .entropy.coder import AnsReader, LaneReader, LaneWriter, categorical
 from .errors import DecodeLimits, require
 from .registry import register_codec
 
-_FLAG_POS, _FLAG_NEG, _FLAG_CLASSES, _FLAG_VALUE_CONTEXT = 1, 2, 4, 8
+_FLAG_POS, _FLAG_NEG, _FLAG_CLASSES, _FLAG_VALUE_CONTEXT, _FLAG_LANES = 1, 2, 4, 8, 16
 
 
 def quality_settings(quality: float) -> tuple[float, float]:
@@ -201,8 +203,8 @@ class SlicerCodec(Codec):
             return bytes([flags | more]) + bytes(head) + tail
         mask_a = np.take(planes, geo.phase_a, axis=1)
         mask_b = np.take(planes, geo.phase_b, axis=1)
-        parts = AnsWriter()  # streams in decoding order
-        flags |= self._encode_mask(planes, mask_a, mask_b, geo, head, parts)
+        parts = LaneWriter()  # streams in decoding order, on two rANS lanes
+        flags |= _FLAG_LANES | self._encode_mask(planes, mask_a, mask_b, geo, head, parts)
         if n_levels > 1:
             sym = np.full(kept.size, n_levels, np.int32)  # n_levels: dropped
             sym[np.flatnonzero(kept)] = values
@@ -217,7 +219,7 @@ class SlicerCodec(Codec):
         return bytes([flags]) + bytes(head) + parts.finish()
 
     @staticmethod
-    def _encode_mask(planes, mask_a, mask_b, geo, head: bytearray, parts: AnsWriter) -> int:
+    def _encode_mask(planes, mask_a, mask_b, geo, head: bytearray, parts: LaneWriter) -> int:
         """Mask model into ``head``, its rANS streams into ``parts``; returns the flag bits."""
         flags = 0
         ctx = mk.neighbour_context(mask_a, geo)
@@ -247,7 +249,7 @@ class SlicerCodec(Codec):
 
     @staticmethod
     def _encode_values(
-        sym_a, kept_a, kept_b, mask_b, geo, signs, head: bytearray, parts: AnsWriter
+        sym_a, kept_a, kept_b, mask_b, geo, signs, head: bytearray, parts: LaneWriter
     ) -> int:
         """Level symbols in phase order (``sym_a``: phase A's planes, dropped = ``L``;
         ``kept_a``, ``kept_b``: the kept ones of each phase): phase A with one histogram,
@@ -287,16 +289,23 @@ class SlicerCodec(Codec):
     def decode_array(
         self, payload: memoryview, shape: tuple[int, ...], limits: DecodeLimits
     ) -> np.ndarray:
+        key = (shape, self.params["axis"]) if jit.ENABLED and type(shape) is tuple else None
+        run = fused.DECODERS.get(key) if key else None
+        if run is not None:  # a shape decoded before: the compiled pass, its arguments bound
+            return run(payload)
         n = math.prod(shape)
         if n == 0:
             require(len(payload) == 0, "slicer: payload for an empty tensor")
             return np.zeros(shape, np.float32)
         if jit.active():  # the whole decoder in one compiled pass
             geo = mk.geometry(shape, self._axis(len(shape)))
-            return fused.decode(payload, geo, mk.RESCALE).reshape(shape)
+            run = fused.decoder(geo, tuple(shape), mk.RESCALE)
+            if key and geo.plane_size <= mk._CACHED_PLANE:  # kept as the geometry is
+                fused.keep(key, run)
+            return run(payload)
         r = Reader(payload)
         flags = r.u8()
-        require(flags < 16, f"slicer: reserved flag bits set ({flags:#x})")
+        require(flags < 32, f"slicer: reserved flag bits set ({flags:#x})")
         grids = []
         for bit, sign in ((_FLAG_POS, 1.0), (_FLAG_NEG, -1.0)):
             if flags & bit:
@@ -323,7 +332,8 @@ class SlicerCodec(Codec):
             freqs = vl.read_histograms(r, 1 + len(used), n_levels)
         elif n_levels > 1:
             freqs = vl.read_histograms(r, 1, n_levels)
-        coder = AnsReader(r.take(r.remaining()), "slicer")
+        lanes = LaneReader if flags & _FLAG_LANES else AnsReader  # bit 4 clear: one stack
+        coder = lanes(r.take(r.remaining()), "slicer")
         groups_a, plane_order = mk.phase_a_groups(cls, code_a, n_a)
         mask_a = groups_a.decode(coder).reshape(geo.planes, n_a)
         if plane_order is not None:
@@ -392,7 +402,7 @@ class SlicerCodec(Codec):
         return cls, code_a, code_b
 
     @staticmethod
-    def _decode_part(coder: AnsReader, freqs: np.ndarray, count: int) -> np.ndarray:
+    def _decode_part(coder: LaneReader, freqs: np.ndarray, count: int) -> np.ndarray:
         if count == 0:
             return np.zeros(0, np.int32)
         return coder.read_model(count, categorical(freqs))

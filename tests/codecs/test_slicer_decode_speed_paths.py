@@ -95,23 +95,59 @@ def test_slot_entries_mark_split_slots() -> None:
 
 
 @pytest.mark.parametrize("code", [1, 7, 64, 128, 200, 255])
-def test_nibble_reader_equals_read(code: int) -> None:
-    """The mask reader's bits are ``read``'s 16-ary symbols, low bit first, on random words."""
-    from splitcomp.codecs import _slicer_fused_kernels as m
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_nibble_reader_equals_read(code: int, lanes: int) -> None:
+    """The mask reader's bits are ``read``'s 16-ary symbols, low bit first, on random words:
+    one lane, or two (symbol ``k`` from lane ``k & 1``, each lane its own stack)."""
+    from splitcomp.codecs import _slicer_lanes_kernels as m
 
     k = fused()
     rng = np.random.default_rng(code)
-    words = rng.integers(1, 2**32, size=64, dtype=np.uint64).astype(np.uint32)
-    count = 300
-    s1, s2 = np.zeros(2, np.uint64), np.zeros(2, np.uint64)
-    ans().reader_init(words, s1)
-    ans().reader_init(words, s2)
+    w = [rng.integers(1, 2**32, size=64, dtype=np.uint64).astype(np.uint32) for _ in range(2)]
+    count = 301
     sym = np.empty(count, np.int32)
-    ans().read(words, s1, k.quad[code], 16, count, sym, 0)
+    ref = np.zeros(4, np.uint64)
+    for lane in range(lanes):
+        ans().reader_init(w[lane], ref[2 * lane : 2 * lane + 2])
+        part = np.empty(len(range(lane, count, lanes)), np.int32)
+        ans().read(w[lane], ref[2 * lane : 2 * lane + 2], k.quad[code], 16, part.size, part, 0)
+        sym[lane::lanes] = part
+    st = np.zeros(4, np.uint64)
+    ans().reader_init(w[0], st[:2])
+    if lanes == 2:
+        ans().reader_init(w[1], st[2:])
     bits = np.empty(4 * count, np.uint8)
-    m.read_nibbles(words, s2, k.quad[code], k.quad_lut[code], count, bits, 0)
+    m.nibbles(lanes, w[0], w[1][:0] if lanes == 1 else w[1], st, k.quad[code],
+              k.quad_lut[code], count, bits, 0)
     want = ((sym[:, None] >> np.arange(4)) & 1).reshape(-1)
-    assert np.array_equal(bits, want) and np.array_equal(s1, s2)
+    assert np.array_equal(bits, want) and np.array_equal(st, ref)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("count", [0, 1, 2, 7, 300])
+def test_two_lane_levels_equal_read(fast: bool, count: int) -> None:
+    """Two lanes: symbol ``k`` is ``read``'s next symbol of lane ``k & 1``, by the slot
+    table or the search, and both lanes' states end where ``read`` leaves them."""
+    from splitcomp.codecs import _slicer_lanes_kernels as m
+
+    rng = np.random.default_rng(count)
+    cdf = padded_cdf(rng.integers(1, 50, 12).astype(np.float64))
+    tbl = np.empty(1 << m.level_bits, np.int64)
+    ans().slot_entries(cdf, 12, m.level_bits, tbl)
+    w = [rng.integers(1, 2**32, size=40, dtype=np.uint64).astype(np.uint32) for _ in range(2)]
+    want = np.empty(count, np.int32)
+    ref = np.zeros(4, np.uint64)
+    for lane in range(2):
+        ans().reader_init(w[lane], ref[2 * lane : 2 * lane + 2])
+        part = np.empty(len(range(lane, count, 2)), np.int32)
+        ans().read(w[lane], ref[2 * lane : 2 * lane + 2], cdf, 12, part.size, part, 0)
+        want[lane::2] = part
+    st = np.zeros(4, np.uint64)
+    ans().reader_init(w[0], st[:2])
+    ans().reader_init(w[1], st[2:])
+    got = np.full(count + 1, -1, np.int32)
+    m.levels(2, w[0], w[1], st, cdf, tbl, fast, 12, count, got, 1)
+    assert np.array_equal(got[1:], want) and np.array_equal(st, ref)
 
 
 def decode_both(codec, payload: bytes, shape):

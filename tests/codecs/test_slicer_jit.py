@@ -250,3 +250,52 @@ def test_numba_cache_folder_is_keyed_by_the_kernel_sources(monkeypatch, tmp_path
     names = {p.name for pattern in jit.KERNEL_SOURCES for p in here.glob(pattern)}
     assert {"_ans_kernels.py", "_rows_kernels.py", "_slicer_fused_kernels.py",
             "_tokenwise_predict_kernels.py", "_ans_jit.py"} <= names
+
+
+def one_lane_payload(codec, x: np.ndarray) -> bytes:
+    """``x`` in the layout before two lanes (flags bit 4 clear, one rANS stack), as the
+    numpy encoder wrote it then: its lane writer swapped for the one-stack writer."""
+    from splitcomp.codecs import slicer
+    from splitcomp.codecs.entropy.coder import AnsWriter
+
+    saved = slicer.LaneWriter, slicer._FLAG_LANES
+    slicer.LaneWriter, slicer._FLAG_LANES = AnsWriter, 0
+    try:
+        with path(False):
+            return codec.encode_array(x)
+    finally:
+        slicer.LaneWriter, slicer._FLAG_LANES = saved
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_one_lane_streams_decode_alike(seed: int) -> None:
+    """Streams of the single-stack layout (before flags bit 4) decode on both paths to the
+    floats their two-lane encoding decodes to; corrupted, both paths agree (or both refuse)."""
+    rng = np.random.default_rng(seed)
+    shape, axis = [((1, 6, 8, 8), 1), ((1, 5, 24), -1), ((3, 7), 7), ((2, 8, 5, 5), 1)][seed % 4]
+    x = rng.standard_normal(shape).astype(np.float32)
+    if seed % 2:
+        x = np.maximum(x, 0)
+    if seed % 3 == 0:
+        x.reshape(-1)[0] = 1e4  # magnitude blocks
+    codec = codecs.get("slicer", quality=float(QUALITIES[seed % len(QUALITIES)]), axis=axis)
+    old = one_lane_payload(codec, x)
+    assert not old[0] & 16
+    new = codec.encode_array(x)
+    assert new == b"\0" or new[0] & 16
+    limits = codecs.DecodeLimits()
+    want = codec.decode_array(memoryview(new), shape, limits)
+    for data in [old] + [bytes(old[:i]) + bytes([old[i] ^ (1 << (i % 8))]) + old[i + 1:]
+                         for i in rng.integers(0, len(old), 6)] + [old[:-1], old + bytes(4)]:
+        results = []
+        for compiled in (False, True):
+            with path(compiled):
+                try:
+                    results.append(codec.decode_array(memoryview(data), shape, limits))
+                except codecs.BitstreamError:
+                    results.append(None)
+        assert (results[0] is None) == (results[1] is None)
+        if results[0] is not None:
+            assert np.array_equal(results[0], results[1])
+        if data is old:
+            assert np.array_equal(results[0], want)

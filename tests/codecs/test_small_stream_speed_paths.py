@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from splitcomp import codecs
 from splitcomp.codecs import BitstreamError, DecodeLimits
+from splitcomp.codecs import _container_memo as memo
 from splitcomp.codecs import _slicer_jit as jit
 from splitcomp.codecs import compact as compact_module
 from splitcomp.codecs import container as ct
@@ -28,16 +29,19 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def fresh_parse(fn):
-    """``fn()`` with no header remembered (as before any stream), the memo restored after."""
+    """``fn()`` with no header remembered (as before any stream), the memos restored after."""
     saved, sizes = dict(compact_module.PARSED), list(compact_module.PARSED_SIZES)
+    last = memo._LAST
     compact_module.PARSED.clear()
     compact_module.PARSED_SIZES.clear()
+    memo._LAST = None
     try:
         return outcome(fn)
     finally:
         compact_module.PARSED.clear()
         compact_module.PARSED.update(saved)
         compact_module.PARSED_SIZES[:] = sizes
+        memo._LAST = last
 
 
 def outcome(fn):
@@ -278,11 +282,38 @@ def test_compact_streams_remembered() -> None:
         codecs.decode(data, DecodeLimits(max_elements=63))
 
 
-def test_memory_bounded() -> None:
+def test_memory_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for n in range(1, 2 * compact_module.MAX_PARSED):
         codecs.decode(codecs.get("fp16").encode(torch.zeros(1, n)))
         assert len(compact_module.PARSED) <= compact_module.MAX_PARSED
         assert len(compact_module.PARSED_SIZES) <= compact_module.MAX_PARSED_SIZES
+    monkeypatch.setattr(memo, "MAX_HEADERS", 3)
+    codec = codecs.get("slicer")
+    for n in range(1, 40):  # one header, payloads of many lengths
+        x = torch.randn(1, 4, 6, 6) * (torch.rand(1, 4, 6, 6) < n / 40)
+        data = codec.encode(x)
+        with pytest.raises(BitstreamError):  # lengths that do not add up: refused, not kept
+            codecs.decode(with_crc(data[:-4] + bytes(1 + n % 3)))
+        assert same(codecs.decode(data), fresh_parse(lambda d=data: codecs.decode(d)))
+        assert memo._LAST is not None and len(memo._LAST[4]) <= 3
+
+
+def test_the_last_header_is_the_one_remembered() -> None:
+    """A stream starting as the last one parsed, under the same limits object, reads as
+    parsed; another limits object, or another head, is not taken from the memo."""
+    a, b = STREAMS["slicer"](), STREAMS["rans"]()
+    limits = DecodeLimits()
+    for data in (a, b, a):
+        want = fresh_parse(lambda d=data: ct.read_header(d, limits))
+        compact_module.PARSED.clear()  # parsed again, so remembered last
+        compact_module.PARSED_SIZES.clear()
+        ct.read_header(data, limits)
+        hit = memo.lookup(memoryview(data), len(data) - 4, limits)
+        assert hit is not None and hit[0] == want[0] and hit[2] == want[2]
+        got = ct.read_header(data, limits)
+        assert got[0] == want[0] and got[2] == want[2] and got[1] is hit[1]
+    assert memo.lookup(memoryview(a), len(a) - 4, DecodeLimits()) is None  # equal, not same
+    assert memo.lookup(memoryview(b), len(b) - 4, limits) is None
 
 
 # -- codec heads written before --------------------------------------------------------------

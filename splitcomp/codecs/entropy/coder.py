@@ -31,10 +31,12 @@ import numpy as np
 import pcodec
 
 from .. import _slicer_jit
+from ..bytes_io import Reader, put_varint
 from ..errors import BitstreamError, native_error, require
 from . import _ans_jit
 
-__all__ = ["AnsReader", "AnsWriter", "Model", "categorical", "pco_decode", "pco_encode"]
+__all__ = ["AnsReader", "AnsWriter", "LaneReader", "LaneWriter", "Model", "categorical",
+           "pco_decode", "pco_encode"]
 
 _ANS = constriction.stream.stack.AnsCoder
 _CATEGORICAL = constriction.stream.model.Categorical
@@ -241,6 +243,47 @@ class AnsReader:
         if self._k is not None:
             return bool(self._state[0] == 0)
         return self._coder.is_empty()
+
+
+class LaneWriter:
+    """Two :class:`AnsWriter` lanes: each stream's even positions on lane 0, odd ones on lane
+    1; :meth:`finish` gives the varint count of lane 0's words, its words, then lane 1's."""
+
+    def __init__(self) -> None:
+        self._lanes = (AnsWriter(), AnsWriter())
+
+    def add_model(self, symbols: np.ndarray, model: Model) -> None:
+        """Queue int32 ``symbols`` under ``model`` (from :func:`categorical`)."""
+        for lane, w in enumerate(self._lanes):
+            w.add_model(np.ascontiguousarray(symbols[lane::2]), model)
+
+    def finish(self) -> bytes:
+        first, second = (w.finish() for w in self._lanes)
+        head = bytearray()
+        put_varint(head, len(first) // 4)
+        return bytes(head) + first + second
+
+
+class LaneReader:
+    """Decodes a :class:`LaneWriter`'s streams, in order, with the same models."""
+
+    __slots__ = ("_lanes",)
+
+    def __init__(self, data: bytes | memoryview, name: str = "") -> None:
+        r = Reader(data)
+        n0 = r.varint()
+        require(4 * n0 <= r.remaining(), f"{name}: truncated rANS lanes")
+        self._lanes = (AnsReader(r.take(4 * n0), name), AnsReader(r.take(r.remaining()), name))
+
+    def read_model(self, n: int, model: Model) -> np.ndarray:
+        """``n`` symbols (int32) queued by :meth:`LaneWriter.add_model`."""
+        out = np.empty(n, np.int32)
+        out[0::2] = self._lanes[0].read_model((n + 1) // 2, model)
+        out[1::2] = self._lanes[1].read_model(n // 2, model)
+        return out
+
+    def is_empty(self) -> bool:
+        return self._lanes[0].is_empty() and self._lanes[1].is_empty()
 
 
 # -- pcodec ------------------------------------------------------------------------------
