@@ -148,6 +148,13 @@ def _top_median(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a[:, -1], (a[:, h - 1] + a[:, h]) / 2
 
 
+def _finite(out: np.ndarray) -> np.ndarray:
+    """``out``, or BitstreamError if a value is not finite: a hostile step times a hostile
+    symbol overflows float32, which no encoder writes (it refuses non-finite input)."""
+    require(bool(np.isfinite(out).all()), "tokenwise: decoded values not finite")
+    return out
+
+
 def _zigzag(q: np.ndarray) -> np.ndarray:
     return np.where(q >= 0, 2 * q, -2 * q - 1).astype(np.int64)
 
@@ -237,16 +244,17 @@ class TokenwiseCodec(SessionContextCodec):
             status, out = kern.decode_scaled(buf, 4 * r, buf.size, steps, c, 2 * Q_MAX,
                                              _symbols_cap(r * c))
             if status == 0:
-                return out.reshape(r, c)
+                return _finite(out.reshape(r, c))
             # corrupt: the reference below raises its error and message
         alphabet, idx = decode_symbol_indices(payload[4 * r :], r * c, max_symbol=2 * Q_MAX)
         levels = ((alphabet >> 1) ^ -(alphabet & 1)).astype(np.float32)  # unzigzag
-        if r == 1:
-            levels *= steps[0]  # scaled per symbol of the alphabet, then gathered
-            return levels[idx].reshape(1, c)
-        out = levels[idx].reshape(r, c)  # 8 bytes an element
-        out *= steps[:, None]
-        return out
+        with np.errstate(over="ignore"):
+            if r == 1:
+                levels *= steps[0]  # scaled per symbol of the alphabet, then gathered
+                return _finite(levels)[idx].reshape(1, c)
+            out = levels[idx].reshape(r, c)  # 8 bytes an element
+            out *= steps[:, None]
+        return _finite(out)
 
     # -- context mode ------------------------------------------------------------------------
     def _quantize(self, x2: np.ndarray

@@ -17,6 +17,7 @@ from splitcomp.codecs import BitstreamError, DecodeLimits, context_scope
 from splitcomp.codecs import tokenwise as tw
 from splitcomp.codecs.container import encode_params
 
+from .jit_paths import jit_path
 from .registries import unregistered
 
 C = 64
@@ -232,3 +233,17 @@ def test_work_budget_is_the_same_at_both_ends(ctx: tw.TokenwiseContext,
         codecs.decode(data)
     with pytest.raises(ValueError, match="fewer rows per stream"):
         codec.encode(torch.from_numpy(x))
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_self_contained_overflow_is_refused(rows: int) -> None:
+    """A hostile step times a large symbol overflows float32: a typed error, not inf."""
+    x = np.zeros((rows, 8), np.float32)
+    x[:, 0], x[:, 1] = 1.0, 1000.0
+    data = bytearray(tw.TokenwiseCodec(level=-64).encode(torch.from_numpy(x)))
+    head = codecs.peek(bytes(data)).header_bytes
+    for row in range(rows):
+        data[head + 4 * row : head + 4 * row + 4] = struct.pack("<f", 3e38)
+    for compiled in (True, False):
+        with jit_path(compiled), pytest.raises(BitstreamError, match="not finite"):
+            codecs.decode(_refresh_crc(bytes(data[:-4])))
