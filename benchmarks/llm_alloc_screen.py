@@ -8,10 +8,11 @@ from the token's hidden state ``[x, |x|, 1]`` to the log of its trace, fitted on
 calibration windows. The encoder then codes token ``t`` at ``level + o_t`` with
 ``o_t = clip(rint(-4 gain (log s_t - mean) / ln 2), -6, 6)`` (a step ``~ s^(-gain/2)``).
 
-No codec format carries ``o_t`` yet: this screen codes each token with the shaped codec at
-its own level (every byte counted, as ``llm_bits.py`` counts them) and adds the empirical
-entropy of the offsets over the part (what an adaptive offset symbol would cost at best).
-Every window's first two tokens (the attention sink) keep offset 0.
+The screen that led to the tokenwise context's version 3 (``splitcomp.codecs._tokenwise_alloc``,
+measured as a codec by ``llm_bits.py --variants alloc``): it codes each token with the shaped
+codec at its own level (every byte counted, as ``llm_bits.py`` counts them) and adds the
+empirical entropy of the offsets over the part (what an adaptive offset symbol would cost at
+best). Every window's first two tokens (the attention sink) keep offset 0.
 
     python benchmarks/llm_alloc_screen.py [--gains 0,0.75] [--levels 4,2,0] [--heldout 150,450]
 """
