@@ -16,7 +16,7 @@ State lives on the server's event loop; nothing here touches a socket beyond
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import protocol as P
@@ -78,14 +78,18 @@ class Admission:
         except P.FrameError as e:
             return self._bad_frame(conn, frame, e)
         target = kind.route(req, self.by_kind.get(kind, []))
-        label = target.name if isinstance(target, Service) else ""
-        m.requests.inc((label,))
-        m.bytes_in.inc((label,), len(frame))
+        refused_at_route = isinstance(target, RequestError)
+        label = "" if refused_at_route else target.name
+        labels, size = (label,), len(frame)
+        m.requests.inc(labels)
+        m.bytes_in.inc(labels, size)
         rid = req.request_id
         key = (conn.identity, kind.dedup_scope(req), rid)
-        if self._replay(conn, key, frame, label, rid):
+        seen = self.dedup.lookup(key, frame)
+        if seen is not None:
+            self._replay(conn, seen, label, rid)
             return None
-        if isinstance(target, RequestError):
+        if refused_at_route:
             self.reply_error(conn, label, rid, target.code, target.message)
             return None
         if target.allowed_clients is not None and conn.client_id not in target.allowed_clients:
@@ -95,7 +99,7 @@ class Admission:
         if self.draining:
             self.reply_error(conn, label, rid, P.ErrorCode.UNAVAILABLE, "server shutting down")
             return None
-        who, size = conn.inflight_key, len(frame)
+        who = conn.inflight_key
         refused = self.inflight.refusal(who, size)
         if refused is not None:
             self.reply_error(conn, label, rid, P.ErrorCode.OVERLOADED, refused)
@@ -110,8 +114,8 @@ class Admission:
         if isinstance(admitted, bytes):  # answered at once, and remembered for retries
             key, _ = self.dedup.begin(key, frame, conn)
             self.dedup.finish(key, admitted)
-            m.results.inc((label,))
-            m.bytes_out.inc((label,), len(admitted))
+            m.results.inc(labels)
+            m.bytes_out.inc(labels, len(admitted))
             conn.send(admitted)
             return None
         self.inflight.add(who, size)
@@ -138,12 +142,10 @@ class Admission:
         self.reply_error(conn, "", e.request_id, P.ErrorCode.BAD_FRAME, str(e))
         return None
 
-    def _replay(self, conn: Peer, key: Hashable, frame: bytes, label: str, rid: int) -> bool:
-        """A retried request (same id, same bytes): send the remembered answer, or wait for
-        the one in flight (every frame gets its answer, within reason). False when it is new."""
-        seen = self.dedup.lookup(key, frame)
-        if seen is None:
-            return False
+    def _replay(self, conn: Peer, seen: InFlight | bytes, label: str, rid: int) -> None:
+        """A retried request (same id, same bytes; ``seen``: what the dedup cache holds for
+        it): send the remembered answer, or wait for the one in flight (every frame gets its
+        answer, within reason)."""
         self.metrics.dedup_hits.inc((label,))
         if isinstance(seen, InFlight):
             if len(seen.waiters) >= self.inflight.max_requests:
@@ -154,7 +156,6 @@ class Admission:
         else:
             conn.send(seen)
             self.metrics.bytes_out.inc((label,), len(seen))
-        return True
 
     def reply_error(self, conn: Peer, label: str, request_id: int, code: P.ErrorCode,
                     message: str) -> None:
@@ -164,6 +165,22 @@ class Admission:
         conn.send(frame)
 
     # -- answers ---------------------------------------------------------------------
+    def answer_batch(self, service: Service, works: Sequence[Work], frames: Sequence[bytes],
+                     oks: Sequence[bool]) -> None:
+        """:meth:`answer` for each of a batch's requests, its bytes counted once."""
+        finish, release, sent = self.dedup.finish, self.inflight.release, 0
+        for work, frame, ok in zip(works, frames, oks, strict=True):
+            entry = finish(work.key, frame if ok else None)
+            if entry is None:
+                release(work.inflight_key, 0)
+                continue
+            waiters = entry.waiters
+            for conn in waiters:
+                conn.send(frame)
+            sent += len(frame) * len(waiters)
+            release(work.inflight_key, entry.size)
+        self.metrics.bytes_out.inc((service.name,), sent)
+
     def answer(self, service: Service, work: Work, frame: bytes, ok: bool) -> None:
         """Send ``frame`` to every connection waiting for ``work`` (remembered for retries
         when ``ok``) and free its in-flight slot and bytes."""

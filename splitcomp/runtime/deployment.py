@@ -27,6 +27,7 @@ from ..codecs import BitstreamError, DecodeLimits, Header
 from ..codecs.resilient import concealing
 from . import protocol as P
 from .batch_decode import BatchDecoder, request_error
+from .batch_encode import encode_rows
 from .device import OnDevice, resolve_device
 from .errors import RequestError
 from .protocol import ErrorCode
@@ -80,6 +81,26 @@ def _as_outputs(out: Any) -> tuple[torch.Tensor, ...]:
     if isinstance(out, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in out):
         return tuple(out)
     raise TypeError(f"tail returned {type(out).__name__}, not tensors")
+
+
+def cat_rows(parts: Sequence[torch.Tensor], rows: int) -> torch.Tensor:
+    """``torch.cat(parts)`` of ``parts`` of one dtype and one per-sample shape (``rows`` rows
+    in all), without the copy when they are adjacent contiguous views of one contiguous
+    tensor, in order (a batch decoded in one call, :mod:`.batch_decode`): a view of it."""
+    first = parts[0]
+    base = first._base
+    if base is None or first.dim() == 0 or not base.is_contiguous():
+        return torch.cat(parts)
+    end = first.data_ptr()
+    for p in parts:
+        if p._base is not base or p.data_ptr() != end or not p.is_contiguous():
+            return torch.cat(parts)
+        end += p.nbytes
+    shape, strides, step = (rows, *first.shape[1:]), [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return first.as_strided(shape, strides[::-1])
 
 
 def limits_for(specs: Sequence[InputSpec] | None, max_samples: int,
@@ -323,7 +344,7 @@ class Deployment(Service):
         report.decode_cpu_s = time.thread_time() - c0 + pool_cpu_s
         for members in groups.values():
             for call in self._chunks(members, inputs):
-                self._run_call(call, inputs, report)
+                self._run_call(call, inputs, report, bitstreams)
         return report
 
     def _decode_one(self, data: bytes | memoryview, reply: Reply,
@@ -350,15 +371,17 @@ class Deployment(Service):
             size += n
         return calls
 
-    def _run_call(self, call: list[int], inputs: list, report: BatchReport) -> None:
+    def _run_call(self, call: list[int], inputs: list, report: BatchReport,
+                  bitstreams: Sequence[bytes | memoryview] = ()) -> None:
         replies = report.replies
         t0 = time.perf_counter()
         sizes = [inputs[i][0].shape[0] for i in call]
         if len(call) == 1:
             stacked = inputs[call[0]]
         else:
-            stacked = tuple(torch.cat(parts) for parts in zip(*(inputs[i] for i in call),
-                                                                  strict=True))
+            rows = sum(sizes)
+            stacked = tuple(cat_rows(parts, rows) for parts in zip(*(inputs[i] for i in call),
+                                                                       strict=True))
         t1 = time.perf_counter()
         c1 = time.thread_time()
         try:
@@ -377,12 +400,25 @@ class Deployment(Service):
             if len(call) > 1:  # isolate the request that breaks the tail: run each alone
                 report.encode_s += t1 - t0
                 report.tail_calls.pop()
+                if bitstreams and any(t._base is not None for t in stacked):
+                    for i in call:  # the tail had their rows, not a copy: decode them again
+                        inputs[i] = self._decode_one(bitstreams[i], Reply(), report) or inputs[i]
                 for i in call:
                     self._run_call([i], inputs, report)
                 return
             replies[call[0]].error = RequestError(ErrorCode.INTERNAL,
                                                   f"tail failed: {error!r}"[:300])
             replies[call[0]].batch_size, replies[call[0]].tail_s = total, t2 - t1
+            return
+        try:
+            streams = encode_rows(self.result_codec, outputs, sizes)
+        except Exception:  # noqa: BLE001 - the per-row path below reports it per request
+            streams = None
+        if streams is not None:
+            for i, stream in zip(call, streams, strict=True):
+                r = replies[i]
+                r.batch_size, r.tail_s, r.result = total, t2 - t1, stream
+            report.encode_s += (t1 - t0) + (time.perf_counter() - t2)
             return
         parts = [outputs] if len(call) == 1 else list(
             zip(*(torch.split(o, sizes) for o in outputs), strict=True))

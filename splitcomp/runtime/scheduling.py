@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -26,6 +26,8 @@ log = logging.getLogger("splitcomp.runtime")
 
 #: how an answer leaves: (service, work, frame, ok)
 Answer = Callable[[Service, Work, bytes, bool], None]
+#: how a batch's answers leave, in one call: (service, works, frames, oks)
+AnswerBatch = Callable[[Service, Sequence[Work], Sequence[bytes], Sequence[bool]], None]
 #: what runs in the worker thread right before a work's batch (e.g. digesting its frame)
 Prepare = Callable[[], None]
 
@@ -35,15 +37,17 @@ class Scheduler:
 
     ``max_batch_bytes``: a batch holds at most this many request bytes (at least one
     request), so one batch of a client's large requests cannot hold the worker for long;
-    ``fair_grace_s``: how long a client just served keeps its turn (:mod:`.batching`).
+    ``fair_grace_s``: how long a client just served keeps its turn (:mod:`.batching`);
+    ``answer_batch``: sends a batch's answers in one call (else ``answer`` per request).
     """
 
     def __init__(self, services: Iterable[Service], metrics: ServerMetrics, answer: Answer,
                  request_timeout_s: float = 30.0, *, max_batch_bytes: float = 8 << 20,
-                 fair_grace_s: float = 0.005) -> None:
+                 fair_grace_s: float = 0.005, answer_batch: AnswerBatch | None = None) -> None:
         self.services = list(services)
         self.metrics = metrics
         self.answer = answer
+        self.answer_batch = answer_batch
         self.request_timeout_s = request_timeout_s
         self.max_batch_bytes = max_batch_bytes
         self.fair_grace_s = fair_grace_s
@@ -157,15 +161,23 @@ class Scheduler:
         m.encode_seconds.inc(labels, result.encode_s)
         m.queue_seconds.inc(labels, sum(start - w.arrival for w in items))
         now = time.perf_counter()
-        for w, frame, code in zip(items, result.frames, result.errors, strict=True):
+        settle, oks, latencies = service.settle, [], []
+        for w, code in zip(items, result.errors, strict=True):
             ok = code is None
-            service.settle(w, ok)
+            settle(w, ok)
+            oks.append(ok)
             if ok:
-                m.results.inc(labels)
-                m.latency.observe(now - w.arrival, labels)
+                latencies.append(now - w.arrival)
             else:
                 m.error(service.name, code.name)
-            self.answer(service, w, frame, ok)
+        if latencies:
+            m.results.inc(labels, len(latencies))
+            m.latency.observe_many(latencies, labels)
+        if self.answer_batch is not None:
+            self.answer_batch(service, items, result.frames, oks)
+        else:
+            for w, frame, ok in zip(items, result.frames, oks, strict=True):
+                self.answer(service, w, frame, ok)
         service.update_metrics(result)
 
 

