@@ -5,8 +5,11 @@ a retry is the same id with the same frame bytes; the same id with other bytes (
 restarted its ids, a bug) is a new request and never gets another request's answer. A request
 is *in flight* from acceptance until its answer; a retry meanwhile waits for that answer (the
 frames are compared byte for byte). Successful answers are then kept (response frame bytes,
-with the first 128 bits of the request frame's SHA-256: hardware-accelerated on most CPUs,
-2.5x faster than BLAKE2b on this one) for ``ttl_s`` seconds, at most ``max_entries`` of them
+with a 128-bit digest of the request frame: XXH3-128 with ``xxhash`` installed (``make``
+installs it, extra ``fast``; 0.7 us for a 32 KiB frame here), else the first 128 bits of its
+SHA-256 (23 us: a sixth of the server's whole overhead per request). Neither is a secret: a
+collision would only give a client the answer to another request *of its own* under the same
+id) for ``ttl_s`` seconds, at most ``max_entries`` of them
 and ``max_bytes`` in all, oldest evicted first. Errors are not kept: they are cheap to
 recompute and some (OVERLOADED, UNAVAILABLE) must not stick.
 
@@ -24,11 +27,19 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+try:
+    import xxhash
+except ImportError:  # pragma: no cover - make installs it
+    xxhash = None
+
 DIGEST_BYTES = 16
 
 
 def digest(frame: bytes | memoryview) -> bytes:
-    """The first 128 bits of a request frame's SHA-256."""
+    """A request frame's 128-bit digest (XXH3-128, or without ``xxhash`` the first 128 bits of
+    its SHA-256): what tells a retry's bytes from another request's under the same id."""
+    if xxhash is not None:
+        return xxhash.xxh3_128_digest(frame)
     return hashlib.sha256(frame).digest()[:DIGEST_BYTES]
 
 

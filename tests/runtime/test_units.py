@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from splitcomp.runtime import dedup
 from splitcomp.runtime.auth import Tokens, bearer_token, parse_tokens
 from splitcomp.runtime.batching import Batcher
 from splitcomp.runtime.dedup import DedupCache, InFlight
@@ -241,8 +242,16 @@ def test_dedup_keeps_successes_and_forgets_errors() -> None:
     assert cache.bytes == 95
 
 
-def test_dedup_tells_payloads_apart() -> None:
-    """The same id with other bytes is a new request, in flight or answered."""
+@pytest.mark.parametrize("fast", [True, False], ids=["xxh3", "sha256"])
+def test_dedup_tells_payloads_apart(fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same id with other bytes is a new request, in flight or answered (with either
+    digest: XXH3-128, or SHA-256 without ``xxhash``)."""
+    if fast:
+        pytest.importorskip("xxhash")
+    else:
+        monkeypatch.setattr(dedup, "xxhash", None)
+    assert len(dedup.digest(b"payload-1")) == dedup.DIGEST_BYTES
+    assert dedup.digest(memoryview(b"payload-1")) == dedup.digest(b"payload-1")
     cache = DedupCache()
     key, first = cache.begin("id1", b"payload-1", "c")
     assert cache.lookup("id1", b"payload-2") is None  # same id, other bytes: new
