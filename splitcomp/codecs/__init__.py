@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
+from ._crc import crc32
 from .base import Codec, Param, RawArray
 from .container import FORMAT_VERSION, Header, pack, peek, unpack
 from .contexts import context_scope
@@ -60,6 +61,7 @@ __all__ = [
     "available",
     "codec_class",
     "context_scope",
+    "crc32",
     "decode",
     "decode_batch",
     "get",

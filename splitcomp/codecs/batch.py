@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._crc import crc32
 from .container import CRC_BYTES, MAGIC, RESILIENT_MAGIC, Header, decode_payloads, read_header
 from .contexts import context_scope
 from .errors import DEFAULT_LIMITS, DecodeLimits
@@ -81,7 +81,7 @@ def _seen_header(data: Any, seen: dict) -> tuple[Header, Any, int] | None:
         header, _, crc = hit
         body_end = n - CRC_BYTES
         if view[:2] == MAGIC:
-            ok = zlib.crc32(view[:body_end]) == int.from_bytes(view[body_end:], "little")
+            ok = crc32(view[:body_end]) == int.from_bytes(view[body_end:], "little")
         else:  # resilient: the CRC of the header, the same bytes
             ok = int.from_bytes(view[body_end:], "little") == crc
         return hit[1] if ok else None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import struct
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ from ._container_dtypes import (  # noqa: F401 - the container's API
     numpy_dtype,
     torch_dtype,
 )
+from ._crc import crc32
 from .base import Codec, Param, decode_params, encode_params
 from .bytes_io import Reader, put_varint
 from .contexts import context_scope
@@ -220,22 +220,22 @@ def _pack(codec: Codec, items: Sequence[tuple[int, np.ndarray]], compact: bool) 
             arr = np.ascontiguousarray(arr)
             payload = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
             if resilient:  # nothing can conceal an integer: its own check
-                payload += struct.pack("<I", zlib.crc32(payload))
+                payload += struct.pack("<I", crc32(payload))
         if compact:
             tid = compact_module.register_template(template(codec, arr.shape, CODE_NAMES[code]))
             if resilient:
                 pre = RESILIENT_COMPACT_MAGIC + tid.to_bytes(3, "little")
-                return pre + payload + struct.pack("<I", zlib.crc32(pre))
+                return pre + payload + struct.pack("<I", crc32(pre))
             body = compact_module.prefix(tid) + payload
-            return body + struct.pack("<I", zlib.crc32(body))
+            return body + struct.pack("<I", crc32(body))
         _tensor_head(head, code, arr.shape)
         put_varint(head, len(payload))
         payloads.append(payload)
     if resilient:
         head[: len(MAGIC)] = RESILIENT_MAGIC
-        return bytes(head) + b"".join(payloads) + struct.pack("<I", zlib.crc32(head))
+        return bytes(head) + b"".join(payloads) + struct.pack("<I", crc32(head))
     body = bytes(head) + b"".join(payloads)
-    return body + struct.pack("<I", zlib.crc32(body))
+    return body + struct.pack("<I", crc32(body))
 
 
 def read_header(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEFAULT_LIMITS):
@@ -249,14 +249,14 @@ def read_header(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEF
     body_end = n - CRC_BYTES
     crc = int.from_bytes(view[body_end:], "little")
     hit = memo.lookup(view, body_end, limits)  # the last full header parsed (magic ``SC``)
-    if hit is not None and zlib.crc32(view[:body_end]) == crc:
+    if hit is not None and crc32(view[:body_end]) == crc:
         return hit
     magic = bytes(view[:2])
     if magic in (RESILIENT_MAGIC, RESILIENT_COMPACT_MAGIC):
         return _read_resilient(view, magic, crc, limits)
     require(magic in (MAGIC, compact_module.COMPACT_MAGIC),
             "bad magic: not a splitcomp bitstream")
-    require(zlib.crc32(view[:body_end]) == crc, "CRC mismatch: bitstream corrupted")
+    require(crc32(view[:body_end]) == crc, "CRC mismatch: bitstream corrupted")
     if magic == compact_module.COMPACT_MAGIC:
         return _read_compact(view, body_end, limits)
     hit = compact_module.parsed_stream(view, body_end, limits)  # a header parsed before
@@ -271,12 +271,12 @@ def _read_resilient(view: memoryview, magic: bytes, crc: int, limits: DecodeLimi
     body_end = n - CRC_BYTES
     if magic == RESILIENT_COMPACT_MAGIC:
         pre = compact_module.PREFIX_BYTES
-        require(body_end >= pre and zlib.crc32(view[:pre]) == crc,
+        require(body_end >= pre and crc32(view[:pre]) == crc,
                 "header CRC mismatch: bitstream corrupted")
         header, codec, pos = _read_compact(view, body_end, limits)
     else:
         header, codec, pos = _read_full(Reader(view, 2, body_end), limits, None, n)
-        require(zlib.crc32(view[:pos]) == crc, "header CRC mismatch: bitstream corrupted")
+        require(crc32(view[:pos]) == crc, "header CRC mismatch: bitstream corrupted")
     require(checks_payload(type(codec)),
             f"codec {header.codec_name!r} does not check its payload: no resilient framing")
     return replace(header, resilient=True), codec, pos
@@ -467,7 +467,7 @@ def decode_payloads(data, header: Header, codec: Codec, pos: int, limits: Decode
             require(info.payload_bytes == size + crc_bytes, "raw tensor payload size mismatch")
             if crc_bytes:
                 (want,) = struct.unpack("<I", payload[size:])
-                require(zlib.crc32(payload[:size]) == want, "raw tensor CRC mismatch")
+                require(crc32(payload[:size]) == want, "raw tensor CRC mismatch")
             arr = np.frombuffer(payload[:size], dtype=np_dtype).reshape(info.shape).copy()
             arr = arr.astype(arr.dtype.newbyteorder("="), copy=False)
         out.append((info.code, arr))

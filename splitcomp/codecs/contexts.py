@@ -20,13 +20,13 @@ import contextlib
 import hashlib
 import struct
 import threading
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from ._crc import crc32
 from .bytes_io import Reader
 from .errors import BitstreamError, require
 
@@ -62,7 +62,7 @@ def scoped_context(key: int) -> object | None:
 
 def seal(out: bytearray) -> bytes:
     """A context's bytes: ``out`` (magic, version, body) and the CRC32 of it (u32 LE)."""
-    out += struct.pack("<I", zlib.crc32(out))
+    out += struct.pack("<I", crc32(out))
     return bytes(out)
 
 
@@ -75,7 +75,7 @@ def unseal(data: BytesLike, magic: bytes, version: int | tuple[int, ...], min_si
     require(len(view) >= max(min_size, len(magic) + 5), f"{what}: truncated")
     require(bytes(view[: len(magic)]) == magic, f"{what}: bad magic")
     (crc,) = struct.unpack("<I", view[-4:])
-    require(zlib.crc32(view[:-4]) == crc, f"{what}: CRC mismatch")
+    require(crc32(view[:-4]) == crc, f"{what}: CRC mismatch")
     r = Reader(view, len(magic), len(view) - 4)
     versions = version if isinstance(version, tuple) else (version,)
     require(r.u8() in versions, f"{what}: unsupported version")

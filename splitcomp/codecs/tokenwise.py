@@ -91,6 +91,7 @@ _F32 = struct.Struct("<f")
 #: the smallest row step a self-contained stream carries (float32's smallest subnormal): a
 #: row's step that rounds to 0 in float32 becomes this, so every stream written decodes
 _STEP_MIN = np.float32(np.finfo(np.float32).smallest_subnormal)
+_F32_MAX = np.finfo(np.float32).max
 #: largest symbol magnitude either mode writes or accepts
 Q_MAX = 1 << 28
 #: rows (tokens) a context-mode payload may hold per byte: a decoder's work stays bounded by
@@ -149,9 +150,11 @@ def _top_median(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _finite(out: np.ndarray) -> np.ndarray:
-    """``out``, or BitstreamError if a value is not finite: a hostile step times a hostile
-    symbol overflows float32, which no encoder writes (it refuses non-finite input)."""
-    require(bool(np.isfinite(out).all()), "tokenwise: decoded values not finite")
+    """``out`` with values that overflowed float32 (a step times its symbol: a value within
+    half a step of float32's largest, rounded up, or a hostile stream) saturated to
+    float32's largest, in place: a decoder never returns inf."""
+    if not np.isfinite(out).all():
+        np.clip(out, -_F32_MAX, _F32_MAX, out=out)
     return out
 
 
@@ -251,7 +254,7 @@ class TokenwiseCodec(SessionContextCodec):
         with np.errstate(over="ignore"):
             if r == 1:
                 levels *= steps[0]  # scaled per symbol of the alphabet, then gathered
-                return _finite(levels)[idx].reshape(1, c)
+                return _finite(levels[idx].reshape(1, c))
             out = levels[idx].reshape(r, c)  # 8 bytes an element
             out *= steps[:, None]
         return _finite(out)

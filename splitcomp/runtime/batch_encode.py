@@ -12,12 +12,11 @@ slice of the payload and its CRC. The bytes equal ``codec.encode`` row by row
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 
 import torch
 
-from ..codecs import Codec
+from ..codecs import Codec, crc32
 
 
 def encode_rows(codec: Codec, outputs: Sequence[torch.Tensor], sizes: Sequence[int]
@@ -39,7 +38,7 @@ def encode_rows(codec: Codec, outputs: Sequence[torch.Tensor], sizes: Sequence[i
         return None
     first = codec.encode([torch.from_numpy(arr[:n])])
     head = first[: len(first) - 4 - step]
-    crc, crc32 = zlib.crc32(head), zlib.crc32
+    crc = crc32(head)
     if first[len(head):] != payload[:step] + crc32(payload[:step], crc).to_bytes(4, "little"):
         return None
     streams = [first]

@@ -84,7 +84,9 @@ def reference_decode(payload: memoryview, r: int, c: int) -> np.ndarray:
     alphabet, idx = decode_symbol_indices(payload[4 * r:], r * c, max_symbol=2 * tw.Q_MAX)
     u = alphabet.astype(np.int64)
     levels = np.where(u & 1, -((u + 1) >> 1), u >> 1).astype(np.float32)
-    return levels[idx].reshape(r, c) * steps[:, None]
+    out = levels[idx].reshape(r, c) * steps[:, None]
+    f32_max = np.finfo(np.float32).max
+    return np.clip(out, -f32_max, f32_max)  # an overflow saturates
 
 
 def on_both_paths(fn):
