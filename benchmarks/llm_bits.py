@@ -3,7 +3,8 @@ the hidden state before quantization, with a predictor across channels (``predic
 context's own, :mod:`splitcomp.codecs._tokenwise_predict`), with the predictor and Fisher noise
 shaping (``shaped``, or ``shaped:S`` with the Fisher matrix shrunk by ``S``:
 :mod:`splitcomp.codecs._tokenwise_shaping`, the matrix from the calibration windows alone), with
-both and per-token step allocation (``alloc``, or ``alloc:G`` with gain ``G``:
+both and per-token step allocation (``alloc``, ``alloc:G`` with gain ``G``, ``alloc:G:A`` with
+offsets within ``+-A``:
 :mod:`splitcomp.codecs._tokenwise_alloc`, fitted on the calibration windows' gradients), and
 a screen of previous-token prediction (issue #13).
 
@@ -53,6 +54,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from splitcomp import codecs  # noqa: E402
+from splitcomp.codecs._tokenwise_alloc import MAX_OFFSET  # noqa: E402
 from splitcomp.codecs.tokenwise import GAIN, TokenwiseCodec, calibrate, fit_allocation  # noqa: E402
 from splitcomp.llm.gen_eval import GenEval, report_prompts  # noqa: E402
 from splitcomp.llm.halves import EdgeHalf, ServerHalf  # noqa: E402
@@ -357,9 +359,11 @@ def main() -> None:
         ctx = calibrate(residuals(calib["hidden"], pred) if pred else states.numpy(),
                         predict=kind == "predict" or shaped, **shaping)
         if allocated:
-            gain = float(kind.split(":")[1]) if ":" in kind else GAIN
+            opts = [float(v) for v in kind.split(":")[1:]]  # alloc[:gain[:max offset]]
+            gain = opts[0] if opts else GAIN
+            bound = int(opts[1]) if len(opts) > 1 else MAX_OFFSET
             ctx.alloc = fit_allocation(states.numpy(), traces, ctx.token_codes(states.numpy()),
-                                       gain)
+                                       gain, bound)
             ctx.clear_tables()
         rows, chosen = [], None
         for level in levels:
