@@ -25,6 +25,7 @@ import importlib
 from importlib.metadata import entry_points
 
 from ._crc import crc32
+from ._slicer_jit import warm_up
 from .base import Codec, Param, RawArray
 from .container import FORMAT_VERSION, Header, pack, peek, unpack
 from .contexts import context_scope
@@ -69,4 +70,5 @@ __all__ = [
     "peek",
     "register_codec",
     "unpack",
+    "warm_up",
 ]

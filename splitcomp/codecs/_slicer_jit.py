@@ -51,7 +51,8 @@ def kernels() -> ModuleType:
 
 
 def warm_up() -> None:
-    """Compile (or load) the kernels now, e.g. before timing: a round trip of a few small
+    """Compile (or load from numba's cache) the kernels now, e.g. before timing or serving
+    (nothing without numba or with the compiled path off): a round trip of a few small
     tensors through the slicer (one-piece grids: :func:`._slicer_fused_enc.encode_fast`;
     an outlier's magnitude blocks: the numpy quantizer and
     :func:`._slicer_fused_enc.encode_tail`), rans and self-contained tokenwise takes every
@@ -60,6 +61,8 @@ def warm_up() -> None:
     from .slicer import SlicerCodec
     from .tokenwise import TokenwiseCodec
 
+    if not active():
+        return
     kernels()
     rng = np.random.default_rng(0)
     for shape, axis in (((1, 8, 6, 6), 1), ((1, 5, 48), -1), ((2, 3), 7)):

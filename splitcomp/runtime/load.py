@@ -222,9 +222,12 @@ def run_arms(url: str, setup: LoadSetup, clients: int, requests: int, *,
 
 
 def run_embedded(setup: LoadSetup, clients: int, requests: int, **kwargs: Any) -> dict[str, Any]:
-    """Start a server with both deployments in a background thread, run both arms, stop it."""
+    """Start a server with both deployments in a background thread (the codecs' kernels
+    compiled first: not in the figures), run both arms, stop it."""
+    from ..codecs import warm_up
     from .server import Server
 
+    warm_up()
     srv = Server(setup.deployments, "127.0.0.1", 0,
                  max_inflight_per_client=1024).start_in_thread()
     try:

@@ -29,6 +29,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+from .. import codecs as _codecs
 from . import protocol as P
 from .admission import Admission
 from .auth import Tokens
@@ -199,8 +200,12 @@ class Server:
     async def serve_forever(self, announce: bool = False, tune: bool = True) -> None:
         """Start, then serve until SIGINT/SIGTERM (or cancellation), then stop gracefully.
         ``announce``: print the services and ``listening on URL`` to stdout once listening
-        (what ``splitcomp serve`` shows and scripts read). ``tune``: once started, tune the
+        (what ``splitcomp serve`` shows and scripts read). ``tune``: compile (or load) the
+        codecs' kernels first, so the first requests do not pay for it (~1 s from numba's
+        cache, ~60 s cold: :func:`splitcomp.codecs.warm_up`), and once started tune the
         process for serving (:func:`tune_process`)."""
+        if tune:
+            _codecs.warm_up()
         await self.start()
         if tune:
             tune_process()
