@@ -15,13 +15,13 @@ contexts), else the one registered in this process (:func:`register_context`,
 :func:`load_context_file`); a stream naming neither is refused with
 :class:`~splitcomp.codecs.errors.BitstreamError`.
 
-Entropy tables (:meth:`TokenwiseContext.tables`) are derived, never sent: for a step ``c``
+Entropy tables (:meth:`TokenwiseContext.tables_at`) are derived, never sent: for a step ``c``
 (in units of ``S * w``) and a token scale code, the probability of each symbol is the mass of
 its cell under the channel's piecewise-linear CDF through the knots (plus a small floor);
 channels are grouped by the half-width ``K`` of their alphabet (a power of two, 2 .. 256), and
 symbol ``2K + 1`` of a group is the escape (the value follows as a varint). A table set costs
 ``8 * sum(2K + 2)`` bytes (16 MB for 4096 channels at ``K = 256``) and time to match, and any
-row of a stream may name another scale code: :meth:`TokenwiseContext.table_cells` gives its
+row of a stream may name another scale code: :meth:`TokenwiseContext.cells_at` gives its
 size before it is built (the codec bounds each stream's work with it) and the per-context cache
 keeps at most :data:`TABLE_CACHE` sets and :data:`TABLE_CACHE_BYTES` bytes, least recently
 used evicted first.
@@ -300,10 +300,6 @@ class TokenwiseContext:
             return float(2.0 ** (key[1] / 64.0))
         return key[0] * float(token_factor(key[1])) ** (self.alpha - 1.0)
 
-    def tables(self, step: float, code: int) -> list[Table]:
-        """Entropy tables of a token with scale ``code`` at ``step`` (without allocation)."""
-        return self.tables_at((float(step), int(code)))
-
     def tables_at(self, key: tuple) -> list[Table]:
         """Entropy tables of a :meth:`table_key`, from the cache (least recently used sets
         evicted beyond :data:`TABLE_CACHE` sets or :data:`TABLE_CACHE_BYTES`: a hostile
@@ -323,10 +319,6 @@ class TokenwiseContext:
         self._tables.clear()
         self._cells.clear()
         self._table_bytes = 0
-
-    def table_cells(self, step: float, code: int) -> int:
-        """Probabilities in the table set of scale ``code`` at ``step`` (without allocation)."""
-        return self.cells_at((float(step), int(code)))
 
     def cells_at(self, key: tuple) -> int:
         """Probabilities in the table set of a :meth:`table_key` (``sum(2K + 2)`` over

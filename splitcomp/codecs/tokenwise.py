@@ -118,11 +118,13 @@ def stream_work(ctx: TokenwiseContext, level: int, codes: np.ndarray,
     the figure depends on the stream alone) and read once per row, and with a predictor each
     row's reconstruction."""
     work = ctx.reconstruction_work(len(codes))
-    levels = level + (np.zeros(len(codes), np.int64) if offsets is None else offsets)
-    keys: dict[tuple, int] = {}
-    for lv, code in zip(levels.tolist(), np.asarray(codes).tolist(), strict=True):
+    levels = np.full(len(codes), level, np.int64) if offsets is None else level + offsets
+    pairs, counts = np.unique(np.stack([levels, np.asarray(codes, np.int64)]), axis=1,
+                              return_counts=True)
+    keys: dict[tuple, int] = {}  # rows whose (level, code) name the same table set
+    for (lv, code), rows in zip(pairs.T.tolist(), counts.tolist(), strict=True):
         key = ctx.table_key(lv, code)
-        keys[key] = keys.get(key, 0) + 1
+        keys[key] = keys.get(key, 0) + rows
     for key, rows in keys.items():
         cells = ctx.cells_at(key)
         work += BUILD_CELL * cells + BUILD_CHANNEL * ctx.channels + rows * cells

@@ -233,11 +233,12 @@ def test_tokenwise_scale_codes_cannot_buy_table_work(spread: bool) -> None:
 def test_tokenwise_table_cache_is_bounded_in_bytes() -> None:
     ctx = twc.TokenwiseContext.from_bytes(tokenwise_codes_bomb(512)[0])
     for code in range(0, twc.CODE_MAX + 1, 4):
-        ctx.tables(1.0, code)
+        ctx.tables_at(ctx.table_key(0, code))
         assert ctx._table_bytes <= twc.TABLE_CACHE_BYTES
         assert len(ctx._tables) <= twc.TABLE_CACHE
     assert ctx._table_bytes == sum(twc._nbytes(t) for t in ctx._tables.values())
-    assert ctx.table_cells(1.0, 7) == sum(t.probs.size for t in ctx.tables(1.0, 7))
+    key = ctx.table_key(0, 7)
+    assert ctx.cells_at(key) == sum(t.probs.size for t in ctx.tables_at(key))
 
 
 _DIMS = st.lists(st.integers(0, 1 << 20), min_size=1, max_size=4)

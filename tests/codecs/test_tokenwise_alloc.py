@@ -22,7 +22,7 @@ from splitcomp.codecs import tokenwise as tw
 from splitcomp.codecs.errors import DecodeLimits
 
 from .jit_paths import jit_path
-from .test_tokenwise import C, fuzz_decode, mutate
+from .test_tokenwise import C, fuzz_decode, hidden, mutate
 from .test_tokenwise_predict import correlated
 from .test_tokenwise_shaping import anisotropic_fisher
 
@@ -225,8 +225,6 @@ def test_fuzz_allocated_context_bytes(ctx, data) -> None:
 def test_version_3_bytes_are_pinned() -> None:
     """A version 3 context (allocation weights set by hand, not fitted: no solver in the
     figure) and a stream under it: the format, byte for byte."""
-    from .test_tokenwise import hidden
-
     ctx = tw.calibrate(hidden(600, seed=1))
     weights = np.zeros(2 * C + 1, np.float32)
     weights[C + 2], weights[-1] = 1.5, -2.0  # o = round(1.5 |x_2| - 2)
