@@ -38,19 +38,24 @@ class BatchItem:
     parts: list[tuple[int, Any]] | None = None
     error: Exception | None = None
     concealed: int = 0  #: resilient slices concealed (``conceal=True``)
-    cpu_s: float = 0.0  #: CPU of decoding its payload
+    #: CPU of decoding its payload in a pool thread (0.0 when the calling thread decoded it:
+    #: that is the caller's own CPU, which it measures itself)
+    cpu_s: float = 0.0
     thread: int = 0  #: the thread that decoded its payload (``threading.get_ident()``)
     _codec: Any = field(default=None, repr=False)
     _pos: int = field(default=0, repr=False)
 
 
 def _decode_chunk(chunk: Sequence[tuple[BatchItem, Any]], limits: DecodeLimits, raw: bool,
-                  conceal: bool, contexts: Mapping[int, object] | None) -> None:
-    """Decode the payloads of ``chunk`` in this thread (each stream's error kept on it)."""
+                  conceal: bool, contexts: Mapping[int, object] | None,
+                  timed: bool = True) -> None:
+    """Decode the payloads of ``chunk`` in this thread (each stream's error kept on it);
+    ``timed``: record each one's CPU (pool threads; the caller's own share is not timed)."""
     thread = threading.get_ident()
+    clock = time.thread_time if timed else None
     with _scope(contexts), concealing() if conceal else nullcontext() as counter:
         for item, data in chunk:
-            c0 = time.thread_time()
+            c0 = clock() if clock is not None else 0.0
             before = counter.slices if counter is not None else 0
             try:
                 item.parts = decode_payloads(data, item.header, item._codec, item._pos,
@@ -60,21 +65,25 @@ def _decode_chunk(chunk: Sequence[tuple[BatchItem, Any]], limits: DecodeLimits, 
             if counter is not None:
                 item.concealed = counter.slices - before
             item._codec, item.thread = None, thread
-            item.cpu_s = time.thread_time() - c0
+            if clock is not None:
+                item.cpu_s = clock() - c0
 
 
 def _scope(contexts: Mapping[int, object] | None) -> Any:
     return nullcontext() if contexts is None else context_scope(contexts)
 
 
-def _seen_header(data: Any, seen: dict) -> tuple[Header, Any, int] | None:
+def _seen_header(data: Any, seen: dict, sizes: list[int]) -> tuple[Header, Any, int] | None:
     """The parsed header of a stream whose header bytes and length equal those of one parsed
     before in this batch (clients send the same header request after request), once this
     stream's own CRC checks; else None (then :func:`read_header` parses it, and says what is
-    wrong). Full streams only: what :func:`read_header` reads of them is those bytes."""
+    wrong). Full streams only: what :func:`read_header` reads of them is those bytes.
+    ``sizes``: the header sizes in ``seen``, each once."""
+    if not sizes:
+        return None
     view = memoryview(data).cast("B")
     n = len(view)
-    for size in {k[1] for k in seen}:
+    for size in sizes:
         hit = seen.get((n, size, bytes(view[:size])))
         if hit is None:
             continue
@@ -88,12 +97,15 @@ def _seen_header(data: Any, seen: dict) -> tuple[Header, Any, int] | None:
     return None
 
 
-def _remember(data: Any, parsed: tuple[Header, Any, int], seen: dict) -> None:
+def _remember(data: Any, parsed: tuple[Header, Any, int], seen: dict, sizes: list[int]
+              ) -> None:
     view = memoryview(data).cast("B")
     pos = parsed[2]
     if bytes(view[:2]) in (MAGIC, RESILIENT_MAGIC) and pos == parsed[0].header_bytes:
         crc = int.from_bytes(view[-CRC_BYTES:], "little")
         seen[(len(view), pos, bytes(view[:pos]))] = (parsed[0], parsed, crc)
+        if pos not in sizes:
+            sizes.append(pos)
 
 
 def decode_batch(
@@ -118,14 +130,15 @@ def decode_batch(
     """
     items = [BatchItem() for _ in blobs]
     todo: list[tuple[BatchItem, Any]] = []
-    seen: dict[tuple[int, bytes], tuple[Header, Any, int]] = {}
+    seen: dict[tuple[int, int, bytes], tuple[Header, Any, int]] = {}
+    sizes: list[int] = []
     for item, data in zip(items, blobs, strict=True):
         try:
-            parsed = _seen_header(data, seen)
+            parsed = _seen_header(data, seen, sizes)
             if parsed is None:
                 with _scope(contexts):
                     parsed = read_header(data, limits)
-                _remember(data, parsed, seen)
+                _remember(data, parsed, seen, sizes)
             item.header, item._codec, item._pos = parsed
             if check is not None:
                 check(item.header)
@@ -133,14 +146,14 @@ def decode_batch(
         except Exception as e:  # noqa: BLE001 - the stream's own error
             item.error, item._codec = e, None
     if executor is None or len(todo) < 2 or chunks < 2:
-        _decode_chunk(todo, limits, raw, conceal, contexts)
+        _decode_chunk(todo, limits, raw, conceal, contexts, timed=False)
         return items
     size = -(-len(todo) // chunks)
     parts = [todo[i : i + size] for i in range(0, len(todo), size)]
     # each task runs in a copy of this thread's context: the scopes it is in go with it
     futures = [executor.submit(contextvars.copy_context().run, _decode_chunk, p, limits, raw,
                                conceal, contexts) for p in parts[1:]]
-    _decode_chunk(parts[0], limits, raw, conceal, contexts)  # this thread takes a share too
+    _decode_chunk(parts[0], limits, raw, conceal, contexts, timed=False)  # a share here too
     for f in futures:
         f.result()
     return items

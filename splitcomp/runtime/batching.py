@@ -207,11 +207,15 @@ class Batcher(Generic[T]):
                     await self._sleep(deadline)
             batch = await self._form()
             self._forming = []
+            self._forget_taken()
             if not batch:
                 continue
             self.busy = True
+            items = [e.item for e in batch]
+            for e in batch:  # what the queue keeps of a taken entry holds no item
+                e.item = None
             try:
-                await self.process([e.item for e in batch])
+                await self.process(items)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the processor answers its items; never let the loop die
@@ -347,7 +351,13 @@ class Batcher(Generic[T]):
 
     def _oldest(self) -> float:
         """Arrival time of the oldest queued item."""
+        self._forget_taken()
+        return self._arrivals[0].arrival
+
+    def _forget_taken(self) -> None:
+        """Drop the taken entries at the front of the arrival order (after every batch: under
+        load :meth:`_oldest` is not asked, and the order would keep every item ever queued,
+        their requests' frames with them)."""
         arrivals = self._arrivals
-        while arrivals[0].taken:
+        while arrivals and arrivals[0].taken:
             arrivals.popleft()
-        return arrivals[0].arrival

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -82,6 +84,38 @@ def test_batcher_survives_a_failing_processor() -> None:
 
     asyncio.run(main())
     assert seen == [[1], [2]]
+
+
+def test_batcher_keeps_no_item_it_processed_under_sustained_load() -> None:
+    """Closed-loop flows that always keep a full batch queued (the server at 64 clients,
+    batches of 32): the batcher holds on to nothing of the items it processed (it once kept
+    every item ever queued, and with it each request's frame)."""
+    kept: list[weakref.ref] = []
+
+    class Item:
+        pass
+
+    async def main() -> Batcher:
+        async def process(batch: list[Item]) -> None:
+            kept.extend(weakref.ref(x) for x in batch)
+            for _ in batch:  # each flow sends its next item as its answer arrives
+                b.submit(Item(), len(kept) % 8, 1)
+            await asyncio.sleep(0)
+
+        b = Batcher(process, 4, 0.001, grace_s=0.0)
+        b.start()
+        for i in range(8):
+            b.submit(Item(), i, 1)
+        while len(kept) < 400:
+            await asyncio.sleep(0.001)
+        queued = len(b)
+        gc.collect()
+        alive = sum(r() is not None for r in kept[:-8])  # the batch in process aside
+        await b.stop()
+        assert queued <= 8 and alive == 0
+        return b
+
+    assert len(asyncio.run(main())._arrivals) == 0
 
 
 def test_batcher_rejects_bad_settings() -> None:
