@@ -14,7 +14,14 @@ codec at its own level (every byte counted, as ``llm_bits.py`` counts them) and 
 empirical entropy of the offsets over the part (what an adaptive offset symbol would cost at
 best). Every window's first two tokens (the attention sink) keep offset 0.
 
+``--oracle`` adds the ceiling: offsets from each held-out token's *own* measured log trace
+(what no encoder has) instead of the prediction, at each gain. ``--lens`` adds to the ridge's
+held-out R^2 the same fit with the token's logit-lens features (the entropy and top
+log-probability of ``softmax(norm(x) E^T)`` under the tied embeddings ``E`` the edge holds,
+and ``log |x|``), alone and beside ``[x, |x|, 1]``.
+
     python benchmarks/llm_alloc_screen.py [--gains 0,0.75] [--levels 4,2,0] [--heldout 150,450]
+                                          [--oracle] [--lens]
 """
 
 from __future__ import annotations
@@ -81,6 +88,28 @@ def fit_ridge(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     return np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ y), r2
 
 
+def lens_features(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    """Per row: logit-lens entropy and top log-probability (final norm, tied embeddings), and
+    ``log |x|``."""
+    emb = model.get_input_embeddings().weight.detach().float()
+    norm = model.get_decoder().norm
+    out = []
+    with torch.no_grad():
+        for rows in np.array_split(x, max(1, len(x) // 512)):
+            logp = torch.log_softmax(norm(torch.from_numpy(rows).float()) @ emb.T, -1)
+            out.append(torch.stack([-(logp.exp() * logp).sum(-1), logp.max(-1).values], 1))
+    lens = torch.cat(out).double().numpy()
+    return np.concatenate([lens, np.log(np.linalg.norm(x, axis=1))[:, None]], 1)
+
+
+def heldout_r2(a: np.ndarray, y: np.ndarray) -> float:
+    """R^2 on the second half of a ridge fit (as :func:`fit_ridge`) on the first half."""
+    lam = 0.1 * np.trace(a.T @ a) / a.shape[1]
+    half = a.shape[0] // 2
+    w = np.linalg.solve(a[:half].T @ a[:half] + lam * np.eye(a.shape[1]), a[:half].T @ y[:half])
+    return 1 - float(np.var(y[half:] - a[half:] @ w) / np.var(y[half:]))
+
+
 def part_eval(server: ServerHalf, part: dict[str, Any], codecs_: dict[int, TokenwiseCodec],
               offset_of, width: int) -> dict[str, float]:
     nbytes = ntok = 0
@@ -116,6 +145,9 @@ def main() -> None:
     ap.add_argument("--heldout-windows", type=int, default=6)
     ap.add_argument("--levels", default="4,2,0")
     ap.add_argument("--gains", default="0,0.75")
+    ap.add_argument("--oracle", action="store_true",
+                    help="also offsets from each held-out token's own trace (a ceiling)")
+    ap.add_argument("--lens", action="store_true", help="R^2 with logit-lens features too")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -130,29 +162,47 @@ def main() -> None:
     x = torch.cat([h[0] for h in calib["hidden"]]).float().numpy()
     ctx = calibrate(x, predict=True, fisher=fisher_at_cut(server, calib["hidden"]))
     xs = np.concatenate([h[0, SKIP:].double().numpy() for h in calib["hidden"]])
-    weights, r2 = fit_ridge(xs, token_log_traces(server, calib["hidden"]))
+    traces = token_log_traces(server, calib["hidden"])
+    weights, r2 = fit_ridge(xs, traces)
     mean = float(np.mean(features(xs) @ weights))
     result: dict[str, Any] = {"ridge_r2_heldout_half": r2, "heldout": args.heldout,
                               "curves": {}}
-    for gain in [float(g) for g in args.gains.split(",")]:
-        def offset_of(row: np.ndarray, gain: float = gain) -> int:
-            s = float((features(row.astype(np.float64)) @ weights)[0]) - mean
-            return int(np.clip(np.rint(-4 * gain * s / math.log(2)), -MAX_OFFSET, MAX_OFFSET))
+    if args.lens:
+        lens = lens_features(model, xs)
+        one = np.ones((len(xs), 1))
+        result["lens_r2_heldout_half"] = {
+            "lens": heldout_r2(np.concatenate([lens, one], 1), traces),
+            "x_and_lens": heldout_r2(np.concatenate([features(xs), lens], 1), traces)}
+        print(f"R^2 base {r2:.3f}, with lens {result['lens_r2_heldout_half']}", flush=True)
+    if args.oracle:
+        for part in held:
+            part["traces"] = token_log_traces(server, part["hidden"])
+    for mode, gain in [(m, float(g)) for m in ["predicted"] + ["oracle"] * args.oracle
+                       for g in args.gains.split(",")]:
+        def offset_fn(part: dict[str, Any], mode: str = mode, gain: float = gain):
+            it = iter(part.get("traces", ()))
 
+            def offset_of(token: np.ndarray) -> int:
+                s = (next(it) - float(np.mean(traces)) if mode == "oracle"
+                     else float((features(token.astype(np.float64)) @ weights)[0]) - mean)
+                return int(np.clip(np.rint(-4 * gain * s / math.log(2)),
+                                   -MAX_OFFSET, MAX_OFFSET))
+            return offset_of
+
+        name = str(gain) if mode == "predicted" else f"oracle:{gain}"
         rows = []
         for level in [int(v) for v in args.levels.split(",")]:
             codecs_ = {o: TokenwiseCodec.with_context(ctx, level=level + o)
                        for o in range(-MAX_OFFSET, MAX_OFFSET + 1)}
-            row = {"level": level, "heldout": [part_eval(server, p, codecs_, offset_of, x.shape[1])
-                                               for p in held]}
+            row = {"level": level, "heldout": [
+                part_eval(server, p, codecs_, offset_fn(p), x.shape[1]) for p in held]}
             rows.append(row)
-            print(f"gain {gain} level {level}: " + " | ".join(
+            print(f"{name} level {level}: " + " | ".join(
                 f"{r['bits_per_element']:.3f} b/el kl {r['kl']:.4f}" for r in row["heldout"]),
                 flush=True)
-        result["curves"][str(gain)] = {"levels": rows, "bits_at_kl_0.01": [
+        result["curves"][name] = {"levels": rows, "bits_at_kl_0.01": [
             crossing([r["heldout"][i] for r in rows], 0.01, "kl") for i in range(len(held))]}
-        print(f"gain {gain}: bits at KL 0.01 {result['curves'][str(gain)]['bits_at_kl_0.01']}",
-              flush=True)
+        print(f"{name}: bits at KL 0.01 {result['curves'][name]['bits_at_kl_0.01']}", flush=True)
     result["seconds"] = time.time() - t0
     text = json.dumps(result, indent=1)
     if args.json:
