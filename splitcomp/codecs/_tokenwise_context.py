@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _tokenwise_shaping as shaping_mod
+from . import _tokenwise_trellis as trellis_mod
 from ._tokenwise_alloc import MAX_OFFSET_LIMIT, Allocation
 from ._tokenwise_predict import closed_loop, fit_predictor, quantize_closed_loop, reconstruction
 from .bytes_io import put_varint
@@ -44,7 +45,7 @@ from .errors import BitstreamError, require
 
 MAGIC = b"SCTX"
 #: version 1: no predictor; 2: a predictor across channels follows the knots; 3: flags (bit 0:
-#: a predictor) and per-token allocation (:mod:`._tokenwise_alloc`)
+#: a predictor, bit 1: trellis coding, :mod:`._tokenwise_trellis`) and per-token allocation
 VERSION, VERSION_PREDICT, VERSION_ALLOC = 1, 2, 3
 #: most channels a context with a predictor may have (its bytes grow as C^2, and the decoder
 #: inverts a C x C matrix once: ~1 s at 4096)
@@ -108,6 +109,8 @@ class TokenwiseContext:
     shaping: np.ndarray | None = None
     #: per-token step allocation (:mod:`._tokenwise_alloc`), or None: every row at the level
     alloc: Allocation | None = None
+    #: rows coded by trellis quantization (:mod:`._tokenwise_trellis`; a version 3 context)
+    trellis: bool = False
     _recon: np.ndarray | None = field(default=None, repr=False)
     _tables: dict = field(default_factory=dict, repr=False)  #: table key -> tables, LRU
     _table_bytes: int = field(default=0, repr=False)
@@ -124,10 +127,11 @@ class TokenwiseContext:
     # -- bytes -------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         out = bytearray(MAGIC)
-        if self.alloc is None:
+        if self.alloc is None and not self.trellis:
             out.append(VERSION if self.pred is None else VERSION_PREDICT)
-        else:
-            out += bytes([VERSION_ALLOC, int(self.pred is not None), self.alloc.max_offset])
+        else:  # A = 0: no allocation (a trellis context only)
+            out += bytes([VERSION_ALLOC, int(self.pred is not None) | 2 * int(self.trellis),
+                          0 if self.alloc is None else self.alloc.max_offset])
         put_varint(out, self.channels)
         put_varint(out, int(self.p_grid.size))
         out += struct.pack("<f", self.scale)
@@ -173,13 +177,14 @@ class TokenwiseContext:
         """Parse and validate context bytes; anything malformed raises BitstreamError."""
         view, r = unseal(data, MAGIC, (VERSION, VERSION_PREDICT, VERSION_ALLOC),
                          len(MAGIC) + 1 + 4, "tokenwise context")
-        version, max_offset = view[len(MAGIC)], 0
+        version, max_offset, flags = view[len(MAGIC)], 0, 0
         predicted = version == VERSION_PREDICT
         if version == VERSION_ALLOC:
             flags, max_offset = r.u8(), r.u8()
-            require(flags <= 1 and 1 <= max_offset <= MAX_OFFSET_LIMIT,
+            require(flags <= 3 and (1 <= max_offset <= MAX_OFFSET_LIMIT
+                                    or (flags & 2 and max_offset == 0)),
                     "tokenwise context: bad flags or allocation bound")
-            predicted = flags == 1
+            predicted = bool(flags & 1)
         c, m = r.varint(), r.varint()
         require(1 <= c <= _MAX_CHANNELS and 3 <= m <= 255, "tokenwise context: bad sizes")
         require(not predicted or c <= PREDICT_MAX_CHANNELS,
@@ -212,7 +217,8 @@ class TokenwiseContext:
             pred[np.tril_indices(c, -1)] = low
         alloc = Allocation.read_tail(r, c, max_offset) if max_offset else None
         return cls(float(scale), alpha / 8.0, theta / 256.0, p16 / 65535.0, mu, w_code,
-                   d8.astype(np.float32) / 256.0, knots, counts, pred, alloc=alloc)
+                   d8.astype(np.float32) / 256.0, knots, counts, pred, alloc=alloc,
+                   trellis=bool(flags & 2))
 
     # -- quantizer -----------------------------------------------------------------------------
     def token_codes(self, x: np.ndarray) -> np.ndarray:
@@ -305,8 +311,10 @@ class TokenwiseContext:
         evicted beyond :data:`TABLE_CACHE` sets or :data:`TABLE_CACHE_BYTES`: a hostile
         sender may cycle through codes)."""
         hit = self._tables.pop(key, None)
-        if hit is None:
-            hit = self._build_tables(self._width(key))
+        if hit is None:  # ("tcq",) + key: the trellis pair, as two tables over all channels
+            hit = self._build_tables(self._width(key)) if key[0] != "tcq" else [
+                Table(np.arange(self.channels), trellis_mod.KT, p) for p in
+                trellis_mod.build_tables(self.knots, self.p_grid, self._width(key[1:]))]
             self._table_bytes += _nbytes(hit)
         self._tables[key] = hit  # most recently used last
         while len(self._tables) > 1 and (len(self._tables) > TABLE_CACHE
@@ -323,6 +331,8 @@ class TokenwiseContext:
     def cells_at(self, key: tuple) -> int:
         """Probabilities in the table set of a :meth:`table_key` (``sum(2K + 2)`` over
         channels; 8 bytes each), without building it."""
+        if key[0] == "tcq":
+            return 2 * self.channels * trellis_mod.N_SYM
         cells = self._cells.get(key)
         if cells is None:
             if len(self._cells) >= 4 * (CODE_MAX + 1):
@@ -379,8 +389,8 @@ registered_context, find_context, get_context = CONTEXTS.get, CONTEXTS.find, CON
 
 def calibrate(hidden: np.ndarray, sensitivity: np.ndarray | None = None, alpha: float = 0.0,
               theta: float = 0.0, p_grid: np.ndarray = P_GRID, predict: bool = False,
-              fisher: np.ndarray | None = None, shaping_shrink: float = shaping_mod.SHRINK
-              ) -> TokenwiseContext:
+              fisher: np.ndarray | None = None, shaping_shrink: float = shaping_mod.SHRINK,
+              trellis: bool = False) -> TokenwiseContext:
     """A context from calibration hidden states (N, C) (e.g. a few hundred tokens).
 
     ``sensitivity`` (C,), optional, is the mean squared loss gradient of each channel (a
@@ -394,8 +404,8 @@ def calibrate(hidden: np.ndarray, sensitivity: np.ndarray | None = None, alpha: 
     matrix of the model's output at the cut (mean outer product of loss gradients): the
     encoder then shapes its error to it (:mod:`._tokenwise_shaping`, the matrix shrunk by
     ``shaping_shrink``), the steps follow the shaping's pivots (so ``sensitivity`` is not
-    taken with it) and the knots describe the shaped inputs. Rows that are not finite are
-    ignored."""
+    taken with it) and the knots describe the shaped inputs. ``trellis``: rows are coded by
+    trellis quantization (:mod:`._tokenwise_trellis`). Rows that are not finite are ignored."""
     x = np.asarray(hidden, np.float32)
     if x.ndim != 2 or x.shape[0] < 2 or not 1 <= x.shape[1] <= _MAX_CHANNELS:
         raise ValueError("calibrate takes hidden states (N >= 2, C)")
@@ -439,6 +449,7 @@ def calibrate(hidden: np.ndarray, sensitivity: np.ndarray | None = None, alpha: 
     knots = np.quantile(z.astype(np.float64), ctx.p_grid, axis=0).T
     knots = np.clip(knots, -60000, 60000).astype(np.float16).astype(np.float64)
     ctx.knots = np.maximum.accumulate(knots, axis=1)
+    ctx.trellis = bool(trellis)
     return ctx
 
 

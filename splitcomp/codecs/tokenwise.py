@@ -41,6 +41,7 @@ import struct
 
 import numpy as np
 
+from . import _tokenwise_trellis as trellis_mod
 from ._tokenwise_alloc import GAIN, Allocation, fit_allocation
 from ._tokenwise_context import (
     CONTEXTS,
@@ -123,12 +124,20 @@ def stream_work(ctx: TokenwiseContext, level: int, codes: np.ndarray,
                               return_counts=True)
     keys: dict[tuple, int] = {}  # rows whose (level, code) name the same table set
     for (lv, code), rows in zip(pairs.T.tolist(), counts.tolist(), strict=True):
-        key = ctx.table_key(lv, code)
+        key = _key(ctx, lv, code)
         keys[key] = keys.get(key, 0) + rows
     for key, rows in keys.items():
         cells = ctx.cells_at(key)
         work += BUILD_CELL * cells + BUILD_CHANNEL * ctx.channels + rows * cells
     return work
+
+
+def _key(ctx: TokenwiseContext, level: int, code: int) -> tuple:
+    """The table key of a row at ``level`` (offset included) with scale ``code``: the
+    context's :meth:`~TokenwiseContext.table_key`, that of the trellis pair in a trellis
+    context."""
+    key = ctx.table_key(level, code)
+    return ("tcq", *key) if ctx.trellis else key
 
 
 def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -262,14 +271,20 @@ class TokenwiseCodec(SessionContextCodec):
         return _finite(out)
 
     # -- context mode ------------------------------------------------------------------------
-    def _quantize(self, x2: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
-        """Rows' scale codes, level offsets (None without allocation), steps and symbols."""
+    def _steps(self, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Rows' scale codes, level offsets (None without allocation) and steps."""
         ctx = self.context
         assert ctx is not None
         codes = ctx.token_codes(x2)
         offsets = None if ctx.alloc is None else ctx.alloc.offsets(x2, codes)
-        d = ctx.steps(ctx.row_steps(self.params["level"], offsets), codes)
+        return codes, offsets, ctx.steps(ctx.row_steps(self.params["level"], offsets), codes)
+
+    def _quantize(self, x2: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """Rows' scale codes, level offsets (None without allocation), steps and symbols."""
+        codes, offsets, d = self._steps(x2)
+        ctx = self.context
+        assert ctx is not None
         with np.errstate(all="ignore"):
             q = ctx.quantize(x2, d)
         if not np.all(np.abs(q) <= Q_MAX):
@@ -281,10 +296,18 @@ class TokenwiseCodec(SessionContextCodec):
         assert ctx is not None
         if not np.all(np.isfinite(x2)):
             raise ValueError("tokenwise: input contains NaN or inf")
-        codes, offsets, _, q = self._quantize(x2)
-        writer = AnsWriter()
-        escapes: list[np.ndarray] = []
         code_probs, level = ctx.code_probs, self.params["level"]
+        if ctx.trellis:
+            codes, offsets, d = self._steps(x2)
+            lvs = level + (0 if offsets is None else offsets)
+            keys = [_key(ctx, int(lv), int(code)) for lv, code in
+                    zip(np.broadcast_to(lvs, codes.shape).tolist(), codes.tolist(), strict=True)]
+            sym, models, escaped = trellis_mod.encode_rows(ctx, x2, d, keys, Q_MAX)
+            escapes: list[np.ndarray] = [escaped] if escaped.size else []
+        else:
+            codes, offsets, _, q = self._quantize(x2)
+            escapes = []
+        writer = AnsWriter()
         alloc_probs = None if ctx.alloc is None else ctx.alloc.probs
         for row, code in enumerate(codes):
             writer.add_rows(np.array([code], np.int32), code_probs)
@@ -293,6 +316,9 @@ class TokenwiseCodec(SessionContextCodec):
                 writer.add_rows(np.array([offsets[row] + ctx.alloc.max_offset], np.int32),
                                 alloc_probs)
                 lv += int(offsets[row])
+            if ctx.trellis:
+                writer.add_rows(sym[row], trellis_mod.row_model(*models[row]))
+                continue
             for t in ctx.tables_at(ctx.table_key(lv, int(code))):
                 qs = q[row, t.channels]
                 esc = np.abs(qs) > t.k
@@ -348,7 +374,7 @@ class TokenwiseCodec(SessionContextCodec):
             if alloc is not None:
                 offsets[row] = int(coder.read_rows(alloc_probs)[0]) - alloc.max_offset
                 lv += int(offsets[row])
-            key = ctx.table_key(lv, code)
+            key = _key(ctx, lv, code)
             tables, cells = named.get(key) or (None, ctx.cells_at(key))
             work += cells if tables else cells + BUILD_CELL * cells + BUILD_CHANNEL * c
             require(work <= budget, f"tokenwise: the stream costs more decoding work than "
@@ -356,6 +382,10 @@ class TokenwiseCodec(SessionContextCodec):
             if tables is None:  # held for this stream even if the context's cache drops it
                 tables = ctx.tables_at(key)
                 named[key] = tables, cells
+            if ctx.trellis:  # the symbols as read; decode_rows makes them values
+                q[row] = coder.read_rows_trellis(tables[0].probs, tables[1].probs,
+                                                 trellis_mod.KT)
+                continue
             for t in tables:
                 sym = np.asarray(coder.read_rows(t.probs), np.int64)
                 esc = sym == 2 * t.k + 1
@@ -363,6 +393,11 @@ class TokenwiseCodec(SessionContextCodec):
                 if esc.any():
                     esc_at.append((row, t.channels[esc], t.k))
         require(coder.is_empty(), "tokenwise: trailing rANS data")
+        if ctx.trellis:
+            d = ctx.steps(ctx.row_steps(level, offsets), codes)
+            out = trellis_mod.decode_rows(ctx, q, tail, d, Q_MAX)
+            require(bool(np.all(np.isfinite(out))), "tokenwise: decoded values not finite")
+            return out
         n_esc = sum(ch.size for _, ch, _ in esc_at)
         require((tail is None) == (n_esc == 0), "tokenwise: escape tail mismatch")
         if tail is not None:
@@ -412,8 +447,11 @@ class TokenwiseCodec(SessionContextCodec):
         top = float(np.abs(x2).max())
         if self.context is None:
             return float(self._row_steps(x2).max()) * 0.5 * (1 + 1e-5) + top * 2.0**-22
-        _, _, d, _ = self._quantize(x2)
-        bound = d.astype(np.float64) * (0.5 + float(self.context.delta.max()))
+        if self.context.trellis:  # a path's point is within 2 steps of its input
+            bound = self._steps(x2)[2].astype(np.float64) * trellis_mod.MAX_ERROR
+        else:
+            _, _, d, _ = self._quantize(x2)
+            bound = d.astype(np.float64) * (0.5 + float(self.context.delta.max()))
         if self.context.shaping is not None:  # each channel also carries the feedback it got
             bound = shaped_error_bound(bound, self.context.shaping)
         return float(bound.max()) * (1 + 1e-5) + top * 2.0**-22 + 1e-30

@@ -177,7 +177,7 @@ def _refresh_crc(body: bytes) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-@pytest.mark.parametrize("pos,value", [(5, 2), (6, 0), (6, 17)], ids=["flags", "A=0", "A=17"])
+@pytest.mark.parametrize("pos,value", [(5, 4), (6, 0), (6, 17)], ids=["flags", "A=0", "A=17"])
 def test_bad_header_fields_are_refused(ctx, pos, value) -> None:
     body = bytearray(ctx.to_bytes()[:-4])
     body[pos] = value

@@ -226,6 +226,28 @@ def read_rows(words, st, probs, out):  # pragma: no cover - compiled
     return True
 
 
+@njit(cache=True, nogil=True)
+def read_rows_trellis(words, st, probs0, probs1, kt, out):  # pragma: no cover - compiled
+    """One symbol per channel of a trellis row: :func:`read_rows` with the row of ``probs0``
+    in states 0 and 1, of ``probs1`` in 2 and 3, from state 0; state ``2h + l`` moves to
+    ``2 (l ^ p) + h`` with the symbol's parity ``p`` (of ``s - kt`` for ``s <= 2 kt``, 0 for
+    the even escape ``2 kt + 1``, 1 for the odd one)."""
+    n_sym = probs0.shape[1]
+    if probs1.shape[0] != probs0.shape[0] or probs1.shape[1] != n_sym:
+        return False
+    cdf = np.empty(max(n_sym + 1, 17), np.uint32)
+    cdf[:] = np.uint32(1 << PRECISION)
+    state = 0
+    for r in range(probs0.shape[0]):
+        if not quantized_cdf(probs0[r] if state < 2 else probs1[r], cdf):
+            return False
+        read(words, st, cdf, n_sym, 1, out, r)
+        s = out[r]
+        par = ((s - kt) if s <= 2 * kt else s - 2 * kt - 1) & 1
+        state = (((state & 1) ^ par) << 1) | (state >> 1)
+    return True
+
+
 @intrinsic
 def umulhi(typingctx, a, b):
     """High 64 bits of the 128-bit product of two uint64: one ``mul`` instruction. numba has

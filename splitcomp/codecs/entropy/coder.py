@@ -238,6 +238,30 @@ class AnsReader:
             raise BitstreamError(f"{self._prefix()}bad rANS model row")
         return out
 
+    def read_rows_trellis(self, probs0: np.ndarray, probs1: np.ndarray, kt: int) -> np.ndarray:
+        """``len(probs0)`` symbols (int32) of a trellis row (:mod:`.._tokenwise_trellis`):
+        symbol ``i`` under ``probs0[i]`` in states 0 and 1, ``probs1[i]`` in 2 and 3, from
+        state 0, the state moved by the symbol's parity (that of ``s - kt`` for ``s <= 2 kt``,
+        0 for ``2 kt + 1``, 1 above)."""
+        k = self._k
+        out = np.empty(len(probs0), np.int32)
+        if k is not None:
+            if not k.read_rows_trellis(self._words, self._state,
+                                       np.ascontiguousarray(probs0, np.float64),
+                                       np.ascontiguousarray(probs1, np.float64), kt, out):
+                raise BitstreamError(f"{self._prefix()}bad rANS model row")
+            return out
+        state = 0
+        for i in range(len(probs0)):
+            row = (probs0 if state < 2 else probs1)[i]
+            try:
+                out[i] = s = int(self._coder.decode(_FAMILY, row[None])[0])
+            except BaseException as e:
+                raise self._error(e) from None
+            par = ((s - kt) if s <= 2 * kt else s - 2 * kt - 1) & 1
+            state = (((state & 1) ^ par) << 1) | (state >> 1)
+        return out
+
     def is_empty(self) -> bool:
         """True when every word has been consumed (a well-formed stream ends exactly so)."""
         if self._k is not None:
