@@ -32,6 +32,9 @@ regression from the token's values to its Fisher trace, fitted on the same gradi
 the step coarser where a token's coding error moves the next-token distributions less (a
 context version 3, ``2 (2 C + 1)`` float32 bytes more; each token ~3.5 bits of offset symbol).
 ``--no-allocate`` leaves it out.
+
+``--trellis`` (off for now) codes each token's channels by trellis-coded quantization
+(:mod:`splitcomp.codecs._tokenwise_trellis`: context flags bit 1); the decoder follows.
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allocate", action=argparse.BooleanOptionalAction, default=True,
                    help="give each token a step that follows its predicted Fisher trace "
                         "(default: on; needs the server half's gradients)")
+    p.add_argument("--trellis", action=argparse.BooleanOptionalAction, default=False,
+                   help="code each token's channels by trellis (dependent) quantization "
+                        "(default: off)")
     add_force(p)
 
 
@@ -103,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
               f"calibrating on those", file=sys.stderr)
     try:
         ctx = calibrate_edge(edge, windows, server=server, shape=args.shape,
-                             allocate=args.allocate, predict=args.predict)
+                             allocate=args.allocate, predict=args.predict,
+                             trellis=args.trellis)
     except ValueError as e:  # a predictor over too many channels
         raise UsageError(f"{e} (pass --no-predict)") from None
     data = ctx.to_bytes()

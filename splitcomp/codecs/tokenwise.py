@@ -16,7 +16,9 @@ of ``u = (x - mu) / D``, unbounded: a value beyond its channel's alphabet (the a
 token's massive activations) is an escape and follows as a varint, so nothing is clipped and
 the error is at most ``D_j / 2`` everywhere. Decoded: ``mu + (q - sign(q) delta_j) D``.
 Symbols are rANS-coded with per-channel tables derived from the context's quantile knots for
-this ``level`` (and token scale), so changing the rate needs no new context. Calibration
+this ``level`` (and token scale), so changing the rate needs no new context. A context with
+the trellis flag codes each row by trellis-coded quantization instead
+(:mod:`._tokenwise_trellis`: two quantizers half a step apart, a Viterbi search). Calibration
 picks one uniform static step (why, and what it costs: ``docs/results/codecs.md``, section
 "tokenwise").
 

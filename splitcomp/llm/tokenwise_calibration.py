@@ -49,7 +49,8 @@ def calibrate_edge(edge, windows: torch.Tensor, server=None, shape: bool = True,
     with the ``server`` half and ``shape``, its encoder shapes the error to the Fisher matrix
     at the cut (:func:`fisher_at_cut`, :mod:`splitcomp.codecs._tokenwise_shaping`) and, with
     ``allocate``, each token's step follows its predicted Fisher trace (step ~
-    trace^(-gain/2), :mod:`splitcomp.codecs._tokenwise_alloc`)."""
+    trace^(-gain/2), :mod:`splitcomp.codecs._tokenwise_alloc`). Other keywords (``predict``,
+    ``trellis``) go to :func:`~splitcomp.codecs.tokenwise.calibrate`."""
     states = [edge.forward_full(w[None]) for w in windows]
     hidden = torch.cat([h[0] for h in states]).float().numpy().astype(np.float32)
     traces = None

@@ -78,6 +78,18 @@ def test_predictor_shaping_and_allocation_by_default_and_without(wiki, tmp_path)
     assert c * (c - 1) < shaped_file < c * (c - 1) + 32  # the feedback, sealed, and a trailer
 
 
+def test_trellis_is_an_opt_in_flag(wiki, tmp_path) -> None:
+    ctxs = {}
+    for flags in ([], ["--trellis"], ["--trellis", "--no-allocate", "--no-predict"]):
+        out = tmp_path / f"t{len(flags)}.sctx"
+        assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(out), *flags]) == 0
+        ctxs[len(flags)] = TokenwiseContext.from_file_bytes(out.read_bytes())
+    assert not ctxs[0].trellis and ctxs[1].trellis and ctxs[3].trellis
+    a, b = ctxs[0].to_bytes(), ctxs[1].to_bytes()  # the flags byte (bit 1) and the CRC apart
+    assert a[5] | 2 == b[5] and a[:5] + a[6:-4] == b[:5] + b[6:-4]
+    assert ctxs[3].pred is None and ctxs[3].alloc is None and ctxs[3].to_bytes()[4:7] == b"\3\2\0"
+
+
 def test_calibrate_lm_to_a_file_then_eval_lm_with_its_path(wiki, tmp_path, capsys) -> None:
     ctx = tmp_path / "sub" / "ctx.sctx"
     assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(ctx)]) == 0
