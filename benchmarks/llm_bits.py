@@ -5,8 +5,10 @@ shaping (``shaped``, or ``shaped:S`` with the Fisher matrix shrunk by ``S``:
 :mod:`splitcomp.codecs._tokenwise_shaping`, the matrix from the calibration windows alone), with
 both and per-token step allocation (``alloc``, ``alloc:G`` with gain ``G``, ``alloc:G:A`` with
 offsets within ``+-A``:
-:mod:`splitcomp.codecs._tokenwise_alloc`, fitted on the calibration windows' gradients), and
-a screen of previous-token prediction (issue #13).
+:mod:`splitcomp.codecs._tokenwise_alloc`, fitted on the calibration windows' gradients), the
+allocation's context with trellis-coded quantization (``trellis``, ``trellis:G``, ``trellis:G:A``
+as ``alloc``: :mod:`splitcomp.codecs._tokenwise_trellis`; its levels sit ~2 higher than the
+scalar ones at the same bits), and a screen of previous-token prediction (issue #13).
 
     python benchmarks/llm_bits.py [--levels 2,0,-2,-4,-6] [--variants none,block_hadamard,...]
                                   [--json PATH]
@@ -341,7 +343,7 @@ def main() -> None:
     fisher = traces = None
     for kind in [v for v in args.variants.split(",") if v]:
         pred = predictor(calib["hidden"]) if kind == "prev" else None
-        allocated = kind.split(":")[0] == "alloc"
+        allocated = kind.split(":")[0] in ("alloc", "trellis")
         shaped = kind.split(":")[0] == "shaped" or allocated
         rot = rotation("none" if pred or kind == "predict" or shaped else kind, width, args.seed)
         states = torch.cat([h[0] for h in calib["hidden"]]).float()
@@ -357,9 +359,10 @@ def main() -> None:
             if ":" in kind and not allocated:
                 shaping["shaping_shrink"] = float(kind.split(":")[1])
         ctx = calibrate(residuals(calib["hidden"], pred) if pred else states.numpy(),
-                        predict=kind == "predict" or shaped, **shaping)
+                        predict=kind == "predict" or shaped,
+                        trellis=kind.split(":")[0] == "trellis", **shaping)
         if allocated:
-            opts = [float(v) for v in kind.split(":")[1:]]  # alloc[:gain[:max offset]]
+            opts = [float(v) for v in kind.split(":")[1:]]  # alloc|trellis[:gain[:max offset]]
             gain = opts[0] if opts else GAIN
             bound = int(opts[1]) if len(opts) > 1 else MAX_OFFSET
             ctx.alloc = fit_allocation(states.numpy(), traces, ctx.token_codes(states.numpy()),
