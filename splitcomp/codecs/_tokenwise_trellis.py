@@ -60,8 +60,9 @@ QUANT = np.array([0, 0, 1, 1], np.int64)
 MAX_ERROR = 2.0
 #: the relative probability floor of every symbol (as the scalar tables')
 FLOOR = 1e-6
-#: where the search clips a channel's input (in steps): far beyond any index the codec
-#: accepts (the caller refuses those), and an exact integer range in float64
+#: where the search clips a channel's input (in steps; NaN, from a hostile predictor's
+#: overflow, becomes this): far beyond any index the codec accepts (the caller refuses
+#: those), and an exact integer range in float64
 U_CLIP = float(1 << 40)
 _INF = np.inf
 
@@ -133,7 +134,8 @@ def search(e: np.ndarray, d: np.ndarray, a: np.ndarray | None, fb: np.ndarray | 
                       none if fb is None else np.ascontiguousarray(fb, np.float64),
                       np.ascontiguousarray(bits0, np.float64),
                       np.ascontiguousarray(bits1, np.float64), tab, float(lam))
-    return _search_numpy(e, d, a, fb, bits0, bits1, tab, lam)
+    with np.errstate(all="ignore"):  # a hostile predictor overflows: refused by the caller
+        return _search_numpy(e, d, a, fb, bits0, bits1, tab, lam)
 
 
 def _search_numpy(e, d, a, fb, bits0, bits1, tab, lam):
@@ -149,7 +151,8 @@ def _search_numpy(e, d, a, fb, bits0, bits1, tab, lam):
     for j in range(c):
         p = np.zeros((r, 4)) if a is None else xh[:, :, :j] @ a[j, :j]
         t = e[:, j, None] if fb is None else e[:, j, None] + err[:, :, :j] @ fb[j, :j]
-        u = np.clip((t - p) / d[:, j, None], -U_CLIP, U_CLIP)
+        u = (t - p) / d[:, j, None]
+        u = np.clip(np.where(np.isnan(u), U_CLIP, u), -U_CLIP, U_CLIP)  # NaN: refused later
         kc = np.where(QUANT[None, :] == 0, np.floor(u), np.floor(u + 0.5 * np.sign(u)))
         k = kc[:, :, None].astype(np.int64) + np.arange(-1, 3)  # (r, 4 states, 4 candidates)
         pt = points(q, k)

@@ -60,7 +60,8 @@ def search(e, d, a, fb, bits0, bits1, tab, lam):  # pragma: no cover - compiled
                     continue
                 p = _dot(xh[s], a[j], j) if predicted else 0.0
                 t = e[i, j] + _dot(err[s], fb[j], j) if shaped else e[i, j]
-                u = min(max((t - p) / d[i, j], -U_CLIP), U_CLIP)
+                u = (t - p) / d[i, j]
+                u = U_CLIP if u != u else min(max(u, -U_CLIP), U_CLIP)  # NaN: refused later
                 q = s >> 1
                 if q == 0:
                     kc = int(np.floor(u))

@@ -3,6 +3,7 @@ the encoder's search (numpy reference and compiled kernel), the payload and its 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 import zlib
@@ -20,7 +21,7 @@ from splitcomp.codecs import tokenwise as tw
 from splitcomp.codecs.entropy import AnsReader, AnsWriter
 
 from .jit_paths import jit_path
-from .test_tokenwise import C, fuzz_decode, hidden
+from .test_tokenwise import C, fuzz_decode, hidden, mutate
 from .test_tokenwise_alloc import traces
 from .test_tokenwise_predict import correlated
 from .test_tokenwise_shaping import anisotropic_fisher
@@ -28,7 +29,9 @@ from .test_tokenwise_shaping import anisotropic_fisher
 KINDS = ("plain", "predict", "shaped", "alloc")
 
 
+@functools.cache
 def trellis_context(kind: str) -> tw.TokenwiseContext:
+    """A trellis context of one of :data:`KINDS` (one per process: tests only read it)."""
     x = correlated(800, seed=1)
     ctx = tw.calibrate(x, predict=kind != "plain", trellis=True,
                        fisher=anisotropic_fisher() if kind in ("shaped", "alloc") else None)
@@ -246,3 +249,52 @@ def test_trellis_bytes_are_pinned() -> None:
         torch.from_numpy(hidden(3, seed=12, sink=True)))
     assert (ctx.context_id, len(data), len(stream)) == (519884, 5601, 160)
     assert hashlib.sha256(stream).hexdigest()[:16] == "98aa96d90fe82617"
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_hostile_predictor_is_refused(compiled: bool) -> None:
+    """Huge coefficients: the encoder refuses (ValueError) or writes a stream that its decoder
+    refuses, typed, or decodes to finite values; an honest stream decoded with them overflows
+    the reconstruction: refused, typed."""
+    ctx = trellis_context("predict")
+    data = bytearray(ctx.to_bytes()[:-4])
+    tri = C * (C - 1)
+    data[-tri:] = np.full(tri // 2, 60000.0, "<f2").tobytes()
+    hostile = tw.TokenwiseContext.from_bytes(_refresh_crc(bytes(data)))
+    assert hostile.trellis
+    x = correlated(2, seed=12)
+    with jit_path(compiled):
+        bad = tw.TokenwiseCodec.with_context(hostile, level=0)
+        try:
+            y = bad.decode_array(memoryview(bad.encode_array(x)), x.shape, DecodeLimits())
+            assert np.all(np.isfinite(y))
+        except (ValueError, BitstreamError) as e:
+            assert isinstance(e, BitstreamError) or "too large" in str(e)
+        payload = tw.TokenwiseCodec.with_context(ctx, level=0).encode_array(x)
+        with pytest.raises(BitstreamError, match="not finite"):
+            tw.TokenwiseCodec.with_context(hostile, level=0).decode_array(
+                memoryview(payload), x.shape, DecodeLimits())
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_context_bytes(data: st.DataObject) -> None:
+    """Corrupt trellis contexts (valid CRC) parse to one that codes and decodes (or whose
+    encoder refuses the values), or raise BitstreamError."""
+    body = mutate(trellis_context("alloc").to_bytes()[:-4], data, 4, cut=False)
+    try:
+        parsed = tw.TokenwiseContext.from_bytes(_refresh_crc(body))
+    except BitstreamError:
+        return
+    x = correlated(2, seed=13, sink=True)[:, : parsed.channels]
+    codec = tw.TokenwiseCodec.with_context(parsed, level=0)
+    try:
+        payload = codec.encode_array(x)
+    except ValueError:
+        return  # the encoder refuses what this context cannot code
+    try:
+        y = codec.decode_array(memoryview(payload), x.shape, DecodeLimits())
+    except BitstreamError:
+        return
+    assert np.all(np.isfinite(y))
