@@ -39,7 +39,7 @@ import numpy as np
 from . import _slicer_jit
 from ._tokenwise_predict import reconstruction
 from .bytes_io import Reader
-from .entropy import put_varints, read_varints
+from .entropy import read_varints
 from .errors import require
 
 if TYPE_CHECKING:
@@ -201,12 +201,6 @@ def encode_rows(ctx: TokenwiseContext, x2: np.ndarray, d: np.ndarray, keys: list
 def row_model(p0: np.ndarray, p1: np.ndarray, h: np.ndarray) -> np.ndarray:
     """Each channel's probability row (C, N_SYM): ``p0``'s where ``h`` is 0, ``p1``'s else."""
     return np.where(h[:, None] == 1, p1, p0)
-
-
-def escape_tail(escaped: np.ndarray) -> bytes:
-    """The zigzag varints of escaped indices (the codec frames them as its escape tail)."""
-    k = np.asarray(escaped, np.int64)
-    return put_varints(np.where(k >= 0, 2 * k, -2 * k - 1))
 
 
 def decode_rows(ctx: TokenwiseContext, sym: np.ndarray, tail: memoryview | None,

@@ -118,8 +118,8 @@ def stream_work(ctx: TokenwiseContext, level: int, codes: np.ndarray,
                 offsets: np.ndarray | None = None) -> int:
     """The decoding work of rows with scale ``codes`` at ``level`` (with allocation, each row
     at ``level`` plus its offset): each distinct table set built once (whether cached or not:
-    the figure depends on the stream alone) and read once per row, and with a predictor each
-    row's reconstruction."""
+    the figure depends on the stream alone) and read once per row (in a trellis context, the
+    table pair of :mod:`._tokenwise_trellis`), and with a predictor each row's reconstruction."""
     work = ctx.reconstruction_work(len(codes))
     levels = np.full(len(codes), level, np.int64) if offsets is None else level + offsets
     pairs, counts = np.unique(np.stack([levels, np.asarray(codes, np.int64)]), axis=1,
