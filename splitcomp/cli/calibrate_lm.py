@@ -33,8 +33,9 @@ the step coarser where a token's coding error moves the next-token distributions
 context version 3, ``2 (2 C + 1)`` float32 bytes more; each token ~3.5 bits of offset symbol).
 ``--no-allocate`` leaves it out.
 
-``--trellis`` (off for now) codes each token's channels by trellis-coded quantization
-(:mod:`splitcomp.codecs._tokenwise_trellis`: context flags bit 1); the decoder follows.
+Each token's channels are coded by trellis-coded quantization
+(:mod:`splitcomp.codecs._tokenwise_trellis`: context flags bit 1; ~0.08 bit per element fewer
+at the same KL on SmolLM2, the encoder ~3x the CPU); ``--no-trellis`` codes them one by one.
 """
 
 from __future__ import annotations
@@ -72,9 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allocate", action=argparse.BooleanOptionalAction, default=True,
                    help="give each token a step that follows its predicted Fisher trace "
                         "(default: on; needs the server half's gradients)")
-    p.add_argument("--trellis", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--trellis", action=argparse.BooleanOptionalAction, default=True,
                    help="code each token's channels by trellis (dependent) quantization "
-                        "(default: off)")
+                        "(default: on)")
     add_force(p)
 
 

@@ -59,15 +59,17 @@ def test_predictor_shaping_and_allocation_by_default_and_without(wiki, tmp_path)
     sizes = {}
     for flags in (["--predict"], ["--no-predict"], ["--no-shape"], ["--no-predict", "--no-shape"],
                   ["--no-allocate"], ["--no-shape", "--no-allocate"]):
-        out = tmp_path / f"{'_'.join(flags)}.sctx"
-        assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(out), *flags]) == 0
+        out = tmp_path / f"{'_'.join(flags)}.sctx"  # without trellis: version 2 when unallocated
+        assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(out), *flags,
+                     "--no-trellis"]) == 0
         ctx = TokenwiseContext.from_file_bytes(out.read_bytes())
         assert (ctx.pred is not None) == ("--no-predict" not in flags)
         assert (ctx.shaping is not None) == ("--no-shape" not in flags)
         assert (ctx.alloc is not None) == ("--no-allocate" not in flags)
         sizes[tuple(flags)] = len(ctx.to_bytes()), out.stat().st_size
     default = tmp_path / "default.sctx"
-    assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(default)]) == 0
+    assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(default),
+                 "--no-trellis"]) == 0
     assert default.read_bytes() == (tmp_path / "--predict.sctx").read_bytes()  # seeded
     c = 64  # llama_tiny's hidden size: C (C - 1) bytes of coefficients each
     assert sizes[("--predict",)][0] - sizes[("--no-predict",)][0] == c * (c - 1)
@@ -78,16 +80,18 @@ def test_predictor_shaping_and_allocation_by_default_and_without(wiki, tmp_path)
     assert c * (c - 1) < shaped_file < c * (c - 1) + 32  # the feedback, sealed, and a trailer
 
 
-def test_trellis_is_an_opt_in_flag(wiki, tmp_path) -> None:
+def test_trellis_by_default_and_without(wiki, tmp_path) -> None:
     ctxs = {}
-    for flags in ([], ["--trellis"], ["--trellis", "--no-allocate", "--no-predict"]):
-        out = tmp_path / f"t{len(flags)}.sctx"
+    for name, flags in (("without", ["--no-trellis"]), ("default", []),
+                        ("bare", ["--trellis", "--no-allocate", "--no-predict"])):
+        out = tmp_path / f"{name}.sctx"
         assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(out), *flags]) == 0
-        ctxs[len(flags)] = TokenwiseContext.from_file_bytes(out.read_bytes())
-    assert not ctxs[0].trellis and ctxs[1].trellis and ctxs[3].trellis
-    a, b = ctxs[0].to_bytes(), ctxs[1].to_bytes()  # the flags byte (bit 1) and the CRC apart
+        ctxs[name] = TokenwiseContext.from_file_bytes(out.read_bytes())
+    assert not ctxs["without"].trellis and ctxs["default"].trellis and ctxs["bare"].trellis
+    a, b = ctxs["without"].to_bytes(), ctxs["default"].to_bytes()  # flags (bit 1), CRC apart
     assert a[5] | 2 == b[5] and a[:5] + a[6:-4] == b[:5] + b[6:-4]
-    assert ctxs[3].pred is None and ctxs[3].alloc is None and ctxs[3].to_bytes()[4:7] == b"\3\2\0"
+    assert ctxs["bare"].pred is None and ctxs["bare"].alloc is None
+    assert ctxs["bare"].to_bytes()[4:7] == b"\3\2\0"
 
 
 def test_calibrate_lm_to_a_file_then_eval_lm_with_its_path(wiki, tmp_path, capsys) -> None:
