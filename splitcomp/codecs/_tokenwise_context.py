@@ -276,7 +276,11 @@ class TokenwiseContext:
         """Decoded rows (R, C) float32 of symbols ``q`` with steps ``d`` (not checked finite:
         the caller does)."""
         qf = q.astype(np.float32)
-        r = (qf - np.sign(qf) * self.delta) * d
+        return self.from_residuals((qf - np.sign(qf) * self.delta) * d)
+
+    def from_residuals(self, r: np.ndarray) -> np.ndarray:
+        """Decoded rows (R, C) float32 of decoded residuals ``r`` (float32): ``mu + r``, or
+        with a predictor ``mu + (I - A)^-1 r`` (not checked finite: the caller does)."""
         if self.pred is not None:
             with np.errstate(all="ignore"):  # a hostile predictor overflows: refused later
                 if self._recon is None:

@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import _slicer_jit
-from ._tokenwise_predict import reconstruction
 from .bytes_io import Reader
 from .entropy import read_varints
 from .errors import require
@@ -230,8 +229,4 @@ def reconstruct(ctx: TokenwiseContext, pts: np.ndarray, d: np.ndarray) -> np.nda
     ``mu + (I - A)^-1 (pts d)`` (not checked finite: the caller does)."""
     with np.errstate(all="ignore"):
         r = pts.astype(np.float32) * d.astype(np.float32)
-        if ctx.pred is not None:
-            if ctx._recon is None:
-                ctx._recon = reconstruction(ctx.pred).astype(np.float32)
-            r = r @ ctx._recon.T
-        return (ctx.mu + r).astype(np.float32)
+    return ctx.from_residuals(r)
