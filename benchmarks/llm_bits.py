@@ -19,7 +19,8 @@ context (on *its own* rotated states); the next ``--choose-windows`` choose, per
 lowest-rate level whose perplexity increase is at most ``--target`` percent; two disjoint
 later parts (``--heldout`` first windows, ``--heldout-windows`` each) report every level.
 Every token is its own bitstream through the real codec (container header included, as
-``eval-lm`` counts it: each window a session, its first stream full, the rest compact),
+``eval-lm`` counts it: each window a session, its first stream full, the rest session
+streams),
 decoded, rotated back, and run through the server half.
 
 Rotations (orthonormal, seeded, applied on the edge before the codec, inverted on the server):
@@ -57,6 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from splitcomp import codecs  # noqa: E402
 from splitcomp.codecs._tokenwise_alloc import MAX_OFFSET  # noqa: E402
+from splitcomp.codecs.compact import session_stream  # noqa: E402
+from splitcomp.codecs.container import learn_template  # noqa: E402
 from splitcomp.codecs.tokenwise import GAIN, TokenwiseCodec, calibrate, fit_allocation  # noqa: E402
 from splitcomp.llm.gen_eval import GenEval, report_prompts  # noqa: E402
 from splitcomp.llm.halves import EdgeHalf, ServerHalf  # noqa: E402
@@ -120,7 +123,7 @@ class Coded:
         self.reset()
 
     def reset(self) -> None:
-        self.pos, self.prev = 0, None
+        self.pos, self.prev, self.session = 0, None, {}
 
     def _guess(self) -> torch.Tensor | float:
         """What both sides predict for the next token (0 for the first two of a sequence:
@@ -139,10 +142,14 @@ class Coded:
             # a session's first stream is full, the rest compact (as RemoteLM sends them)
             blob = self.codec.encode((y[:, t : t + 1] - guess).contiguous(),
                                      compact=self.pos > 0)
+            if self.pos > 0:
+                blob = session_stream(blob)
+            else:
+                learn_template(self.session, blob)
             self.bytes += len(blob)
             self.overhead += overhead_bytes(blob)
             self.tokens += 1
-            (dec,) = self.codec.decode(blob)
+            (dec,) = codecs.decode(blob, contexts=self.session)
             out[:, t : t + 1] = dec + guess
             self.prev, self.pos = out[0, t], self.pos + 1
         return out if self.rot is None else out @ self.rot.T
@@ -342,11 +349,14 @@ def main() -> None:
     curves: dict[str, Any] = {}
     fisher = traces = None
     for kind in [v for v in args.variants.split(",") if v]:
-        pred = predictor(calib["hidden"]) if kind == "prev" else None
-        allocated = kind.split(":")[0] in ("alloc", "trellis")
+        base = kind.split(":")[0]
+        pred = predictor(calib["hidden"]) if base in ("prev", "ptrellis") else None
+        allocated = base in ("alloc", "trellis", "ptrellis")
         shaped = kind.split(":")[0] == "shaped" or allocated
         rot = rotation("none" if pred or kind == "predict" or shaped else kind, width, args.seed)
         states = torch.cat([h[0] for h in calib["hidden"]]).float()
+        if pred and allocated:
+            states = torch.from_numpy(residuals(calib["hidden"], pred))
         if rot is not None:
             states = states @ torch.from_numpy(rot).float()
         shaping: dict[str, Any] = {}
@@ -360,7 +370,7 @@ def main() -> None:
                 shaping["shaping_shrink"] = float(kind.split(":")[1])
         ctx = calibrate(residuals(calib["hidden"], pred) if pred else states.numpy(),
                         predict=kind == "predict" or shaped,
-                        trellis=kind.split(":")[0] == "trellis", **shaping)
+                        trellis=base in ("trellis", "ptrellis"), **shaping)
         if allocated:
             opts = [float(v) for v in kind.split(":")[1:]]  # alloc|trellis[:gain[:max offset]]
             gain = opts[0] if opts else GAIN

@@ -16,7 +16,7 @@ the Fisher shaping feed each channel's target from the decoded earlier channels
 Tables (derived, never sent): per table key a pair ``(Q0, Q1)`` of (C, 2 KT + 3) rows, the
 symbols ``k + KT`` for ``|k| <= KT`` and two escapes, even ``2 KT + 1`` and odd ``2 KT + 2``
 (the decoder follows the state through an escape; the escaped ``k`` follows as a zigzag
-varint in the payload's escape tail). A cell's mass is the channel's piecewise-linear CDF
+varint after the rows, in the same rANS stack). A cell's mass is the channel's piecewise-linear CDF
 through its knots over the cell's edges (in ``u`` times the step in units of ``z``):
 ``Q0``'s cell of ``k`` is ``[k - 1/2, k + 1/2)``, ``Q1``'s are ``[-1/4, 1/4)`` for 0,
 ``[1/4, 1)`` and ``[-1, -1/4)`` for +-1 and ``[point - 1/2, point + 1/2)`` beyond; each
@@ -37,8 +37,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import _slicer_jit
-from .bytes_io import Reader
-from .entropy import read_varints
 from .errors import require
 
 if TYPE_CHECKING:
@@ -202,20 +200,18 @@ def row_model(p0: np.ndarray, p1: np.ndarray, h: np.ndarray) -> np.ndarray:
     return np.where(h[:, None] == 1, p1, p0)
 
 
-def decode_rows(ctx: TokenwiseContext, sym: np.ndarray, tail: memoryview | None,
+def decode_rows(ctx: TokenwiseContext, sym: np.ndarray, escaped: np.ndarray,
                 d: np.ndarray, q_max: int) -> np.ndarray:
     """Decoded rows (R, C) float32 of symbols ``sym`` (R, C) (read along the state path), the
-    escape ``tail`` (None: none) and steps ``d``; BitstreamError where they disagree."""
+    zigzagged escaped indices ``escaped`` (one per escape symbol, in coding order) and steps
+    ``d``; BitstreamError where they disagree."""
     sym = np.asarray(sym, np.int64)
     require(bool(np.all((sym >= 0) & (sym < N_SYM))), "tokenwise: bad trellis symbol")
     esc = sym > 2 * KT
-    n_esc = int(esc.sum())
-    require((tail is None) == (n_esc == 0), "tokenwise: escape tail mismatch")
+    require(int(esc.sum()) == len(escaped), "tokenwise: escaped values mismatch")
     k = sym - KT
-    if tail is not None:
-        rd = Reader(tail)
-        u = read_varints(rd, n_esc).astype(np.int64)
-        rd.expect_end()
+    if len(escaped):
+        u = np.asarray(escaped).astype(np.int64)
         v = np.where(u & 1, -((u + 1) >> 1), u >> 1)
         par = sym[esc] - (2 * KT + 1)
         require(bool(np.all((np.abs(v) > KT) & (np.abs(v) <= q_max) & ((v & 1) == par))),

@@ -171,6 +171,26 @@ def template(codec: Codec, shape: Sequence[int], dtype: Any = "float32") -> byte
     return bytes(head)
 
 
+def learn_template(scope: dict, data: bytes | memoryview,
+                   limits: DecodeLimits = DEFAULT_LIMITS) -> bool:
+    """A full one-tensor stream's template joins ``scope`` (a session's, see
+    :func:`~.contexts.context_scope`): the session's later streams of that codec, parameters
+    and shape may then be compact or session streams. True if it is new there; compact and
+    session streams teach nothing. Raises ``BitstreamError`` as :func:`read_header`."""
+    if bytes(data[:2]) not in (MAGIC, RESILIENT_MAGIC):
+        return False
+    with context_scope(scope):
+        header, codec, _ = read_header(data, limits)
+    if len(header.tensors) != 1:
+        return False
+    tpl = template(codec, header.tensors[0].shape, CODE_NAMES[header.tensors[0].code])
+    key = compact_module.scope_key(compact_module.template_id(tpl))
+    if key in scope:
+        return False
+    scope[key] = tpl
+    return True
+
+
 def pack(codec: Codec, tensors: torch.Tensor | Sequence[torch.Tensor],
          compact: bool = False) -> bytes:
     """Encode ``tensors`` with ``codec`` into one container bitstream. ``compact``: one tensor
@@ -244,13 +264,17 @@ def read_header(data: bytes | bytearray | memoryview, limits: DecodeLimits = DEF
     n = len(view)
     if n > limits.max_bytes:
         raise BitstreamError(f"bitstream of {n} bytes exceeds limit {limits.max_bytes}")
-    if n < len(MAGIC) + 2 + CRC_BYTES:
+    session = n > 0 and view[0] == compact_module.SESSION_MAGIC[0]
+    if n < (compact_module.SESSION_PREFIX_BYTES if session else len(MAGIC) + 2) + CRC_BYTES:
         raise BitstreamError(f"truncated: {n} bytes")
     body_end = n - CRC_BYTES
     crc = int.from_bytes(view[body_end:], "little")
     hit = memo.lookup(view, body_end, limits)  # the last full header parsed (magic ``SC``)
     if hit is not None and crc32(view[:body_end]) == crc:
         return hit
+    if session:  # its template implied, and checked by the CRC
+        tpl = compact_module.session_template(view, body_end, crc)
+        return _read_compact(view, body_end, limits, tpl, compact_module.SESSION_PREFIX_BYTES)
     magic = bytes(view[:2])
     if magic in (RESILIENT_MAGIC, RESILIENT_COMPACT_MAGIC):
         return _read_resilient(view, magic, crc, limits)
@@ -282,17 +306,18 @@ def _read_resilient(view: memoryview, magic: bytes, crc: int, limits: DecodeLimi
     return replace(header, resilient=True), codec, pos
 
 
-def _read_compact(view: memoryview, body_end: int, limits: DecodeLimits):
-    """A compact stream: its template's header, the rest of the body is the payload."""
-    pre = compact_module.PREFIX_BYTES
+def _read_compact(view: memoryview, body_end: int, limits: DecodeLimits,
+                  tpl: bytes | None = None, pre: int = compact_module.PREFIX_BYTES):
+    """A compact stream (``tpl``: a session stream's template, found): its template's
+    header, the rest of the body (after ``pre`` bytes) is the payload."""
     require(body_end >= pre, "truncated compact stream")
-    tid = int.from_bytes(view[2:pre], "little")
-    tpl = bytes(compact_module.find_template(tid))
+    if tpl is None:
+        tpl = bytes(compact_module.find_template(int.from_bytes(view[2:pre], "little")))
     hit = compact_module.parsed_header(tpl, limits, pre, len(view))
     if hit is not None:
         return *hit, pre
     header, codec, _ = _read_full(Reader(memoryview(tpl), 2, len(tpl)), limits,
-                                  body_end - pre, len(view))
+                                  body_end - pre, len(view), pre=pre)
     compact_module.remember_parsed(tpl, limits, codec, header)
     return header, codec, pre
 
@@ -320,9 +345,10 @@ def _codec(cls: type[Codec], params: dict) -> Codec:
 
 
 def _read_full(r: Reader, limits: DecodeLimits, implied_payload: int | None, total: int,
-               remember: bool = False):
+               remember: bool = False, pre: int = compact_module.PREFIX_BYTES):
     """The header after the magic; ``implied_payload``: a template's one tensor has no payload
-    length field, its payload is the rest of the stream (that many bytes). ``remember``: keep
+    length field, its payload is the rest of the stream (that many bytes, after ``pre``
+    bytes of a compact stream's prefix). ``remember``: keep
     a one-tensor header's parse (a full stream's, ``SC``) for later streams."""
     version = r.u8()
     require(version == FORMAT_VERSION, f"unsupported format version {version}")
@@ -350,9 +376,7 @@ def _read_full(r: Reader, limits: DecodeLimits, implied_payload: int | None, tot
             require(n_tensors == 1, "a compact template holds one tensor")
             infos.append(TensorInfo(code, shape, implied_payload))
             require(r.remaining() == 0, "compact template: trailing bytes")
-            header = Header(codec_id, cls.name, codec.params, tuple(infos),
-                            compact_module.PREFIX_BYTES, total)
-            return header, codec, compact_module.PREFIX_BYTES
+            return Header(codec_id, cls.name, codec.params, tuple(infos), pre, total), codec, pre
         size_at = r.pos
         size = r.varint()
         total_payload += size

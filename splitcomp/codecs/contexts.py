@@ -30,7 +30,7 @@ from ._crc import crc32
 from .bytes_io import Reader
 from .errors import BitstreamError, require
 
-__all__ = ["ContextRegistry", "context_scope", "scoped_context", "seal", "unseal"]
+__all__ = ["ContextRegistry", "context_scope", "scope_items", "scoped_context", "seal", "unseal"]
 
 T = TypeVar("T")
 BytesLike = bytes | bytearray | memoryview
@@ -52,6 +52,12 @@ def context_scope(contexts: Mapping[int, object]) -> Iterator[None]:
         yield
     finally:
         _SCOPE.reset(token)
+
+
+def scope_items() -> list[tuple[object, object]]:
+    """Every ``(key, item)`` in scope (none outside a :func:`context_scope`)."""
+    scope = _SCOPE.get()
+    return [] if scope is None else list(scope.items())
 
 
 def scoped_context(key: int) -> object | None:

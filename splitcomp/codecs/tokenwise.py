@@ -97,6 +97,9 @@ _STEP_MIN = np.float32(np.finfo(np.float32).smallest_subnormal)
 _F32_MAX = np.finfo(np.float32).max
 #: largest symbol magnitude either mode writes or accepts
 Q_MAX = 1 << 28
+#: the bytes of an escaped value's zigzag varint (<= 2 Q_MAX) at most, and their model in a
+#: context-mode payload's rANS stack: uniform, 8 bits a byte
+_VARINT_MAX, _BYTE_FREQS = 5, np.ones(256)
 #: rows (tokens) a context-mode payload may hold per byte: a decoder's work stays bounded by
 #: the bytes it was sent, whatever the claimed shape (real tokens cost ~100x that)
 ROWS_PER_BYTE = 4
@@ -168,6 +171,22 @@ def _finite(out: np.ndarray) -> np.ndarray:
     float32's largest, in place: a decoder never returns inf."""
     if not np.isfinite(out).all():
         np.clip(out, -_F32_MAX, _F32_MAX, out=out)
+    return out
+
+
+def _read_escapes(coder: AnsReader, n: int) -> np.ndarray:
+    """The ``n`` zigzag varints (uint64) of a context-mode payload's escaped values, read as
+    bytes from the rANS stack after its rows (at most :data:`_VARINT_MAX` bytes each)."""
+    got = np.zeros(0, np.uint8)
+    done = 0
+    while done < n:  # each unfinished varint needs at least one more byte
+        require(not coder.is_empty() and got.size + n - done <= _VARINT_MAX * n,
+                "tokenwise: rANS data ends early (escaped values)")
+        got = np.concatenate([got, coder.read(n - done, _BYTE_FREQS).astype(np.uint8)])
+        done = int(np.count_nonzero(got < 0x80))
+    rd = Reader(memoryview(got.tobytes()))
+    out = read_varints(rd, n)
+    rd.expect_end()
     return out
 
 
@@ -328,11 +347,11 @@ class TokenwiseCodec(SessionContextCodec):
                 writer.add_rows(sym, t.probs)
                 if esc.any():
                     escapes.append(qs[esc])
-        out = bytearray(writer.finish())
-        if escapes:
+        if escapes:  # after every row: the decoder then knows how many there are
             tail = put_varints(_zigzag(np.concatenate(escapes)))
-            pad = (1 - (len(tail) + 4)) % 4
-            out += tail + bytes(pad) + struct.pack("<I", len(tail))
+            writer.add(np.frombuffer(tail, np.uint8).astype(np.int32), _BYTE_FREQS)
+        # the last word is the state's high word (never 0): its zero high bytes go unsent
+        out = writer.finish().rstrip(b"\0")
         if x2.shape[0] > ROWS_PER_BYTE * len(out):
             raise ValueError("tokenwise: rows too cheap for this context (degenerate calibration)")
         work = stream_work(ctx, level, codes, offsets)
@@ -347,17 +366,8 @@ class TokenwiseCodec(SessionContextCodec):
         assert ctx is not None
         require(c == ctx.channels, f"tokenwise: {c} channels, the context has {ctx.channels}")
         require(r <= ROWS_PER_BYTE * len(payload), "tokenwise: more rows than the payload holds")
-        pos, end = 0, len(payload)
-        tail = None
-        if (end - pos) % 4:
-            require(end - pos >= 5, "tokenwise: truncated escape tail")
-            (v,) = struct.unpack("<I", payload[end - 4 :])
-            size = v + 4 + (1 - (v + 4)) % 4
-            require(size <= end - pos and size % 4 == 1 and v > 0, "tokenwise: bad escape tail")
-            tail = payload[end - size : end - size + v]
-            require(not any(payload[end - size + v : end - 4]), "tokenwise: bad escape padding")
-            end -= size
-        coder = AnsReader(payload[pos:end], "tokenwise")
+        require(len(payload) > 0 and payload[-1] != 0, "tokenwise: bad payload end")
+        coder = AnsReader(bytes(payload) + bytes(-len(payload) % 4), "tokenwise")
         q = np.zeros((r, c), np.int64)
         esc_at: list[tuple[int, np.ndarray, int]] = []
         codes = np.zeros(r, np.int64)
@@ -394,18 +404,17 @@ class TokenwiseCodec(SessionContextCodec):
                 q[row, t.channels] = sym - t.k
                 if esc.any():
                     esc_at.append((row, t.channels[esc], t.k))
-        require(coder.is_empty(), "tokenwise: trailing rANS data")
         if ctx.trellis:
+            escaped = _read_escapes(coder, int(np.count_nonzero(q > 2 * trellis_mod.KT)))
+            require(coder.is_empty(), "tokenwise: trailing rANS data")
             d = ctx.steps(ctx.row_steps(level, offsets), codes)
-            out = trellis_mod.decode_rows(ctx, q, tail, d, Q_MAX)
+            out = trellis_mod.decode_rows(ctx, q, escaped, d, Q_MAX)
             require(bool(np.all(np.isfinite(out))), "tokenwise: decoded values not finite")
             return out
         n_esc = sum(ch.size for _, ch, _ in esc_at)
-        require((tail is None) == (n_esc == 0), "tokenwise: escape tail mismatch")
-        if tail is not None:
-            rd = Reader(tail)
-            vals = _unzigzag(read_varints(rd, n_esc))
-            rd.expect_end()
+        vals = _unzigzag(_read_escapes(coder, n_esc))
+        require(coder.is_empty(), "tokenwise: trailing rANS data")
+        if n_esc:
             i = 0
             for row, ch, k in esc_at:
                 v = vals[i : i + ch.size]

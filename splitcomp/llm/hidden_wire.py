@@ -7,10 +7,12 @@ hidden states of one step (the whole prompt at prefill, one token per decode ste
 exactly as generation codes them. ``per_token=False`` sends one bitstream per message.
 
 Compact per-token streams (``compact=True``): a token's ~21-byte container header (codec,
-parameters, shape, CRC) becomes 9 bytes once the receiver knows it. The first stream of each
+parameters, shape, CRC) becomes 5 bytes once the receiver knows it. The first stream of each
 template (codec, parameters, shape (1, 1, H)) in a session is full, and the server learns its
-template from it (``docs/protocol.md``, "Compact steps"); later ones name it by a 24-bit id.
-At ~200 bytes a token that is 0.17 bit per element of SmolLM2-135M's 576 channels.
+template from it (``docs/protocol.md``, "Compact steps"); later ones are *session streams*
+(:func:`~splitcomp.codecs.compact.session_stream`: a byte of magic and the CRC, which also
+picks the template among the session's). At ~190 bytes a token that is 0.22 bit per element
+of SmolLM2-135M's 576 channels.
 """
 
 from __future__ import annotations
@@ -21,8 +23,15 @@ import torch
 
 from .. import codecs
 from ..codecs import Codec
-from ..codecs.compact import template_id
-from ..codecs.container import template
+from ..codecs.compact import (
+    COMPACT_MAGIC,
+    CRC_BYTES,
+    SESSION_MAGIC,
+    SESSION_PREFIX_BYTES,
+    session_stream,
+    template_id,
+)
+from ..codecs.container import learn_template, template
 
 
 def encode_hidden(codec: Codec, hidden: torch.Tensor, per_token: bool = True,
@@ -43,16 +52,26 @@ def encode_hidden(codec: Codec, hidden: torch.Tensor, per_token: bool = True,
     tid = template_id(template(codec, (1, 1, hidden.shape[2]), hidden.dtype))
     out = []
     for t in range(hidden.shape[1]):
-        out.append(codec.encode(hidden[:, t : t + 1], compact=tid in known))
-        known.add(tid)
+        if tid in known:  # a resilient codec's compact streams (SQ) stay as they are
+            blob = codec.encode(hidden[:, t : t + 1], compact=True)
+            out.append(session_stream(blob) if blob[:2] == COMPACT_MAGIC else blob)
+        else:
+            out.append(codec.encode(hidden[:, t : t + 1]))
+            known.add(tid)
     return out
 
 
-def decode_hidden(blobs: list[bytes] | tuple[bytes, ...]) -> torch.Tensor:
-    """Inverse of :func:`encode_hidden`: (1, T, H) float32. The bitstreams say their codec."""
+def decode_hidden(blobs: list[bytes] | tuple[bytes, ...], session: dict | None = None
+                  ) -> torch.Tensor:
+    """Inverse of :func:`encode_hidden`: (1, T, H) float32. The bitstreams say their codec;
+    ``session`` (a :func:`~splitcomp.codecs.context_scope` mapping, kept across calls) learns
+    the templates of full streams, as a server session does, and session streams find theirs
+    there (a new one for each call when None)."""
+    session = {} if session is None else session
     parts = []
     for blob in blobs:
-        (t,) = codecs.decode(blob)
+        learn_template(session, blob)
+        (t,) = codecs.decode(blob, contexts=session)
         if t.dim() != 3 or t.shape[0] != 1:
             raise ValueError(f"hidden-state bitstream of shape {tuple(t.shape)}, not (1, T, H)")
         parts.append(t.float())
@@ -61,6 +80,8 @@ def decode_hidden(blobs: list[bytes] | tuple[bytes, ...]) -> torch.Tensor:
 
 def overhead_bytes(blob: bytes) -> int:
     """Container bytes of a bitstream that are not codec payload (header + CRC)."""
+    if blob[:1] == SESSION_MAGIC:  # the header is the session's: not in the stream
+        return SESSION_PREFIX_BYTES + CRC_BYTES
     head = codecs.peek(blob)
     return head.total_bytes - sum(t.payload_bytes for t in head.tensors)
 
@@ -119,6 +140,9 @@ class Wire:
         self.stats = WireStats()
         self._known: set[int] | None = set() if compact else None
         self._pending: set[int] = set()
+        #: the templates a receiver's session learned (:meth:`receive`): a
+        #: :func:`~splitcomp.codecs.context_scope` mapping for its streams
+        self.session: dict = {}
 
     @property
     def compact(self) -> bool:
@@ -143,7 +167,8 @@ class Wire:
         if self._known is not None:
             self._known.clear()
         self._pending = set()
+        self.session = {}
 
-    @staticmethod
-    def receive(blobs: list[bytes] | tuple[bytes, ...]) -> torch.Tensor:
-        return decode_hidden(blobs)
+    def receive(self, blobs: list[bytes] | tuple[bytes, ...]) -> torch.Tensor:
+        """What a server session decodes of :meth:`send` s streams, in order (in process)."""
+        return decode_hidden(blobs, self.session)

@@ -28,8 +28,8 @@ def test_generate_streams_and_reports(capsys, tmp_path) -> None:
     r = json.loads(out.read_text())
     assert r["prompt_tokens"] == 5 and r["new_tokens"] == 6
     per_token = r["bytes_per_token"]
-    # fp16: every token's payload the same size; the first stream full, then compact ones
-    assert per_token == 2 * 64 + 9
+    # fp16: every token's payload the same size; the first stream full, then session streams
+    assert per_token == 2 * 64 + 5
     assert 5 * per_token < r["prefill_bytes"] < 5 * per_token + 20
     assert "B/token" in capsys.readouterr().err
 

@@ -187,8 +187,8 @@ def test_context_mode_bytes_are_pinned() -> None:
     assert hashlib.sha256(data).hexdigest().startswith("fb0f7269d8c240fb")
     stream = tw.TokenwiseCodec.with_context(ctx).encode(
         torch.from_numpy(hidden(3, seed=12, sink=True)))
-    assert len(stream) == 143
-    assert hashlib.sha256(stream).hexdigest().startswith("191c5d3254531941")
+    assert len(stream) == 135  # 143 before escapes moved into the rANS stack (2026-11-29)
+    assert hashlib.sha256(stream).hexdigest().startswith("8e22ec8834658c12")
 
 
 @settings(max_examples=80, deadline=None, derandomize=True,

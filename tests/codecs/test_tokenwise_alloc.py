@@ -116,7 +116,7 @@ def test_allocation_spends_bits_where_the_trace_is_high() -> None:
         return 8 * nbytes / held.size, err / len(held)
 
     b1, e1 = cost(alloc, 0)
-    b0, e0 = cost(plain, -1)  # a level finer: more bits than with allocation
+    b0, e0 = cost(plain, -2)  # finer: more bits than with allocation
     assert b0 > b1 and e1 < 0.5 * e0, (b0, e0, b1, e1)
 
 
@@ -234,4 +234,4 @@ def test_version_3_bytes_are_pinned() -> None:
     x = hidden(3, seed=12, sink=True)
     assert ctx.alloc.offsets(x, ctx.token_codes(x)).tolist() == [0, -1, 2]  # the sink keeps 0
     stream = tw.TokenwiseCodec.with_context(ctx).encode(torch.from_numpy(x))
-    assert hashlib.sha256(stream).hexdigest()[:16] == "d36696b3c95384d9"
+    assert hashlib.sha256(stream).hexdigest()[:16] == "6b26c4d80729a50d"  # escapes in rANS

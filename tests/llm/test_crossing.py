@@ -21,17 +21,18 @@ def test_one_token_per_decode_step(tiny_models, prompt, name, monkeypatch) -> No
     receive = lm.wire.receive
 
     def spy(blobs):
-        seen.append([codecs.peek(b).tensors[0].shape for b in blobs])
-        return receive(blobs)
+        out = receive(blobs)  # the receiver's session learns templates from full streams
+        seen.append([codecs.peek(b, contexts=lm.wire.session).tensors[0].shape for b in blobs])
+        return out
 
     monkeypatch.setattr(lm.wire, "receive", spy)
     steps = list(lm.generate(prompt, 10))
     # prefill: one bitstream per prompt token; then exactly one (1, 1, H) per step
     assert seen[0] == [(1, 1, hidden)] * len(prompt)
     assert seen[1:] == [[(1, 1, hidden)]] * (len(steps) - 1)
-    # the session's first stream is full, the rest compact (9 bytes of container)
+    # the session's first stream is full, the rest session streams (5 bytes of container)
     full = 4 * hidden + overhead_bytes(codecs.get("fp32").encode(torch.zeros(1, 1, hidden)))
-    token_bytes = 4 * hidden + 9
+    token_bytes = 4 * hidden + 5
     assert [s.bytes_sent for s in steps] == [full + (len(prompt) - 1) * token_bytes] + \
         [token_bytes] * (len(steps) - 1)
     stats = lm.wire.stats

@@ -29,9 +29,9 @@ def test_smollm2_split_matches_unsplit() -> None:
     assert [s.token for s in steps] == ref_tokens
     for ref, step in zip(ref_logits, steps, strict=True):
         assert torch.equal(ref, step.logits)
-    # one full stream (17 bytes of container), then compact ones (9)
+    # one full stream (17 bytes of container), then session streams (5)
     stats = lm.wire.stats
-    assert stats.bytes == 4 * 576 * stats.tokens + 17 + 9 * (stats.tokens - 1)
+    assert stats.bytes == 4 * 576 * stats.tokens + 17 + 5 * (stats.tokens - 1)
 
 
 def test_smollm2_sides_loaded_apart_hold_only_their_part() -> None:

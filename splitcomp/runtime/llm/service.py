@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import torch
 
 from ... import codecs as _codecs
-from ...codecs import BitstreamError, DecodeLimits, Header, context_scope
-from ...codecs.compact import scope_key, template_id
-from ...codecs.container import CODE_NAMES, MAGIC, RESILIENT_MAGIC, read_header, template
+from ...codecs import BitstreamError, DecodeLimits, Header
+from ...codecs.compact import scope_key
+from ...codecs.container import learn_template
 from ...codecs.contexts import SCOPE_ONLY
 from ...codecs.registry import codec_class_by_id
 from ...llm.halves import ServerHalf
@@ -46,8 +46,6 @@ from .sessions import ANONYMOUS, ServerSession, SessionManager, client_share
 #: compact-stream templates a session may teach (one per codec parameters and shape it sends
 #: per token: a few; each ~20 bytes)
 SESSION_TEMPLATES = 16
-#: the streams that teach a session their template: full ones, plain or resilient
-FULL_MAGICS = (MAGIC, RESILIENT_MAGIC)
 
 _MASK64 = (1 << 64) - 1
 
@@ -365,16 +363,8 @@ class LLMDeployment(Service):
         """A full stream's template joins its session's (up to :data:`SESSION_TEMPLATES`):
         the session's later streams of that codec, parameters and shape may be compact
         (``docs/protocol.md``, "Compact steps"); no other session sees it."""
-        scope = session.contexts
-        if bytes(blob[:2]) not in FULL_MAGICS or session.templates >= SESSION_TEMPLATES:
-            return  # compact streams teach nothing
-        with context_scope(scope):
-            header, codec, _ = read_header(blob, self._step_limits)
-        (info,) = header.tensors  # checked: one tensor
-        tpl = template(codec, info.shape, CODE_NAMES[info.code])
-        key = scope_key(template_id(tpl))
-        if key not in scope:
-            scope[key] = tpl
+        if session.templates < SESSION_TEMPLATES and learn_template(
+                session.contexts, blob, self._step_limits):
             session.templates += 1
 
     def decode(self, item: StepItem) -> torch.Tensor:

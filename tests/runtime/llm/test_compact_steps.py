@@ -1,5 +1,6 @@
 """Compact per-token streams over a real server on 127.0.0.1: a session learns a template from
-its own full streams, later ones carry a 9-byte header, and no other session can use it."""
+its own full streams, later ones carry 9 bytes of container (5 as session streams), and no
+other session can use it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from splitcomp import codecs
-from splitcomp.codecs.compact import TEMPLATES, template_id
+from splitcomp.codecs.compact import TEMPLATES, session_stream, template_id
 from splitcomp.codecs.container import template
 from splitcomp.llm import EdgeHalf, greedy_unsplit
 from splitcomp.runtime import ErrorCode
@@ -33,9 +34,10 @@ def test_decode_steps_are_compact_and_exact(tiny_models, serve, prompt) -> None:
         with full:
             old = list(full.generate(prompt, 8))
     assert [s.token for s in steps] == [s.token for s in old] == want
-    # the prefill's first stream is full and teaches the template; the rest are 9 + payload
+    # the prefill's first stream is full and teaches the template; the rest are session
+    # streams: 5 + payload
     assert steps[1].bytes_sent == old[1].bytes_sent - (len(codecs.get("fp16").encode(
-        torch.zeros(1, 1, h))) - (2 * h + 9))
+        torch.zeros(1, 1, h))) - (2 * h + 5))
     assert steps[0].bytes_sent < old[0].bytes_sent
     assert lm.wire.stats.overhead < full.wire.stats.overhead
 
@@ -68,4 +70,13 @@ def test_a_session_uses_only_templates_it_learned(tiny_models, serve, prompt) ->
         nxt = edge.step(torch.tensor([r.llm.token]))
         r = _ask(ws, P.encode_llm_step(4, sid, 1, [fp16.encode(nxt, compact=True)]))
         assert r.ok and r.llm.position == len(prompt) + 1
+        # a session stream: its template implied by the session (the CRC picks it), so
+        # another session, which has learned none, refuses it typed
+        nxt = edge.step(torch.tensor([r.llm.token]))
+        short = session_stream(fp16.encode(nxt, compact=True))
+        assert len(short) == 2 * h + 5
+        r2 = _ask(other, P.encode_llm_step(3, sid2, 1, [short]))
+        assert r2.code is ErrorCode.BAD_BITSTREAM and "CRC" in r2.message
+        r = _ask(ws, P.encode_llm_step(5, sid, 1, [short]))
+        assert r.ok and r.llm.position == len(prompt) + 2
     assert SESSION_TEMPLATES >= 4

@@ -13,6 +13,7 @@ import torch
 from websockets.sync.client import connect
 
 from splitcomp import codecs
+from splitcomp.codecs.compact import session_stream
 from splitcomp.llm import EdgeHalf, ServerHalf, greedy_unsplit
 from splitcomp.runtime import BackgroundServer, ErrorCode, Server, ServerError, parse_prometheus
 from splitcomp.runtime import protocol as P
@@ -81,10 +82,10 @@ def test_greedy_over_the_server_equals_the_unsplit_model(tiny_models, serve, pro
     assert [s.position for s in steps] == [len(prompt) + i for i in range(12)]
     assert steps[0].tokens_sent == len(prompt) and steps[1].tokens_sent == 1
     # a decode step: one fp32 bitstream of H floats, compact (the prefill taught the server
-    # its template): 9 bytes of container, in a frame of fixed overhead
+    # its template): a session stream, 5 bytes of container, in a frame of fixed overhead
     h = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
-    blob = len(codecs.get("fp32").encode(torch.zeros(1, 1, h), compact=True))
-    assert blob == 4 * h + 9
+    blob = len(session_stream(codecs.get("fp32").encode(torch.zeros(1, 1, h), compact=True)))
+    assert blob == 4 * h + 5
     assert steps[1].bytes_sent == 12 + 2 + 16 + 4 + 4 + blob
     assert steps[1].bytes_received == 12 + 2 + 27 + 3 * 8
     s = _metrics(srv)
