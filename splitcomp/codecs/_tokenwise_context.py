@@ -37,7 +37,13 @@ import numpy as np
 from . import _tokenwise_shaping as shaping_mod
 from . import _tokenwise_trellis as trellis_mod
 from ._tokenwise_alloc import MAX_OFFSET_LIMIT, Allocation
-from ._tokenwise_predict import closed_loop, fit_predictor, quantize_closed_loop, reconstruction
+from ._tokenwise_predict import (
+    closed_loop,
+    cross_fitted_residuals,
+    quantize_closed_loop,
+    reconstruction,
+)
+from ._tokenwise_temporal import Temporal
 from .bytes_io import put_varint
 from .contexts import ContextRegistry, seal, unseal
 from .contexts import context_scope as context_scope  # its old home; splitcomp.codecs has it
@@ -45,7 +51,8 @@ from .errors import BitstreamError, require
 
 MAGIC = b"SCTX"
 #: version 1: no predictor; 2: a predictor across channels follows the knots; 3: flags (bit 0:
-#: a predictor, bit 1: trellis coding, :mod:`._tokenwise_trellis`) and per-token allocation
+#: a predictor, bit 1: trellis coding, :mod:`._tokenwise_trellis`, bit 2: previous-token
+#: prediction, :mod:`._tokenwise_temporal`) and per-token allocation
 VERSION, VERSION_PREDICT, VERSION_ALLOC = 1, 2, 3
 #: most channels a context with a predictor may have (its bytes grow as C^2, and the decoder
 #: inverts a C x C matrix once: ~1 s at 4096)
@@ -111,6 +118,8 @@ class TokenwiseContext:
     alloc: Allocation | None = None
     #: rows coded by trellis quantization (:mod:`._tokenwise_trellis`; a version 3 context)
     trellis: bool = False
+    #: previous-token prediction (:mod:`._tokenwise_temporal`), or None
+    temporal: Temporal | None = None
     _recon: np.ndarray | None = field(default=None, repr=False)
     _tables: dict = field(default_factory=dict, repr=False)  #: table key -> tables, LRU
     _table_bytes: int = field(default=0, repr=False)
@@ -127,10 +136,11 @@ class TokenwiseContext:
     # -- bytes -------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         out = bytearray(MAGIC)
-        if self.alloc is None and not self.trellis:
+        if self.alloc is None and not self.trellis and self.temporal is None:
             out.append(VERSION if self.pred is None else VERSION_PREDICT)
-        else:  # A = 0: no allocation (a trellis context only)
-            out += bytes([VERSION_ALLOC, int(self.pred is not None) | 2 * int(self.trellis),
+        else:  # A = 0: no allocation (a trellis or temporal context only)
+            out += bytes([VERSION_ALLOC, int(self.pred is not None) | 2 * int(self.trellis)
+                          | 4 * int(self.temporal is not None),
                           0 if self.alloc is None else self.alloc.max_offset])
         put_varint(out, self.channels)
         put_varint(out, int(self.p_grid.size))
@@ -147,6 +157,8 @@ class TokenwiseContext:
             out += self.pred[np.tril_indices(self.channels, -1)].astype("<f2").tobytes()
         if self.alloc is not None:
             out += self.alloc.tail_bytes()
+        if self.temporal is not None:
+            out += self.temporal.tail_bytes()
         return seal(out)
 
     def file_bytes(self) -> bytes:
@@ -181,8 +193,8 @@ class TokenwiseContext:
         predicted = version == VERSION_PREDICT
         if version == VERSION_ALLOC:
             flags, max_offset = r.u8(), r.u8()
-            require(flags <= 3 and (1 <= max_offset <= MAX_OFFSET_LIMIT
-                                    or (flags & 2 and max_offset == 0)),
+            require(flags <= 7 and (1 <= max_offset <= MAX_OFFSET_LIMIT
+                                    or (flags & 6 and max_offset == 0)),
                     "tokenwise context: bad flags or allocation bound")
             predicted = bool(flags & 1)
         c, m = r.varint(), r.varint()
@@ -192,6 +204,8 @@ class TokenwiseContext:
         size = 6 + 2 * m + 256 + 4 * c + 2 * c * m + (c * (c - 1) if predicted else 0)
         if max_offset:
             size += Allocation.tail_size(c, max_offset)
+        if flags & 4:
+            size += Temporal.tail_size(c)
         require(r.remaining() == size, "tokenwise context: bad length")
         (scale,) = r.unpack("<f")
         alpha, theta = r.u8(), r.u8()
@@ -216,9 +230,10 @@ class TokenwiseContext:
             pred = np.zeros((c, c))
             pred[np.tril_indices(c, -1)] = low
         alloc = Allocation.read_tail(r, c, max_offset) if max_offset else None
+        temporal = Temporal.read_tail(r, c) if flags & 4 else None
         return cls(float(scale), alpha / 8.0, theta / 256.0, p16 / 65535.0, mu, w_code,
                    d8.astype(np.float32) / 256.0, knots, counts, pred, alloc=alloc,
-                   trellis=bool(flags & 2))
+                   trellis=bool(flags & 2), temporal=temporal)
 
     # -- quantizer -----------------------------------------------------------------------------
     def token_codes(self, x: np.ndarray) -> np.ndarray:
@@ -444,7 +459,7 @@ def calibrate(hidden: np.ndarray, sensitivity: np.ndarray | None = None, alpha: 
     units = np.float32(scale) * token_factor(codes).astype(np.float32)[:, None] * ctx.w[None, :]
     ctx.shaping = fb
     if predict:
-        z = _residuals(ctx, x, codes) / units
+        z = cross_fitted_residuals(ctx, x, codes) / units
     elif fb is not None:
         d = ctx.steps(1.0, codes)
         z = ctx.quantize_inputs(x, d)[1] * d / units
@@ -455,32 +470,6 @@ def calibrate(hidden: np.ndarray, sensitivity: np.ndarray | None = None, alpha: 
     ctx.knots = np.maximum.accumulate(knots, axis=1)
     ctx.trellis = bool(trellis)
     return ctx
-
-
-def _residuals(ctx: TokenwiseContext, x: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Fit ``ctx.pred`` on ``x`` and return the residuals (closed loop, level 0) the knots
-    describe. They are cross-fitted: each half of the rows is predicted by a predictor fitted
-    on the other half, as held-out text is (in-sample residuals are smaller, and tables
-    fitted to them cost ~0.2 bit per element more on other text). The predictor kept is
-    fitted on every row whose scale is within 4x of the median (an attention sink's massive
-    activations do not set it)."""
-    typical = np.abs(codes - np.median(codes)) <= 16
-    d = ctx.steps(1.0, codes)
-    out = np.empty(x.shape, np.float64)
-    half = x.shape[0] // 2
-    for fit, use in ((slice(half, None), slice(0, half)), (slice(0, half), slice(half, None))):
-        rows = typical[fit]
-        ctx.pred = fit_predictor((x[fit] - ctx.mu)[rows] if rows.sum() >= 2
-                                 else x[fit] - ctx.mu, ctx.scale * ctx.w)
-        ctx._recon = None
-        if ctx.shaping is None:  # the residual: its decoding error plus its symbol
-            q = ctx.quantize(x[use], d[use])
-            out[use] = (x[use] - ctx.reconstruct(q, d[use])) + q * d[use]
-        else:
-            out[use] = ctx.quantize_inputs(x[use], d[use])[1] * d[use]
-    ctx.pred = fit_predictor((x - ctx.mu)[typical], ctx.scale * ctx.w)
-    ctx._recon = None
-    return out
 
 
 def fit_offsets(ctx: TokenwiseContext, hidden: np.ndarray, step: float) -> None:

@@ -123,6 +123,9 @@ class Codec(abc.ABC):
     quality_grid: ClassVar[tuple[float, ...]] = ()
     #: whether the codec codes against a context sent once per session (see the hooks below)
     has_session_context: ClassVar[bool] = False
+    #: whether streams decode against the previous token's decoded row, session state both
+    #: ends keep (``tokenwise`` with previous-token prediction: ``_tokenwise_temporal``)
+    uses_previous_row: bool = False
     #: whether an instance is an immutable value of its parameters, so the container may
     #: reuse one decoder per parameter set instead of building it for every stream (off for
     #: codecs that bind a session context or an inner codec when built; per parameters:

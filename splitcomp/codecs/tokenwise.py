@@ -22,9 +22,10 @@ the trellis flag codes each row by trellis-coded quantization instead
 picks one uniform static step (why, and what it costs: ``docs/results/codecs.md``, section
 "tokenwise").
 
-Self-contained mode (``context=0``, the default; any tensor): rows along the last axis, each
-with a float32 step ``2**(level / 8) * median|row|`` (at least ``max|row| * 2**-20``), symbols
-``rint(x / step)`` coded by :func:`.entropy.encode_symbols` with a table in the stream.
+Self-contained mode (``context=0``, the default; any tensor; :mod:`._tokenwise_plain`): rows
+along the last axis, each with a float32 step ``2**(level / 8) * median|row|`` (at least
+``max|row| * 2**-20``), symbols ``rint(x / step)`` coded by :func:`.entropy.encode_symbols`
+with a table in the stream.
 
 Decoding work (context mode) is bounded by the bytes sent: each row may name another scale
 code, whose tables cost time and memory to build (up to ~0.1 s and 16 MB for 4096 channels)
@@ -39,10 +40,11 @@ Payload layout of both modes: ``docs/bitstream.md``, section "tokenwise".
 from __future__ import annotations
 
 import math
-import struct
 
 import numpy as np
 
+from . import _tokenwise_plain as plain
+from . import _tokenwise_temporal as temporal_mod
 from . import _tokenwise_trellis as trellis_mod
 from ._tokenwise_alloc import GAIN, Allocation, fit_allocation
 from ._tokenwise_context import (
@@ -57,46 +59,41 @@ from ._tokenwise_context import (
     registered_context,
     save_context,
 )
+from ._tokenwise_plain import Q_MAX  # the largest symbol magnitude either mode writes
 from ._tokenwise_shaping import shaped_error_bound
+from ._tokenwise_temporal import PREVIOUS_ROW, Temporal, fit_temporal, residual_rows
 from .base import Param, SessionContextCodec
 from .bytes_io import Reader
 from .entropy import (
     AnsReader,
     AnsWriter,
-    decode_symbol_indices,
-    encode_symbols,
     put_varints,
     read_varints,
 )
-from .entropy.tables import _log2_table, _symbols_cap, rows_kernels
 from .errors import DecodeLimits, require
 from .registry import register_codec
 
 __all__ = [
     "CONTEXTS",
     "GAIN",
+    "PREVIOUS_ROW",
     "Allocation",
+    "Temporal",
     "TokenwiseCodec",
     "TokenwiseContext",
     "calibrate",
     "context_id",
     "fit_allocation",
     "fit_offsets",
+    "fit_temporal",
     "get_context",
     "load_context_file",
     "register_context",
     "registered_context",
+    "residual_rows",
     "save_context",
 ]
 
-#: a row step on the wire: a little-endian float32
-_F32 = struct.Struct("<f")
-#: the smallest row step a self-contained stream carries (float32's smallest subnormal): a
-#: row's step that rounds to 0 in float32 becomes this, so every stream written decodes
-_STEP_MIN = np.float32(np.finfo(np.float32).smallest_subnormal)
-_F32_MAX = np.finfo(np.float32).max
-#: largest symbol magnitude either mode writes or accepts
-Q_MAX = 1 << 28
 #: the bytes of an escaped value's zigzag varint (<= 2 Q_MAX) at most, and their model in a
 #: context-mode payload's rANS stack: uniform, 8 bits a byte
 _VARINT_MAX, _BYTE_FREQS = 5, np.ones(256)
@@ -152,28 +149,6 @@ def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
     return (n // c if c else 0), c
 
 
-def _top_median(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's largest value and ``np.median`` of the rows of ``a`` (r, c), c > 0, by one
-    partition of ``a`` in place (np.median's, its last order statistic the row's largest:
-    NaN where the row has one); the median is computed as np.median computes it (the mean
-    of the middle one or two, in float32), so the same bits, NaN rows aside."""
-    c = a.shape[1]
-    h = c // 2
-    a.partition((h, c - 1) if c % 2 else (h - 1, h, c - 1), axis=1)
-    if c % 2:
-        return a[:, -1], a[:, h]
-    return a[:, -1], (a[:, h - 1] + a[:, h]) / 2
-
-
-def _finite(out: np.ndarray) -> np.ndarray:
-    """``out`` with values that overflowed float32 (a step times its symbol: a value within
-    half a step of float32's largest, rounded up, or a hostile stream) saturated to
-    float32's largest, in place: a decoder never returns inf."""
-    if not np.isfinite(out).all():
-        np.clip(out, -_F32_MAX, _F32_MAX, out=out)
-    return out
-
-
 def _read_escapes(coder: AnsReader, n: int) -> np.ndarray:
     """The ``n`` zigzag varints (uint64) of a context-mode payload's escaped values, read as
     bytes from the rANS stack after its rows (at most :data:`_VARINT_MAX` bytes each)."""
@@ -217,79 +192,18 @@ class TokenwiseCodec(SessionContextCodec):
     context: TokenwiseContext | None  # None: self-contained rows
 
     @property
+    def uses_previous_row(self) -> bool:  # type: ignore[override]
+        return self.context is not None and self.context.temporal is not None
+
+    @property
     def step(self) -> float:
         """The step factor ``2**(level / 8)``."""
         return float(2.0 ** (self.params["level"] / 8.0))
 
-    # -- self-contained rows -----------------------------------------------------------------
+    # -- self-contained rows (:mod:`._tokenwise_plain`) ---------------------------------------
     def _row_steps(self, x2: np.ndarray) -> np.ndarray:
         """Each row's float32 step (from its median and largest magnitude)."""
-        if not x2.shape[1]:
-            top = np.zeros(x2.shape[0], np.float32)
-            return self._steps_of(top, top)
-        return self._steps_of(*_top_median(np.abs(x2)))
-
-    def _steps_of(self, top: np.ndarray, med: np.ndarray) -> np.ndarray:
-        s = np.maximum(med, top * 2.0**-20).astype(np.float64) * self.step
-        s[~(s > 0)] = 1.0
-        out = np.minimum(s, 3e38).astype(np.float32)
-        out[out == 0] = _STEP_MIN  # a row of subnormals at a low level: never a step of 0
-        return out
-
-    def _encode_plain(self, x2: np.ndarray) -> bytes:
-        """Row steps and the zigzagged symbols ``rint(x / step)``; ValueError for NaN or inf
-        (found as a row's largest magnitude, which the steps need anyway)."""
-        top, med = _top_median(np.abs(x2))
-        if x2.shape[0] == 1:  # a decode step's token: _steps_of in Python scalars
-            t, m = top[0], med[0]  # float32 scalars
-            if not math.isfinite(t):
-                raise ValueError("tokenwise: input contains NaN or inf")
-            s = float(max(m, t * 2.0**-20)) * self.step  # float32 maximum, float64 product
-            steps = np.array([min(s, 3e38) if s > 0 else 1.0], np.float32)
-            if steps[0] == 0:  # below float32's smallest subnormal: see _steps_of
-                steps[0] = _STEP_MIN
-            head = _F32.pack(steps[0])
-        else:
-            if not np.isfinite(top).all():
-                raise ValueError("tokenwise: input contains NaN or inf")
-            steps = self._steps_of(top, med)
-            head = steps.astype("<f4").tobytes()
-        kern = rows_kernels()
-        lg = _log2_table(x2.size + 1) if kern is not None else None
-        if lg is not None and x2.dtype == np.float32 and x2.flags.c_contiguous \
-                and x2.flags.writeable:  # quotients to bytes in one compiled pass
-            status, data = kern.encode_scaled(x2, steps, _symbols_cap(x2.size), lg)
-            if status == 0:
-                return head + data.tobytes()
-        y = x2 / steps[:, None]
-        q = np.rint(y, out=y).astype(np.int64)
-        u = (q << 1) ^ (q >> 63)  # zigzag: 2q or -2q - 1, as int64 arithmetic gives them
-        return head + encode_symbols(u.reshape(-1))
-
-    def _decode_plain(self, payload: memoryview, r: int, c: int) -> np.ndarray:
-        require(len(payload) >= 4 * r, "tokenwise: truncated steps")
-        steps = np.frombuffer(payload, "<f4", r).astype(np.float32)
-        if r == 1:  # a decode step's token: a scalar check is faster than numpy calls
-            require(math.isfinite(steps[0]) and steps[0] > 0, "tokenwise: bad step")
-        else:
-            require(bool(np.all(np.isfinite(steps) & (steps > 0))), "tokenwise: bad step")
-        kern = rows_kernels()
-        if kern is not None:  # symbols to values in one compiled pass (the same float32s)
-            buf = np.frombuffer(payload, np.uint8)
-            status, out = kern.decode_scaled(buf, 4 * r, buf.size, steps, c, 2 * Q_MAX,
-                                             _symbols_cap(r * c))
-            if status == 0:
-                return _finite(out.reshape(r, c))
-            # corrupt: the reference below raises its error and message
-        alphabet, idx = decode_symbol_indices(payload[4 * r :], r * c, max_symbol=2 * Q_MAX)
-        levels = ((alphabet >> 1) ^ -(alphabet & 1)).astype(np.float32)  # unzigzag
-        with np.errstate(over="ignore"):
-            if r == 1:
-                levels *= steps[0]  # scaled per symbol of the alphabet, then gathered
-                return _finite(levels[idx].reshape(1, c))
-            out = levels[idx].reshape(r, c)  # 8 bytes an element
-            out *= steps[:, None]
-        return _finite(out)
+        return plain.row_steps(x2, self.step)
 
     # -- context mode ------------------------------------------------------------------------
     def _steps(self, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -312,22 +226,50 @@ class TokenwiseCodec(SessionContextCodec):
             raise ValueError("tokenwise: values too large for this context and level")
         return codes, offsets, d, q.astype(np.int64)
 
+    def _quantized(self, x2: np.ndarray) -> tuple:
+        """Rows' scale codes, level offsets (or None), steps and what codes them: the
+        trellis's symbols, models and escaped indices, or the scalar symbols."""
+        ctx = self.context
+        assert ctx is not None
+        if not ctx.trellis:
+            return self._quantize(x2)
+        codes, offsets, d = self._steps(x2)
+        lvs = self.params["level"] + (0 if offsets is None else offsets)
+        keys = [_key(ctx, int(lv), int(code)) for lv, code in
+                zip(np.broadcast_to(lvs, codes.shape).tolist(), codes.tolist(), strict=True)]
+        return codes, offsets, d, trellis_mod.encode_rows(ctx, x2, d, keys, Q_MAX)
+
+    def _temporal_rows(self, x2: np.ndarray) -> tuple:
+        """:meth:`_quantized` of each row's residual against its guess from the previous
+        decoded row (:mod:`._tokenwise_temporal`), as the decoder will have them."""
+        ctx = self.context
+        assert ctx is not None and ctx.temporal is not None
+        return temporal_mod.code_rows(ctx.temporal, x2, self._quantized, self._decoded,
+                                      ctx.trellis)
+
+    def _decoded(self, d: np.ndarray, coded) -> np.ndarray:
+        """The rows the decoder makes of :meth:`_quantized`'s steps and coding."""
+        ctx = self.context
+        assert ctx is not None
+        if not ctx.trellis:
+            return ctx.reconstruct(coded, d)
+        return trellis_mod.decode_rows(ctx, coded[0], _zigzag(coded[2]), d, Q_MAX)
+
     def _encode_context(self, x2: np.ndarray) -> bytes:
         ctx = self.context
         assert ctx is not None
         if not np.all(np.isfinite(x2)):
             raise ValueError("tokenwise: input contains NaN or inf")
         code_probs, level = ctx.code_probs, self.params["level"]
+        codes, offsets, _, coded = (self._quantized(x2) if ctx.temporal is None
+                                    else self._temporal_rows(x2))
+        escapes: list[np.ndarray] = []
         if ctx.trellis:
-            codes, offsets, d = self._steps(x2)
-            lvs = level + (0 if offsets is None else offsets)
-            keys = [_key(ctx, int(lv), int(code)) for lv, code in
-                    zip(np.broadcast_to(lvs, codes.shape).tolist(), codes.tolist(), strict=True)]
-            sym, models, escaped = trellis_mod.encode_rows(ctx, x2, d, keys, Q_MAX)
-            escapes: list[np.ndarray] = [escaped] if escaped.size else []
+            sym, models, escaped = coded
+            if escaped.size:
+                escapes.append(escaped)
         else:
-            codes, offsets, _, q = self._quantize(x2)
-            escapes = []
+            q = coded
         writer = AnsWriter()
         alloc_probs = None if ctx.alloc is None else ctx.alloc.probs
         for row, code in enumerate(codes):
@@ -409,6 +351,7 @@ class TokenwiseCodec(SessionContextCodec):
             require(coder.is_empty(), "tokenwise: trailing rANS data")
             d = ctx.steps(ctx.row_steps(level, offsets), codes)
             out = trellis_mod.decode_rows(ctx, q, escaped, d, Q_MAX)
+            out = temporal_mod.add_guesses(ctx.temporal, out)
             require(bool(np.all(np.isfinite(out))), "tokenwise: decoded values not finite")
             return out
         n_esc = sum(ch.size for _, ch, _ in esc_at)
@@ -423,7 +366,7 @@ class TokenwiseCodec(SessionContextCodec):
                         "tokenwise: bad escaped value")
                 q[row, ch] = v
         d = ctx.steps(ctx.row_steps(level, offsets), codes)
-        out = ctx.reconstruct(q, d)
+        out = temporal_mod.add_guesses(ctx.temporal, ctx.reconstruct(q, d))
         require(bool(np.all(np.isfinite(out))), "tokenwise: decoded values not finite")
         return out
 
@@ -434,7 +377,7 @@ class TokenwiseCodec(SessionContextCodec):
             return b""
         x2 = x.reshape(r, c)
         if self.context is None:  # checks finiteness
-            return self._encode_plain(x2)
+            return plain.encode(x2, self.step)
         if c != self.context.channels:
             raise ValueError(f"tokenwise: last dim {c}, the context has {self.context.channels}")
         return self._encode_context(x2)
@@ -445,7 +388,7 @@ class TokenwiseCodec(SessionContextCodec):
             require(len(payload) == 0, "tokenwise: payload for an empty tensor")
             return np.zeros(shape, np.float32)
         if self.context is None:
-            out = self._decode_plain(payload, r, c)
+            out = plain.decode(payload, r, c)
         else:
             out = self._decode_context(payload, r, c)
         return out.reshape(shape)
@@ -458,10 +401,10 @@ class TokenwiseCodec(SessionContextCodec):
         top = float(np.abs(x2).max())
         if self.context is None:
             return float(self._row_steps(x2).max()) * 0.5 * (1 + 1e-5) + top * 2.0**-22
+        d = (self._steps(x2) if self.context.temporal is None else self._temporal_rows(x2))[2]
         if self.context.trellis:  # a path's point is within 2 steps of its input
-            bound = self._steps(x2)[2].astype(np.float64) * trellis_mod.MAX_ERROR
+            bound = d.astype(np.float64) * trellis_mod.MAX_ERROR
         else:
-            _, _, d, _ = self._quantize(x2)
             bound = d.astype(np.float64) * (0.5 + float(self.context.delta.max()))
         if self.context.shaping is not None:  # each channel also carries the feedback it got
             bound = shaped_error_bound(bound, self.context.shaping)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .. import codecs
@@ -32,33 +33,59 @@ from ..codecs.compact import (
     template_id,
 )
 from ..codecs.container import learn_template, template
+from ..codecs.tokenwise import PREVIOUS_ROW
 
 
 def encode_hidden(codec: Codec, hidden: torch.Tensor, per_token: bool = True,
-                  known: set[int] | None = None) -> list[bytes]:
+                  known: set[int] | None = None, state: dict | None = None) -> list[bytes]:
     """Bitstreams for the hidden states (1, T, H) of one step: T of them, or one.
 
     ``known`` (per-token only): the compact templates the receiver holds; a token whose
     template is among them is sent compact, else full, and its template joins ``known``
-    (the receiver learns it from that stream)."""
+    (the receiver learns it from that stream). ``state``: what the receiver's session
+    holds besides templates, here its previous decoded row
+    (:data:`~splitcomp.codecs.tokenwise.PREVIOUS_ROW`), updated as the receiver will update
+    it; a codec that codes against it (:attr:`~splitcomp.codecs.Codec.uses_previous_row`)
+    decodes each of its own streams for that (a new state each call when None)."""
     if hidden.dim() != 3 or hidden.shape[0] != 1:
         raise ValueError(f"expected hidden states of shape (1, T, H), got {tuple(hidden.shape)}")
+    if known is not None and not per_token:
+        raise ValueError("compact streams are per token")
+    state = {} if state is None else state
     if not per_token:
-        if known is not None:
-            raise ValueError("compact streams are per token")
-        return [codec.encode(hidden)]
+        return [_encode(codec, hidden, False, state)]
     if known is None:
-        return [codec.encode(hidden[:, t : t + 1]) for t in range(hidden.shape[1])]
+        return [_encode(codec, hidden[:, t : t + 1], False, state)
+                for t in range(hidden.shape[1])]
     tid = template_id(template(codec, (1, 1, hidden.shape[2]), hidden.dtype))
     out = []
     for t in range(hidden.shape[1]):
         if tid in known:  # a resilient codec's compact streams (SQ) stay as they are
-            blob = codec.encode(hidden[:, t : t + 1], compact=True)
+            blob = _encode(codec, hidden[:, t : t + 1], True, state)
             out.append(session_stream(blob) if blob[:2] == COMPACT_MAGIC else blob)
         else:
-            out.append(codec.encode(hidden[:, t : t + 1]))
+            out.append(_encode(codec, hidden[:, t : t + 1], False, state))
             known.add(tid)
     return out
+
+
+def _encode(codec: Codec, x: torch.Tensor, compact: bool, state: dict) -> bytes:
+    """One stream, coded against ``state``'s previous row when the codec uses it (then
+    decoded here, as the receiver will, for the next one)."""
+    if not codec.uses_previous_row:
+        return codec.encode(x, compact=compact)
+    prev = state.get(PREVIOUS_ROW)
+    scope = {} if prev is None else {PREVIOUS_ROW: prev}
+    with codecs.context_scope(scope):
+        blob = codec.encode(x, compact=compact)
+    (dec,) = codecs.decode(blob, contexts=scope)
+    state[PREVIOUS_ROW] = _last_row(dec)
+    return blob
+
+
+def _last_row(t: torch.Tensor) -> np.ndarray:
+    """A decoded (1, T, H) tensor's last row, float32, as a session keeps it."""
+    return t[0, -1].detach().float().numpy().copy()
 
 
 def decode_hidden(blobs: list[bytes] | tuple[bytes, ...], session: dict | None = None
@@ -72,6 +99,7 @@ def decode_hidden(blobs: list[bytes] | tuple[bytes, ...], session: dict | None =
     for blob in blobs:
         learn_template(session, blob)
         (t,) = codecs.decode(blob, contexts=session)
+        session[PREVIOUS_ROW] = _last_row(t)
         if t.dim() != 3 or t.shape[0] != 1:
             raise ValueError(f"hidden-state bitstream of shape {tuple(t.shape)}, not (1, T, H)")
         parts.append(t.float())
@@ -140,6 +168,8 @@ class Wire:
         self.stats = WireStats()
         self._known: set[int] | None = set() if compact else None
         self._pending: set[int] = set()
+        self._state: dict = {}  # what the server session holds besides templates
+        self._pending_state: dict = {}
         #: the templates a receiver's session learned (:meth:`receive`): a
         #: :func:`~splitcomp.codecs.context_scope` mapping for its streams
         self.session: dict = {}
@@ -150,7 +180,8 @@ class Wire:
 
     def send(self, hidden: torch.Tensor) -> list[bytes]:
         known = None if self._known is None else set(self._known)
-        blobs = encode_hidden(self.codec, hidden, self.per_token, known)
+        self._pending_state = dict(self._state)
+        blobs = encode_hidden(self.codec, hidden, self.per_token, known, self._pending_state)
         if known is not None and self._known is not None:
             self._pending = known - self._known
         self.stats.add(blobs, tokens=hidden.shape[1], elements=hidden.numel())
@@ -161,12 +192,14 @@ class Wire:
         if self._known is not None:
             self._known |= self._pending
         self._pending = set()
+        self._state = self._pending_state
 
     def forget(self) -> None:
         """A new server session: it holds no template yet."""
         if self._known is not None:
             self._known.clear()
         self._pending = set()
+        self._state, self._pending_state = {}, {}
         self.session = {}
 
     def receive(self, blobs: list[bytes] | tuple[bytes, ...]) -> torch.Tensor:

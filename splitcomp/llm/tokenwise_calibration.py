@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..codecs.tokenwise import GAIN, TokenwiseContext, calibrate, fit_allocation
+from ..codecs.tokenwise import (
+    GAIN,
+    TokenwiseContext,
+    calibrate,
+    fit_allocation,
+    fit_temporal,
+    residual_rows,
+)
 from .cache import positions_for
 from .text import _read_text
 
@@ -43,22 +50,29 @@ def tail_windows(tokenizer, path: Path, window: int, count: int, at_least: int |
 
 
 def calibrate_edge(edge, windows: torch.Tensor, server=None, shape: bool = True,
-                   allocate: bool = True, gain: float = GAIN, **kwargs) -> TokenwiseContext:
+                   allocate: bool = True, gain: float = GAIN, temporal: bool = False,
+                   **kwargs) -> TokenwiseContext:
     """A context from the edge's hidden states over ``windows`` (count, window), every token
     (each window's first one too: the attention sink gets its share of the scale-code model);
     with the ``server`` half and ``shape``, its encoder shapes the error to the Fisher matrix
     at the cut (:func:`fisher_at_cut`, :mod:`splitcomp.codecs._tokenwise_shaping`) and, with
     ``allocate``, each token's step follows its predicted Fisher trace (step ~
-    trace^(-gain/2), :mod:`splitcomp.codecs._tokenwise_alloc`). Other keywords (``predict``,
-    ``trellis``) go to :func:`~splitcomp.codecs.tokenwise.calibrate`."""
+    trace^(-gain/2), :mod:`splitcomp.codecs._tokenwise_alloc`). With ``temporal``, each
+    token is coded against a guess from the previous one's decoded state (each window a
+    session: :mod:`splitcomp.codecs._tokenwise_temporal`), and everything above is fitted
+    on the residuals. Other keywords (``predict``, ``trellis``) go to
+    :func:`~splitcomp.codecs.tokenwise.calibrate`."""
     states = [edge.forward_full(w[None]) for w in windows]
-    hidden = torch.cat([h[0] for h in states]).float().numpy().astype(np.float32)
+    sequences = [h[0].float().numpy().astype(np.float32) for h in states]
+    guess = fit_temporal(sequences) if temporal else None
+    hidden = residual_rows(guess, sequences) if guess else np.concatenate(sequences)
     traces = None
     if server is not None and (shape or allocate):
         fisher, traces = fisher_and_traces(server, states)
         if shape:
             kwargs["fisher"] = fisher
     ctx = calibrate(hidden, **kwargs)
+    ctx.temporal = guess
     if traces is not None and allocate:
         ctx.alloc = fit_allocation(hidden, traces, ctx.token_codes(hidden), gain)
         ctx.clear_tables()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,6 +32,7 @@ from ...codecs.compact import scope_key
 from ...codecs.container import learn_template
 from ...codecs.contexts import SCOPE_ONLY
 from ...codecs.registry import codec_class_by_id
+from ...codecs.tokenwise import PREVIOUS_ROW
 from ...llm.halves import ServerHalf
 from ...llm.sampling import pick
 from .. import protocol as P
@@ -43,6 +44,8 @@ from ..stats import Counter, Gauge, Registry
 from .contexts import MAX_CONTEXT_BYTES, ContextStore
 from .sessions import ANONYMOUS, ServerSession, SessionManager, client_share
 
+#: a step's saved previous row before it decodes (None is a value: no previous row)
+_UNTOUCHED = object()
 #: compact-stream templates a session may teach (one per codec parameters and shape it sends
 #: per token: a few; each ~20 bytes)
 SESSION_TEMPLATES = 16
@@ -76,6 +79,18 @@ class StepItem:
     tokens: int
     bitstreams: Sequence[bytes | memoryview]
     queue_s: float = 0.0
+    #: the session's previous decoded row before this step decoded (restored if it fails)
+    saved_row: object = field(default=_UNTOUCHED, repr=False)
+
+    def restore_row(self) -> None:
+        """Put back the session's previous decoded row: the step failed, and its tokens
+        never happened (``PREVIOUS_ROW``: :mod:`splitcomp.codecs._tokenwise_temporal`)."""
+        if self.saved_row is not _UNTOUCHED:
+            scope = self.session.contexts
+            scope.pop(PREVIOUS_ROW, None)
+            if self.saved_row is not None:
+                scope[PREVIOUS_ROW] = self.saved_row
+            self.saved_row = _UNTOUCHED
 
 
 class _LLMMetrics:
@@ -369,27 +384,36 @@ class LLMDeployment(Service):
 
     def decode(self, item: StepItem) -> torch.Tensor:
         """The hidden states (1, T, H) of one STEP, its headers checked first
-        (:meth:`step_shapes`); raises :class:`RequestError`."""
+        (:meth:`step_shapes`); raises :class:`RequestError`. Each stream's last row becomes
+        the session's previous row (``PREVIOUS_ROW``) for the next, as the edge coded them;
+        :meth:`StepItem.restore_row` undoes that if the step fails."""
         counts = self.step_shapes(item)
-        if len(counts) == 1:
-            hidden = self._decode_one(item, item.bitstreams[0]).float()
-        else:  # written in place: no list of parts and no concatenated copy
-            hidden = torch.empty(1, item.tokens, self.server.hidden_size)
-            pos = 0
-            for blob, t in zip(item.bitstreams, counts, strict=True):
-                hidden[:, pos : pos + t] = self._decode_one(item, blob)
-                pos += t
+        item.saved_row = item.session.contexts.get(PREVIOUS_ROW)
+        try:
+            if len(counts) == 1:
+                hidden = self._decode_one(item, item.bitstreams[0]).float()
+            else:  # written in place: no list of parts and no concatenated copy
+                hidden = torch.empty(1, item.tokens, self.server.hidden_size)
+                pos = 0
+                for blob, t in zip(item.bitstreams, counts, strict=True):
+                    hidden[:, pos : pos + t] = self._decode_one(item, blob)
+                    pos += t
+        except BaseException:
+            item.restore_row()
+            raise
         if hidden.shape[1] != item.tokens:  # pragma: no cover - the headers said otherwise
             raise RequestError(ErrorCode.BAD_INPUT, f"the frame declares {item.tokens} tokens, "
                                f"its bitstreams carry {hidden.shape[1]}")
         return hidden
 
     def _decode_one(self, item: StepItem, blob: bytes | memoryview) -> torch.Tensor:
+        scope = item.session.contexts
         try:
             (t,) = _codecs.decode(blob, self._step_limits, check=self._check_header,
-                                  contexts=item.session.contexts)
+                                  contexts=scope)
         except BitstreamError as e:
             raise RequestError(ErrorCode.BAD_BITSTREAM, str(e)) from None
+        scope[PREVIOUS_ROW] = t[0, -1].float().numpy().copy()
         return t
 
     def run_steps(self, items: Sequence[StepItem]) -> BatchResult:
@@ -461,5 +485,6 @@ class LLMDeployment(Service):
 
     @staticmethod
     def _fail(report: BatchResult, i: int, it: StepItem, code: ErrorCode, message: str) -> None:
+        it.restore_row()  # the step did not happen: nor did its rows
         report.frames[i] = P.encode_error(it.request_id, code, message)
         report.errors[i] = code
