@@ -6,10 +6,10 @@ block 15: median lag-1 correlation 0.39). A context with the temporal flag
 guess from the *previous token's decoded row*, which both ends hold: ``g = a * (prev - m)``
 per channel (``a``, ``m``: least squares over calibration pairs), and the decoded row is
 ``g + decoded residual``; the guess is 0 for a session's first row and after an attention
-sink (a previous row whose median ``|prev - m|`` is over :data:`SINK_FACTOR` times the
-calibration's median, :attr:`Temporal.ref`). Everything else (scale codes, allocation,
-trellis, tables) works on the residual as it did on the row, and the context's centres and
-knots describe residuals (:func:`residual_rows`).
+sink (a previous row whose root mean square ``prev - m`` is over :data:`SINK_FACTOR` times
+the calibration's median, :attr:`Temporal.ref`: its few massive channels set it).
+Everything else (scale codes, allocation, trellis, tables) works on the residual as it did on
+the row, and the context's centres and knots describe residuals (:func:`residual_rows`).
 
 The previous row is session state, not stream content: rows of one stream are guessed from the
 stream's previous row, its first row from :data:`PREVIOUS_ROW` in the
@@ -38,8 +38,8 @@ from .errors import require
 #: where a session keeps the previous token's decoded row (C,) float32, in its
 #: :func:`~.contexts.context_scope` mapping
 PREVIOUS_ROW = ("previous row", 0)
-#: a previous row this many times the calibration's median spread (two octaves of scale code,
-#: as allocation's sink rule) is an attention sink's: no guess from it
+#: a previous row this many times the calibration's median spread is an attention sink's: no
+#: guess from it
 SINK_FACTOR = 4.0
 
 
@@ -49,16 +49,17 @@ class Temporal:
 
     coef: np.ndarray  #: a (C,) float32
     mean: np.ndarray  #: m (C,) float32
-    ref: float  #: calibration's median of a row's median |x - m|
+    ref: float  #: calibration's median of a row's root mean square x - m
 
     def guess(self, prev: np.ndarray | None) -> np.ndarray | None:
         """The guess (C,) float32 from the previous decoded row, or None (no guess)."""
         if prev is None:
             return None
-        dev = np.abs(prev.astype(np.float32) - self.mean)
-        if not np.all(np.isfinite(dev)) or float(np.median(dev)) > SINK_FACTOR * self.ref:
+        dev = prev.astype(np.float32) - self.mean
+        rms = float(np.sqrt(np.mean(np.square(dev, dtype=np.float64))))
+        if not rms <= SINK_FACTOR * self.ref:  # NaN too
             return None
-        return (self.coef * (prev.astype(np.float32) - self.mean)).astype(np.float32)
+        return (self.coef * dev).astype(np.float32)
 
     def tail_bytes(self) -> bytes:
         """``ref`` (f32 LE), then ``a`` and ``m`` (C f16 LE each)."""
@@ -129,10 +130,10 @@ def fit_temporal(sequences: list[np.ndarray]) -> Temporal:
     over the pairs whose earlier row is not a sink (clipped to [-1, 1])."""
     rows = np.concatenate([np.asarray(s, np.float64) for s in sequences])
     mean = rows.mean(0)
-    ref = float(np.median(np.median(np.abs(rows - mean), axis=1)))
+    ref = float(np.median(np.sqrt(np.mean((rows - mean) ** 2, axis=1))))
     prev = np.concatenate([np.asarray(s[:-1], np.float64) for s in sequences])
     cur = np.concatenate([np.asarray(s[1:], np.float64) for s in sequences])
-    keep = np.median(np.abs(prev - mean), axis=1) <= SINK_FACTOR * ref
+    keep = np.sqrt(np.mean((prev - mean) ** 2, axis=1)) <= SINK_FACTOR * ref
     p, c = prev[keep] - mean, cur[keep] - mean
     coef = np.clip((p * c).sum(0) / np.maximum((p * p).sum(0), 1e-30), -1.0, 1.0)
     t = Temporal(coef.astype(np.float16).astype(np.float32),
