@@ -55,6 +55,9 @@ class Temporal:
         """The guess (C,) float32 from the previous decoded row, or None (no guess)."""
         if prev is None:
             return None
+        if prev.shape != self.mean.shape:
+            raise ValueError(f"previous row of shape {prev.shape}, the context has "
+                             f"{self.mean.size} channels")
         dev = prev.astype(np.float32) - self.mean
         rms = float(np.sqrt(np.mean(np.square(dev, dtype=np.float64))))
         if not rms <= SINK_FACTOR * self.ref:  # NaN too

@@ -10,6 +10,8 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from splitcomp import codecs
 from splitcomp.codecs import BitstreamError, DecodeLimits
@@ -17,7 +19,7 @@ from splitcomp.codecs import _tokenwise_temporal as tt
 from splitcomp.codecs import tokenwise as tw
 from splitcomp.llm.hidden_wire import Wire, decode_hidden, encode_hidden
 
-from .test_tokenwise import C
+from .test_tokenwise import C, mutate
 from .test_tokenwise_alloc import traces
 from .test_tokenwise_predict import correlated
 from .test_tokenwise_shaping import anisotropic_fisher
@@ -169,3 +171,37 @@ def test_the_wire_keeps_its_state_until_a_step_is_confirmed() -> None:
     assert ref.send(seq[:, 3:4]) == again
     got = wire.receive(first + again)
     assert torch.allclose(got, seq[:, :4], atol=float(codec.error_bound(seq[0].numpy())) * 4)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_context_bytes(data: st.DataObject) -> None:
+    """Corrupt temporal contexts (valid CRC; the predictor's bytes most of all) parse to one
+    that codes and decodes a session's rows to finite values, or raise BitstreamError (or
+    the encoder refuses the values, ValueError)."""
+    ctx = contexts(True)[1]
+    raw = ctx.to_bytes()[:-4]
+    body = mutate(raw, data, len(raw) - tt.Temporal.tail_size(C) - 8, cut=False)
+    try:
+        parsed = tw.TokenwiseContext.from_bytes(body + struct.pack("<I", zlib.crc32(body)))
+    except BitstreamError:
+        return
+    codec = tw.TokenwiseCodec.with_context(parsed, level=0)
+    seq = torch.from_numpy(sequences(1, 4, seed=17)[0])[None]
+    try:
+        blobs = encode_hidden(codec, seq)
+    except ValueError:
+        return
+    try:
+        out = decode_hidden(blobs)
+    except BitstreamError:
+        return
+    assert torch.isfinite(out).all()
+
+
+def test_a_previous_row_of_another_width_is_refused() -> None:
+    _, ctx = contexts(False)
+    with codecs.context_scope({tw.PREVIOUS_ROW: np.zeros(C + 1, np.float32)}), \
+            pytest.raises(ValueError, match="previous row"):
+        tw.TokenwiseCodec.with_context(ctx, level=0).encode_array(np.zeros((1, C), np.float32))

@@ -18,13 +18,14 @@ from splitcomp import codecs
 from splitcomp.codecs import _tokenwise_context as twc
 from splitcomp.codecs import tokenwise as tw
 from splitcomp.llm import EdgeHalf, ServerHalf, SplitLM
+from splitcomp.llm.hidden_wire import Wire
 from splitcomp.llm.tokenwise_calibration import calibrate_edge
 from splitcomp.runtime import BackgroundServer, ErrorCode, Server, ServerError, parse_prometheus
 from splitcomp.runtime import protocol as P
 from splitcomp.runtime.errors import RequestError
 from splitcomp.runtime.llm.client import RemoteLM
 from splitcomp.runtime.llm.contexts import ContextStore, codec_context
-from splitcomp.runtime.llm.service import LLMDeployment
+from splitcomp.runtime.llm.service import LLMDeployment, StepItem
 from splitcomp.runtime.stats import total
 
 pytestmark = pytest.mark.timeout(60)
@@ -248,3 +249,52 @@ def test_generate_command_sends_the_context(tiny_models, serve, ctx, tmp_path,
         cli_generate.run(p.parse_args([*argv[:6], "--codec-context", str(tmp_path / "no"),
                                        "hello"]))
     assert "codec context" in capsys.readouterr().err
+
+
+def _temporal_context(model: torch.nn.Module) -> tw.TokenwiseContext:
+    g = torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        ctx = calibrate_edge(EdgeHalf(model, SPLIT), torch.randint(0, 256, (4, 48), generator=g),
+                             temporal=True)
+    assert ctx.temporal is not None
+    return ctx
+
+
+def test_previous_token_prediction_over_a_server(tiny_models, serve, prompt) -> None:
+    """The server session keeps each token's decoded row for the next, as the edge does: the
+    same tokens as the in-process split, through a real server."""
+    model = tiny_models["llama_tiny"]
+    codec = tw.TokenwiseCodec.with_context(_temporal_context(model), level=-8)
+    want = [s.token for s in SplitLM(model, SPLIT, codec).generate(prompt, 10)]
+    srv, _ = serve(model)
+    with RemoteLM(model, SPLIT, srv.url, "lm", codec, token=TOKENS["alice"]) as lm:
+        assert [s.token for s in lm.generate(prompt, 10)] == want
+
+
+def test_a_failed_step_leaves_the_previous_row_as_it_was(tiny_models, prompt) -> None:
+    """A STEP whose second stream is corrupt decodes its first (moving the session's previous
+    row) and fails: the row is put back, so the edge, which codes the step again from the
+    state before it, and the server agree; the same for a step whose tail fails."""
+    model = tiny_models["llama_tiny"]
+    ctx = _temporal_context(model)
+    codec = tw.TokenwiseCodec.with_context(ctx, level=-8)
+    dep = LLMDeployment("lm", ServerHalf(model, SPLIT), local_contexts=False)
+    session = dep.sessions.open("alice", contexts={codec.params["context"]: ctx})
+    hidden = EdgeHalf(model, SPLIT).step(prompt)
+    wire = Wire(codec, compact=False)
+    blobs = wire.send(hidden[:, :3])
+    assert dep.run_steps([StepItem(1, session, 3, blobs)]).errors == [None]
+    wire.confirm()
+    row = session.contexts[tw.PREVIOUS_ROW].copy()
+    good = wire.send(hidden[:, 3:5])
+    bad = [good[0], good[1][:-1] + bytes([good[1][-1] ^ 1])]
+    assert dep.run_steps([StepItem(2, session, 2, bad)]).errors == [ErrorCode.BAD_BITSTREAM]
+    np.testing.assert_array_equal(session.contexts[tw.PREVIOUS_ROW], row)
+    dep.server.step = lambda *a, **k: 1 / 0  # the tail fails after both streams decoded
+    assert dep.run_steps([StepItem(3, session, 2, good)]).errors == [ErrorCode.INTERNAL]
+    np.testing.assert_array_equal(session.contexts[tw.PREVIOUS_ROW], row)
+    del dep.server.step
+    assert wire.send(hidden[:, 3:5]) == good  # coded again from the state before: the same
+    assert dep.run_steps([StepItem(4, session, 2, good)]).errors == [None]
+    wire.confirm()
+    np.testing.assert_array_equal(session.contexts[tw.PREVIOUS_ROW], wire._state[tw.PREVIOUS_ROW])
