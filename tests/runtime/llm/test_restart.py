@@ -181,3 +181,19 @@ def test_without_resume_a_restart_is_an_error(tiny_models, servers, prompt) -> N
         with pytest.raises(ServerError) as info:
             next(gen)
         assert info.value.code is ErrorCode.SESSION_NOT_FOUND and lm.rebuilds == 0
+
+
+def test_previous_token_prediction_survives_a_restart(tiny_models, servers, prompt) -> None:
+    """A tokenwise context with previous-token prediction: the rebuilt session decodes the
+    replayed streams in their order, so it holds the previous row the lost one held, and the
+    tokens are those of the split without a restart."""
+    from splitcomp.codecs import tokenwise as tw
+    from splitcomp.llm import SplitLM
+
+    from .test_session_contexts import _temporal_context
+
+    model = tiny_models["llama_tiny"]
+    codec = tw.TokenwiseCodec.with_context(_temporal_context(model), level=-8)
+    want = [s.token for s in SplitLM(model, SPLIT, codec).generate(prompt, NEW)]
+    got, lm = _generate_across_restarts(servers(model), prompt, (4,), codec=codec)
+    assert got == want and lm.rebuilds == 1 and lm.lm.replay_mismatches == 0
