@@ -8,7 +8,10 @@ offsets within ``+-A``:
 :mod:`splitcomp.codecs._tokenwise_alloc`, fitted on the calibration windows' gradients), the
 allocation's context with trellis-coded quantization (``trellis``, ``trellis:G``, ``trellis:G:A``
 as ``alloc``: :mod:`splitcomp.codecs._tokenwise_trellis`; its levels sit ~2 higher than the
-scalar ones at the same bits), and a screen of previous-token prediction (issue #13).
+scalar ones at the same bits), the trellis context calibrated on, and coding, residuals against a
+per-channel guess from the previous decoded token (``ptrellis``, as ``trellis``; what
+:mod:`splitcomp.codecs._tokenwise_temporal` does inside the codec), and a screen of
+previous-token prediction (issue #13).
 
     python benchmarks/llm_bits.py [--levels 2,0,-2,-4,-6] [--variants none,block_hadamard,...]
                                   [--json PATH]
