@@ -12,7 +12,7 @@ Everything else (scale codes, allocation, trellis, tables) works on the residual
 the row, and the context's centres and knots describe residuals (:func:`residual_rows`).
 
 The previous row is session state, not stream content: rows of one stream are guessed from the
-stream's previous row, its first row from :data:`PREVIOUS_ROW` in the
+stream's previous row, its first row from :data:`~.contexts.PREVIOUS_ROW` in the
 :func:`~.contexts.context_scope` (absent: no guess). Whoever decodes a session's streams in
 order keeps the last decoded row there (:mod:`splitcomp.llm.hidden_wire`, the LLM server's
 sessions, which restore it when a step fails); an encoder guesses from its own decoded rows
@@ -32,12 +32,9 @@ from typing import Any
 import numpy as np
 
 from .bytes_io import Reader
-from .contexts import scoped_context
+from .contexts import PREVIOUS_ROW, scoped_context
 from .errors import require
 
-#: where a session keeps the previous token's decoded row (C,) float32, in its
-#: :func:`~.contexts.context_scope` mapping
-PREVIOUS_ROW = ("previous row", 0)
 #: a previous row this many times the calibration's median spread is an attention sink's: no
 #: guess from it
 SINK_FACTOR = 4.0

@@ -30,12 +30,24 @@ from ._crc import crc32
 from .bytes_io import Reader
 from .errors import BitstreamError, require
 
-__all__ = ["ContextRegistry", "context_scope", "scope_items", "scoped_context", "seal", "unseal"]
+__all__ = [
+    "PREVIOUS_ROW",
+    "ContextRegistry",
+    "context_scope",
+    "scope_items",
+    "scoped_context",
+    "seal",
+    "unseal",
+]
 
 T = TypeVar("T")
 BytesLike = bytes | bytearray | memoryview
 
 _SCOPE: ContextVar[Mapping[int, object] | None] = ContextVar("codec_contexts", default=None)
+#: where a session's scope keeps the last hidden row (C,) float32 its streams decoded to: state
+#: that a codec coding each token against the previous one reads (``tokenwise`` with
+#: previous-token prediction) and whoever decodes the session's streams in order keeps
+PREVIOUS_ROW = ("previous row", 0)
 #: an id no item has (ids are never 0): a scope holding it for a kind (under the kind's
 #: :meth:`ContextRegistry.scope_key`) holds every item of that kind its streams may name,
 #: and those registered in the process are not looked at

@@ -33,7 +33,7 @@ from ..codecs.compact import (
     template_id,
 )
 from ..codecs.container import learn_template, template
-from ..codecs.tokenwise import PREVIOUS_ROW
+from ..codecs.contexts import PREVIOUS_ROW
 
 
 def encode_hidden(codec: Codec, hidden: torch.Tensor, per_token: bool = True,
@@ -44,7 +44,7 @@ def encode_hidden(codec: Codec, hidden: torch.Tensor, per_token: bool = True,
     template is among them is sent compact, else full, and its template joins ``known``
     (the receiver learns it from that stream). ``state``: what the receiver's session
     holds besides templates, here its previous decoded row
-    (:data:`~splitcomp.codecs.tokenwise.PREVIOUS_ROW`), updated as the receiver will update
+    (:data:`~splitcomp.codecs.contexts.PREVIOUS_ROW`), updated as the receiver will update
     it; a codec that codes against it (:attr:`~splitcomp.codecs.Codec.uses_previous_row`)
     decodes each of its own streams for that (a new state each call when None)."""
     if hidden.dim() != 3 or hidden.shape[0] != 1:

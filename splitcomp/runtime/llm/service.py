@@ -30,9 +30,8 @@ from ... import codecs as _codecs
 from ...codecs import BitstreamError, DecodeLimits, Header
 from ...codecs.compact import scope_key
 from ...codecs.container import learn_template
-from ...codecs.contexts import SCOPE_ONLY
+from ...codecs.contexts import PREVIOUS_ROW, SCOPE_ONLY
 from ...codecs.registry import codec_class_by_id
-from ...codecs.tokenwise import PREVIOUS_ROW
 from ...llm.halves import ServerHalf
 from ...llm.sampling import pick
 from .. import protocol as P
