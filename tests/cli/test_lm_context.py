@@ -61,7 +61,7 @@ def test_predictor_shaping_and_allocation_by_default_and_without(wiki, tmp_path)
                   ["--no-allocate"], ["--no-shape", "--no-allocate"]):
         out = tmp_path / f"{'_'.join(flags)}.sctx"  # without trellis: version 2 when unallocated
         assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(out), *flags,
-                     "--no-trellis"]) == 0
+                     "--no-trellis", "--no-temporal"]) == 0
         ctx = TokenwiseContext.from_file_bytes(out.read_bytes())
         assert (ctx.pred is not None) == ("--no-predict" not in flags)
         assert (ctx.shaping is not None) == ("--no-shape" not in flags)
@@ -69,7 +69,7 @@ def test_predictor_shaping_and_allocation_by_default_and_without(wiki, tmp_path)
         sizes[tuple(flags)] = len(ctx.to_bytes()), out.stat().st_size
     default = tmp_path / "default.sctx"
     assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(default),
-                 "--no-trellis"]) == 0
+                 "--no-trellis", "--no-temporal"]) == 0
     assert default.read_bytes() == (tmp_path / "--predict.sctx").read_bytes()  # seeded
     c = 64  # llama_tiny's hidden size: C (C - 1) bytes of coefficients each
     assert sizes[("--predict",)][0] - sizes[("--no-predict",)][0] == c * (c - 1)
@@ -85,13 +85,28 @@ def test_trellis_by_default_and_without(wiki, tmp_path) -> None:
     for name, flags in (("without", ["--no-trellis"]), ("default", []),
                         ("bare", ["--trellis", "--no-allocate", "--no-predict"])):
         out = tmp_path / f"{name}.sctx"
-        assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(out), *flags]) == 0
+        assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(out), *flags,
+                     "--no-temporal"]) == 0
         ctxs[name] = TokenwiseContext.from_file_bytes(out.read_bytes())
     assert not ctxs["without"].trellis and ctxs["default"].trellis and ctxs["bare"].trellis
     a, b = ctxs["without"].to_bytes(), ctxs["default"].to_bytes()  # flags (bit 1), CRC apart
     assert a[5] | 2 == b[5] and a[:5] + a[6:-4] == b[:5] + b[6:-4]
     assert ctxs["bare"].pred is None and ctxs["bare"].alloc is None
     assert ctxs["bare"].to_bytes()[4:7] == b"\3\2\0"
+
+
+def test_previous_token_prediction_by_default_and_without(wiki, tmp_path) -> None:
+    """``--temporal`` (the default) adds flags bit 2 and the guess's coefficients (f32 ref,
+    C f16 factors and means), and fits the rest on the residuals; ``--no-temporal`` not."""
+    ctxs = {}
+    for name, flags in (("without", ["--no-temporal"]), ("default", [])):
+        out = tmp_path / f"{name}.sctx"
+        assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(out), *flags]) == 0
+        ctxs[name] = TokenwiseContext.from_file_bytes(out.read_bytes())
+    a, b = ctxs["without"].to_bytes(), ctxs["default"].to_bytes()
+    assert ctxs["without"].temporal is None and ctxs["default"].temporal is not None
+    assert b[5] == a[5] | 4 and len(b) - len(a) == 4 + 4 * 64
+    assert ctxs["default"].scale < ctxs["without"].scale  # residuals spread less
 
 
 def test_calibrate_lm_to_a_file_then_eval_lm_with_its_path(wiki, tmp_path, capsys) -> None:
