@@ -10,7 +10,8 @@ CRC32 still covers every byte, and a stream naming an unknown template is a
 :class:`~.errors.BitstreamError`. A decoder looks for a template in the
 :func:`~.contexts.context_scope` first (under :func:`scope_key`), then among those registered
 in the process: an LLM server keeps each session's templates apart, learned from the session's
-own full streams (``docs/protocol.md``, "Compact steps").
+own full streams (``docs/protocol.md``, "Compact steps"). Within such a session a stream may
+name none (:func:`session_stream`, 5 bytes): its CRC picks the template.
 """
 
 from __future__ import annotations

@@ -79,8 +79,8 @@ class AsyncRemoteLM:
     the most tokens one replay STEP carries (halved when the server answers ``TOO_LARGE``);
     ``max_rebuilds``: attempts per step when the session is lost again while replaying.
     ``compact`` (per-token streams): a stream whose codec, parameters and shape the session
-    has seen before carries a 9-byte header instead of ~21 (``docs/protocol.md``, "Compact
-    steps"; 0.17 bit per element at SmolLM2's 576 channels).
+    has seen before is a session stream, 5 bytes of container instead of ~21
+    (``docs/protocol.md``, "Compact steps"; 0.22 bit per element at SmolLM2's 576 channels).
     ``model`` may hold only the edge side's tensors (the rest on ``meta``:
     :func:`~splitcomp.llm.partial.partial_model`); it must hold those.
     """
