@@ -67,6 +67,8 @@ from .bytes_io import Reader
 from .entropy import (
     AnsReader,
     AnsWriter,
+    Model,
+    categorical,
     put_varints,
     read_varints,
 )
@@ -94,9 +96,16 @@ __all__ = [
     "save_context",
 ]
 
-#: the bytes of an escaped value's zigzag varint (<= 2 Q_MAX) at most, and their model in a
-#: context-mode payload's rANS stack: uniform, 8 bits a byte
-_VARINT_MAX, _BYTE_FREQS = 5, np.ones(256)
+#: the bytes of an escaped value's zigzag varint (<= 2 Q_MAX) at most
+_VARINT_MAX = 5
+_BYTE_MODEL: list = []  # their model in a context-mode payload's rANS stack (built once)
+
+
+def _byte_model() -> Model:
+    """Uniform over 256: 8 bits a byte, as raw bytes would cost."""
+    if not _BYTE_MODEL:
+        _BYTE_MODEL.append(categorical(np.ones(256)))
+    return _BYTE_MODEL[0]
 #: rows (tokens) a context-mode payload may hold per byte: a decoder's work stays bounded by
 #: the bytes it was sent, whatever the claimed shape (real tokens cost ~100x that)
 ROWS_PER_BYTE = 4
@@ -152,12 +161,14 @@ def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
 def _read_escapes(coder: AnsReader, n: int) -> np.ndarray:
     """The ``n`` zigzag varints (uint64) of a context-mode payload's escaped values, read as
     bytes from the rANS stack after its rows (at most :data:`_VARINT_MAX` bytes each)."""
+    if n == 0:
+        return np.zeros(0, np.uint64)
     got = np.zeros(0, np.uint8)
     done = 0
     while done < n:  # each unfinished varint needs at least one more byte
         require(not coder.is_empty() and got.size + n - done <= _VARINT_MAX * n,
                 "tokenwise: rANS data ends early (escaped values)")
-        got = np.concatenate([got, coder.read(n - done, _BYTE_FREQS).astype(np.uint8)])
+        got = np.concatenate([got, coder.read_model(n - done, _byte_model()).astype(np.uint8)])
         done = int(np.count_nonzero(got < 0x80))
     rd = Reader(memoryview(got.tobytes()))
     out = read_varints(rd, n)
@@ -291,7 +302,7 @@ class TokenwiseCodec(SessionContextCodec):
                     escapes.append(qs[esc])
         if escapes:  # after every row: the decoder then knows how many there are
             tail = put_varints(_zigzag(np.concatenate(escapes)))
-            writer.add(np.frombuffer(tail, np.uint8).astype(np.int32), _BYTE_FREQS)
+            writer.add_model(np.frombuffer(tail, np.uint8).astype(np.int32), _byte_model())
         # the last word is the state's high word (never 0): its zero high bytes go unsent
         out = writer.finish().rstrip(b"\0")
         if x2.shape[0] > ROWS_PER_BYTE * len(out):

@@ -85,7 +85,7 @@ def _encode(codec: Codec, x: torch.Tensor, compact: bool, state: dict) -> bytes:
 
 def _last_row(t: torch.Tensor) -> np.ndarray:
     """A decoded (1, T, H) tensor's last row, float32, as a session keeps it."""
-    return t[0, -1].detach().float().numpy().copy()
+    return t.detach().cpu().numpy()[0, -1].astype(np.float32)  # a copy
 
 
 def decode_hidden(blobs: list[bytes] | tuple[bytes, ...], session: dict | None = None

@@ -412,7 +412,7 @@ class LLMDeployment(Service):
                                   contexts=scope)
         except BitstreamError as e:
             raise RequestError(ErrorCode.BAD_BITSTREAM, str(e)) from None
-        scope[PREVIOUS_ROW] = t[0, -1].float().numpy().copy()
+        scope[PREVIOUS_ROW] = t.numpy()[0, -1].astype("float32")  # a copy (decoded on CPU)
         return t
 
     def run_steps(self, items: Sequence[StepItem]) -> BatchResult:
