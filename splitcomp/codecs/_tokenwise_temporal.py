@@ -16,8 +16,8 @@ stream's previous row, its first row from :data:`~.contexts.PREVIOUS_ROW` in the
 :func:`~.contexts.context_scope` (absent: no guess). Whoever decodes a session's streams in
 order keeps the last decoded row there (:mod:`splitcomp.llm.hidden_wire`, the LLM server's
 sessions, which restore it when a step fails); an encoder guesses from its own decoded rows
-(it decodes what it sends). Streams decoded out of order, or twice, decode to other values
-(within the error bound of none of them): a session's streams go in order, once.
+(it decodes what it sends). A stream decoded out of order, or twice, decodes against another
+row and so to other values, outside its error bound: a session's streams go in order, once.
 
 Measured (``benchmarks/llm_bits.py --variants trellis,ptrellis``): 0.07-0.11 bit per element
 fewer at equal KL on four held-out parts of WikiText-2 (docs/results/llm_bits.json).
