@@ -17,13 +17,13 @@ of SmolLM2-135M's 576 channels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from .. import codecs
-from ..codecs import Codec
+from ..codecs import DEFAULT_LIMITS, Codec, DecodeLimits, Header
 from ..codecs.compact import (
     COMPACT_MAGIC,
     CRC_BYTES,
@@ -78,14 +78,21 @@ def _encode(codec: Codec, x: torch.Tensor, compact: bool, state: dict) -> bytes:
     scope = {} if prev is None else {PREVIOUS_ROW: prev}
     with codecs.context_scope(scope):
         blob = codec.encode(x, compact=compact)
-    (dec,) = codecs.decode(blob, contexts=scope)
-    state[PREVIOUS_ROW] = _last_row(dec)
+    decode_in_session(blob, scope)
+    state[PREVIOUS_ROW] = scope[PREVIOUS_ROW]
     return blob
 
 
-def _last_row(t: torch.Tensor) -> np.ndarray:
-    """A decoded (1, T, H) tensor's last row, float32, as a session keeps it."""
-    return t.detach().cpu().numpy()[0, -1].astype(np.float32)  # a copy
+def decode_in_session(blob: bytes | memoryview, session: dict,
+                      limits: DecodeLimits = DEFAULT_LIMITS,
+                      check: Callable[[Header], object] | None = None) -> torch.Tensor:
+    """One stream (1, T, H) of a session, decoded in its scope (``session``: templates,
+    contexts, the previous row), whose last row (float32) then becomes the session's
+    previous row (``PREVIOUS_ROW``): what every receiver of a session's streams, in order,
+    does (:func:`decode_hidden`, the edge for its own streams, the LLM server)."""
+    (t,) = codecs.decode(blob, limits, check=check, contexts=session)
+    session[PREVIOUS_ROW] = t[0, -1].float().numpy().copy()
+    return t
 
 
 def decode_hidden(blobs: list[bytes] | tuple[bytes, ...], session: dict | None = None
@@ -98,8 +105,7 @@ def decode_hidden(blobs: list[bytes] | tuple[bytes, ...], session: dict | None =
     parts = []
     for blob in blobs:
         learn_template(session, blob)
-        (t,) = codecs.decode(blob, contexts=session)
-        session[PREVIOUS_ROW] = _last_row(t)
+        t = decode_in_session(blob, session)
         if t.dim() != 3 or t.shape[0] != 1:
             raise ValueError(f"hidden-state bitstream of shape {tuple(t.shape)}, not (1, T, H)")
         parts.append(t.float())

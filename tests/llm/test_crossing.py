@@ -70,3 +70,19 @@ def test_masks_follow_the_library() -> None:
     assert m[1, 0, 0].tolist() == [True] * 5
     with pytest.raises(ValueError, match="not supported"):
         causal_mask([0, 1], 2, "flash_attention_2")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_receiver_keeps_each_streams_last_row_as_float32(dtype) -> None:
+    """Every receiver of a session's streams keeps the last decoded row (float32) for a codec
+    that codes against it, whatever dtype the hidden states cross in."""
+    from splitcomp.codecs.contexts import PREVIOUS_ROW
+    from splitcomp.llm.hidden_wire import decode_hidden, encode_hidden
+
+    hidden = torch.randn(1, 3, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+    session: dict = {}
+    got = decode_hidden(encode_hidden(codecs.get("fp16"), hidden, known=set()), session)
+    row = session[PREVIOUS_ROW]
+    assert got.dtype == torch.float32
+    assert row.dtype.name == "float32" and row.shape == (8,)
+    assert torch.equal(torch.from_numpy(row), got[0, -1])

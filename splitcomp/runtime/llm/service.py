@@ -33,6 +33,7 @@ from ...codecs.container import learn_template
 from ...codecs.contexts import PREVIOUS_ROW, SCOPE_ONLY
 from ...codecs.registry import codec_class_by_id
 from ...llm.halves import ServerHalf
+from ...llm.hidden_wire import decode_in_session
 from ...llm.sampling import pick
 from .. import protocol as P
 from ..device import OnDevice, resolve_device
@@ -406,14 +407,11 @@ class LLMDeployment(Service):
         return hidden
 
     def _decode_one(self, item: StepItem, blob: bytes | memoryview) -> torch.Tensor:
-        scope = item.session.contexts
         try:
-            (t,) = _codecs.decode(blob, self._step_limits, check=self._check_header,
-                                  contexts=scope)
+            return decode_in_session(blob, item.session.contexts, self._step_limits,
+                                     self._check_header)
         except BitstreamError as e:
             raise RequestError(ErrorCode.BAD_BITSTREAM, str(e)) from None
-        scope[PREVIOUS_ROW] = t.numpy()[0, -1].astype("float32")  # a copy (decoded on CPU)
-        return t
 
     def run_steps(self, items: Sequence[StepItem]) -> BatchResult:
         """Decode, run (prefills alone, single-token steps in one forward), pick the next
