@@ -6,7 +6,10 @@ its own bitstream (as a decode step sends it) unless ``--per-message``, which co
 window / each HellaSwag row as one bitstream. ``--target-ppl-increase`` walks the codec's
 quality grid down from the highest rate on calibration windows that follow the reported ones,
 stops at the first setting that misses the target, and reports the last one that met it on the
-reported windows.
+reported windows. A setting meets it when the increase it would cause on other text of as
+many windows stays under the target with probability ``--confidence``
+(:func:`~splitcomp.llm.lm_eval.increase_bound`): a setting chosen at the limit of one text
+lands over it on another about half the time.
 
 Generation quality (:mod:`splitcomp.llm.gen_eval`): the split model's own greedy continuations
 of ``--gen-prompts`` fixed prompts (``--gen-tokens`` each), every token's hidden state through
@@ -50,11 +53,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--quality", type=float, help="value of the codec's quality parameter")
     q.add_argument("--target-ppl-increase", type=float, metavar="PCT",
                    help="choose the lowest-rate quality such that it and every higher one raise "
-                        "perplexity by at most PCT %% on calibration windows; report on others")
+                        "perplexity by at most PCT %% (as --confidence bounds it from calibration "
+                        "windows); report on others")
     p.add_argument("--windows", type=int, default=8, help="WikiText windows reported (8)")
     p.add_argument("--window", type=int, default=512, help="tokens per window (512)")
     p.add_argument("--calib-windows", type=int, default=8,
                    help="calibration windows for --target-ppl-increase (8)")
+    p.add_argument("--confidence", type=float, default=0.9, metavar="P",
+                   help="--target-ppl-increase holds on other text of as many windows with "
+                        "probability P, estimated from the calibration windows' spread (0.9; "
+                        "0.5: the increase on the calibration windows itself)")
     p.add_argument("--items", type=int, default=40,
                    help="HellaSwag items, the first N of the file (40; 0 skips)")
     p.add_argument("--wikitext", type=Path, help="text file (default: shared WikiText-2 valid)")
@@ -121,6 +129,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     for flag in ("--windows", "--window", "--calib-windows"):
         at_least(flag, getattr(args, flag[2:].replace("-", "_")))
     at_least("--items", args.items, 0)
+    if not 0.0 < args.confidence < 1.0:
+        raise UsageError(f"--confidence {args.confidence}: a probability, 0 < P < 1")
+    if args.target_ppl_increase is not None and args.confidence != 0.5 and args.calib_windows < 2:
+        raise UsageError("--confidence other than 0.5 needs --calib-windows 2 or more")
     at_least("--split", args.split, 0)
     check_output(args.json, getattr(args, "force", False))
     _check_gen(args)
@@ -151,7 +163,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         calibration = choose_quality(
             server, calib_b, lambda q: make_codec(args.codec, {**params, cls.quality_param: q}),
             cls.quality_grid, args.target_ppl_increase, per_token,
-            _gen_guard(args, model, tok, per_token))
+            _gen_guard(args, model, tok, per_token), args.confidence)
         params[cls.quality_param] = calibration.quality
     codec = make_codec(args.codec, params)
     _log(f"perplexity over {args.windows} x {args.window} tokens ...")
@@ -189,7 +201,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     }
     if calibration is not None:
         out["calibration"] = {"target_ppl_increase_pct": args.target_ppl_increase,
-                              "windows": calib_n, "quality": calibration.quality,
+                              "windows": calib_n, "confidence": args.confidence,
+                              "quality": calibration.quality,
                               "met": calibration.met, "tried": calibration.tried,
                               "min_agreement": args.min_agreement,
                               "gen_prompts": args.calib_gen_prompts}
@@ -199,6 +212,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     out = evaluate(args)
+    cal = out.get("calibration")
+    if cal is not None:
+        last = next((t for t in cal["tried"] if t["quality"] == cal["quality"]), None)
+        there = ("" if last is None else f": {last['ppl_increase_pct']:+.2f} % there, at most "
+                 f"{last['ppl_increase_bound_pct']:+.2f} % on other text with probability "
+                 f"{cal['confidence']}")
+        print(f"chose {cal['quality']:g} on {cal['windows']} calibration windows{there}"
+              + ("" if cal["met"] else f" (TARGET MISSED: no setting meets "
+                 f"+{cal['target_ppl_increase_pct']:g} %)"))
     hs = ""
     if out["hellaswag"] is not None:
         hs = (f", HellaSwag {100 * out['hellaswag_baseline']:.1f} -> "

@@ -62,7 +62,9 @@ def test_eval_lm_target_search(texts, tmp_path) -> None:
     assert r["params"]["bits"] == cal["quality"] and r["hellaswag"] is None
     tried = [t["quality"] for t in cal["tried"]]
     assert tried == sorted(tried, reverse=True)  # from the highest rate down
-    meets = [t["ppl_increase_pct"] <= 1.0 for t in cal["tried"]]
+    assert cal["confidence"] == 0.9  # the default: a margin over the windows' own increase
+    assert all(t["ppl_increase_bound_pct"] >= t["ppl_increase_pct"] for t in cal["tried"])
+    meets = [t["ppl_increase_bound_pct"] <= 1.0 for t in cal["tried"]]
     assert all(meets[:-1])  # it stops at the first miss
     assert cal["met"] == meets[0]
     passed = [q for q, m in zip(tried, meets, strict=True) if m]
@@ -113,7 +115,8 @@ def test_target_search_refuses_settings_below_the_agreement_floor(texts, tmp_pat
     wiki, _ = texts
     out = tmp_path / "r.json"
     argv = [*GEN, "--codec", "rans", "--calib-windows", "1", "--target-ppl-increase", "1e9",
-            "--gen-prompts", "2", "--calib-gen-prompts", "4", "--min-agreement", "0.95",
+            "--confidence", "0.5", "--gen-prompts", "2", "--calib-gen-prompts", "4",
+            "--min-agreement", "0.95",
             "--wikitext", str(wiki), "--json", str(out)]
     assert run_command(eval_lm, argv) == 0
     r = json.loads(out.read_text())
@@ -130,6 +133,8 @@ def test_target_search_refuses_settings_below_the_agreement_floor(texts, tmp_pat
     (["--gen-prompts", "40", "--target-ppl-increase", "1"], "must not overlap"),
     (["--min-agreement", "1.5"], "a share"),
     (["--gen-tokens", "0"], "--gen-tokens"),
+    (["--confidence", "1"], "a probability"),
+    (["--target-ppl-increase", "1", "--calib-windows", "1"], "--calib-windows 2 or more"),
 ])
 def test_generation_option_mistakes(extra, message) -> None:
     with pytest.raises(SystemExit, match=message):
