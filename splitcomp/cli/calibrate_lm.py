@@ -39,6 +39,7 @@ at the same KL on SmolLM2, the encoder ~3x the CPU); ``--no-trellis`` codes them
 Each token is coded against a guess from the previous token's decoded state, which both ends
 keep per session (:mod:`splitcomp.codecs._tokenwise_temporal`: context flags bit 2; ~0.09 bit
 per element fewer at the same KL on SmolLM2); ``--no-temporal`` codes each token alone.
+Its guess has a low-rank term across channels (``--temporal-rank``, context flags bit 3).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..codecs.tokenwise import CONTEXTS, context_id, save_context
+from ..codecs.tokenwise import CONTEXTS, MAX_RANK, RANK, context_id, save_context
 from ..llm.halves import EdgeHalf, ServerHalf
 from ..llm.text import default_wikitext, load_lm
 from ..llm.tokenwise_calibration import calibrate_edge, tail_windows
@@ -82,6 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temporal", action=argparse.BooleanOptionalAction, default=True,
                    help="code each token against a guess from the previous token's decoded "
                         "state, which both ends keep per session (default: on)")
+    p.add_argument("--temporal-rank", type=int, default=RANK, metavar="R",
+                   help=f"principal directions of the previous token's state in that guess, "
+                        f"across channels (each costs 4 bytes a channel of context; {RANK}; "
+                        f"0: one factor a channel only)")
     add_force(p)
 
 
@@ -93,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     at_least("--windows", args.windows)
     at_least("--window", args.window)
     at_least("--split", args.split, 0)
+    if not 0 <= args.temporal_rank <= MAX_RANK:
+        raise UsageError(f"--temporal-rank {args.temporal_rank}: 0 .. {MAX_RANK}")
     lm_name(args.model)
     require_file(args.text, "--text")
     text = args.text or default_wikitext()
@@ -117,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         ctx = calibrate_edge(edge, windows, server=server, shape=args.shape,
                              allocate=args.allocate, predict=args.predict,
-                             trellis=args.trellis, temporal=args.temporal)
+                             trellis=args.trellis, temporal=args.temporal,
+                             temporal_rank=args.temporal_rank)
     except ValueError as e:  # a predictor over too many channels
         raise UsageError(f"{e} (pass --no-predict)") from None
     data = ctx.to_bytes()

@@ -52,7 +52,8 @@ from .errors import BitstreamError, require
 MAGIC = b"SCTX"
 #: version 1: no predictor; 2: a predictor across channels follows the knots; 3: flags (bit 0:
 #: a predictor, bit 1: trellis coding, :mod:`._tokenwise_trellis`, bit 2: previous-token
-#: prediction, :mod:`._tokenwise_temporal`) and per-token allocation
+#: prediction, :mod:`._tokenwise_temporal`, bit 3: its low-rank term, whose rank follows the
+#: allocation bound) and per-token allocation
 VERSION, VERSION_PREDICT, VERSION_ALLOC = 1, 2, 3
 #: most channels a context with a predictor may have (its bytes grow as C^2, and the decoder
 #: inverts a C x C matrix once: ~1 s at 4096)
@@ -139,9 +140,12 @@ class TokenwiseContext:
         if self.alloc is None and not self.trellis and self.temporal is None:
             out.append(VERSION if self.pred is None else VERSION_PREDICT)
         else:  # A = 0: no allocation (a trellis or temporal context only)
+            rank = 0 if self.temporal is None else self.temporal.rank
             out += bytes([VERSION_ALLOC, int(self.pred is not None) | 2 * int(self.trellis)
-                          | 4 * int(self.temporal is not None),
+                          | 4 * int(self.temporal is not None) | 8 * int(rank > 0),
                           0 if self.alloc is None else self.alloc.max_offset])
+            if rank:
+                out.append(rank)
         put_varint(out, self.channels)
         put_varint(out, int(self.p_grid.size))
         out += struct.pack("<f", self.scale)
@@ -189,13 +193,16 @@ class TokenwiseContext:
         """Parse and validate context bytes; anything malformed raises BitstreamError."""
         view, r = unseal(data, MAGIC, (VERSION, VERSION_PREDICT, VERSION_ALLOC),
                          len(MAGIC) + 1 + 4, "tokenwise context")
-        version, max_offset, flags = view[len(MAGIC)], 0, 0
+        version, max_offset, flags, rank = view[len(MAGIC)], 0, 0, 0
         predicted = version == VERSION_PREDICT
         if version == VERSION_ALLOC:
             flags, max_offset = r.u8(), r.u8()
-            require(flags <= 7 and (1 <= max_offset <= MAX_OFFSET_LIMIT
-                                    or (flags & 6 and max_offset == 0)),
+            require(flags <= 15 and (1 <= max_offset <= MAX_OFFSET_LIMIT
+                                     or (flags & 6 and max_offset == 0)),
                     "tokenwise context: bad flags or allocation bound")
+            rank = r.u8() if flags & 8 else 0
+            require(not flags & 8 or (flags & 4 and rank >= 1),
+                    "tokenwise context: bad temporal rank")
             predicted = bool(flags & 1)
         c, m = r.varint(), r.varint()
         require(1 <= c <= _MAX_CHANNELS and 3 <= m <= 255, "tokenwise context: bad sizes")
@@ -205,7 +212,7 @@ class TokenwiseContext:
         if max_offset:
             size += Allocation.tail_size(c, max_offset)
         if flags & 4:
-            size += Temporal.tail_size(c)
+            size += Temporal.tail_size(c, rank)
         require(r.remaining() == size, "tokenwise context: bad length")
         (scale,) = r.unpack("<f")
         alpha, theta = r.u8(), r.u8()
@@ -230,7 +237,7 @@ class TokenwiseContext:
             pred = np.zeros((c, c))
             pred[np.tril_indices(c, -1)] = low
         alloc = Allocation.read_tail(r, c, max_offset) if max_offset else None
-        temporal = Temporal.read_tail(r, c) if flags & 4 else None
+        temporal = Temporal.read_tail(r, c, rank) if flags & 4 else None
         return cls(float(scale), alpha / 8.0, theta / 256.0, p16 / 65535.0, mu, w_code,
                    d8.astype(np.float32) / 256.0, knots, counts, pred, alloc=alloc,
                    trellis=bool(flags & 2), temporal=temporal)

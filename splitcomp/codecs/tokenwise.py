@@ -61,7 +61,14 @@ from ._tokenwise_context import (
 )
 from ._tokenwise_plain import Q_MAX  # the largest symbol magnitude either mode writes
 from ._tokenwise_shaping import shaped_error_bound
-from ._tokenwise_temporal import PREVIOUS_ROW, Temporal, fit_temporal, residual_rows
+from ._tokenwise_temporal import (
+    MAX_RANK,
+    PREVIOUS_ROW,
+    RANK,
+    Temporal,
+    fit_temporal,
+    residual_rows,
+)
 from .base import Param, SessionContextCodec
 from .bytes_io import Reader
 from .entropy import (
@@ -78,7 +85,9 @@ from .registry import register_codec
 __all__ = [
     "CONTEXTS",
     "GAIN",
+    "MAX_RANK",
     "PREVIOUS_ROW",
+    "RANK",
     "Allocation",
     "Temporal",
     "TokenwiseCodec",

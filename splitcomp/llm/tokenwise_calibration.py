@@ -51,7 +51,7 @@ def tail_windows(tokenizer, path: Path, window: int, count: int, at_least: int |
 
 def calibrate_edge(edge, windows: torch.Tensor, server=None, shape: bool = True,
                    allocate: bool = True, gain: float = GAIN, temporal: bool = False,
-                   **kwargs) -> TokenwiseContext:
+                   temporal_rank: int = 0, **kwargs) -> TokenwiseContext:
     """A context from the edge's hidden states over ``windows`` (count, window), every token
     (each window's first one too: the attention sink gets its share of the scale-code model);
     with the ``server`` half and ``shape``, its encoder shapes the error to the Fisher matrix
@@ -59,12 +59,13 @@ def calibrate_edge(edge, windows: torch.Tensor, server=None, shape: bool = True,
     ``allocate``, each token's step follows its predicted Fisher trace (step ~
     trace^(-gain/2), :mod:`splitcomp.codecs._tokenwise_alloc`). With ``temporal``, each
     token is coded against a guess from the previous one's decoded state (each window a
-    session: :mod:`splitcomp.codecs._tokenwise_temporal`), and everything above is fitted
+    session: :mod:`splitcomp.codecs._tokenwise_temporal`; ``temporal_rank`` principal
+    directions of the previous state in its low-rank term), and everything above is fitted
     on the residuals. Other keywords (``predict``, ``trellis``) go to
     :func:`~splitcomp.codecs.tokenwise.calibrate`."""
     states = [edge.forward_full(w[None]) for w in windows]
     sequences = [h[0].float().numpy().astype(np.float32) for h in states]
-    guess = fit_temporal(sequences) if temporal else None
+    guess = fit_temporal(sequences, temporal_rank) if temporal else None
     hidden = residual_rows(guess, sequences) if guess else np.concatenate(sequences)
     traces = None
     if server is not None and (shape or allocate):

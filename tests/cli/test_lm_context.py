@@ -97,16 +97,26 @@ def test_trellis_by_default_and_without(wiki, tmp_path) -> None:
 
 def test_previous_token_prediction_by_default_and_without(wiki, tmp_path) -> None:
     """``--temporal`` (the default) adds flags bit 2 and the guess's coefficients (f32 ref,
-    C f16 factors and means), and fits the rest on the residuals; ``--no-temporal`` not."""
+    C f16 factors and means), and fits the rest on the residuals; ``--no-temporal`` not.
+    Its low-rank term (flags bit 3, the rank byte, C x r f16 twice) has at most as many
+    directions as calibration pairs allow (one per 64); ``--temporal-rank 0`` leaves it out.
+    """
     ctxs = {}
-    for name, flags in (("without", ["--no-temporal"]), ("default", [])):
+    for name, flags in (("without", ["--no-temporal"]), ("default", []),
+                        ("diagonal", ["--temporal-rank", "0"])):
         out = tmp_path / f"{name}.sctx"
-        assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(out), *flags]) == 0
+        assert main(["calibrate-lm", *ARGS, "--window", "160", "--text", str(wiki), "--out",
+                     str(out), *flags]) == 0
         ctxs[name] = TokenwiseContext.from_file_bytes(out.read_bytes())
-    a, b = ctxs["without"].to_bytes(), ctxs["default"].to_bytes()
-    assert ctxs["without"].temporal is None and ctxs["default"].temporal is not None
+    a, b = ctxs["without"].to_bytes(), ctxs["diagonal"].to_bytes()
+    assert ctxs["without"].temporal is None and ctxs["diagonal"].temporal.rank == 0
     assert b[5] == a[5] | 4 and len(b) - len(a) == 4 + 4 * 64
-    assert ctxs["default"].scale < ctxs["without"].scale  # residuals spread less
+    assert ctxs["diagonal"].scale < ctxs["without"].scale  # residuals spread less
+    low, rank = ctxs["default"].to_bytes(), ctxs["default"].temporal.rank
+    assert rank == 2 * 159 // 64 and low[5] == b[5] | 8 and low[7] == rank
+    assert len(low) - len(b) == 1 + 4 * 64 * rank
+    assert main(["calibrate-lm", *ARGS, "--text", str(wiki), "--out", str(tmp_path / "x.sctx"),
+                 "--temporal-rank", "256"]) == 2
 
 
 def test_calibrate_lm_to_a_file_then_eval_lm_with_its_path(wiki, tmp_path, capsys) -> None:

@@ -177,12 +177,14 @@ def test_the_wire_keeps_its_state_until_a_step_is_confirmed() -> None:
           suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_fuzz_context_bytes(data: st.DataObject) -> None:
-    """Corrupt temporal contexts (valid CRC; the predictor's bytes most of all) parse to one
+    """Corrupt temporal contexts, with and without the low-rank term (valid CRC; the
+    predictor's bytes most of all) parse to one
     that codes and decodes a session's rows to finite values, or raise BitstreamError (or
     the encoder refuses the values, ValueError)."""
-    ctx = contexts(True)[1]
+    ctx = low_rank_context() if data.draw(st.booleans()) else contexts(True)[1]
     raw = ctx.to_bytes()[:-4]
-    body = mutate(raw, data, len(raw) - tt.Temporal.tail_size(C) - 8, cut=False)
+    body = mutate(raw, data, len(raw) - tt.Temporal.tail_size(C, ctx.temporal.rank) - 8,
+                  cut=False)
     try:
         parsed = tw.TokenwiseContext.from_bytes(body + struct.pack("<I", zlib.crc32(body)))
     except BitstreamError:
@@ -205,3 +207,96 @@ def test_a_previous_row_of_another_width_is_refused() -> None:
     with codecs.context_scope({tw.PREVIOUS_ROW: np.zeros(C + 1, np.float32)}), \
             pytest.raises(ValueError, match="previous row"):
         tw.TokenwiseCodec.with_context(ctx, level=0).encode_array(np.zeros((1, C), np.float32))
+
+
+def cross_sequences(n: int, length: int, seed: int) -> list[np.ndarray]:
+    """Rows driven by 4 latent factors that rotate from token to token (``s_t = M s_{t-1} +
+    noise``, ``M`` 0.9 times two plane rotations; ``x = L s + 0.3 noise``): a channel's next
+    value depends on other channels', which one factor a channel cannot follow."""
+    fixed = np.random.default_rng(99)
+    load = fixed.normal(size=(C, 4)).astype(np.float32)
+    rot = [np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) for a in (1.0, 1.7)]
+    m = 0.9 * np.block([[rot[0], np.zeros((2, 2))], [np.zeros((2, 2)), rot[1]]])
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        s = np.zeros((length, 4))
+        for t in range(1, length):
+            s[t] = m @ s[t - 1] + rng.normal(size=4)
+        out.append((s @ load.T + 0.3 * rng.normal(size=(length, C)) + 1.0).astype(np.float32))
+    return out
+
+
+def test_the_low_rank_term_guesses_across_channels() -> None:
+    """On held-out rows the low-rank guess leaves less than one factor a channel; it is the
+    diagonal term plus ``((prev - m) V) U``, and stays off after a sink."""
+    train, test = cross_sequences(8, 200, seed=2), cross_sequences(2, 200, seed=5)
+    diag, low = tw.fit_temporal(train), tw.fit_temporal(train, rank=4)
+    assert diag.rank == 0 and low.rank == 4 and low.basis.shape == (C, 4)
+    assert low.mix.shape == (4, C)
+    left = [float(np.var(tw.residual_rows(t, test)[1:])) for t in (diag, low)]
+    assert left[1] < 0.5 * left[0], left
+    row = test[0][7]
+    dev = row - low.mean
+    np.testing.assert_allclose(low.guess(row), low.coef * dev + (dev @ low.basis) @ low.mix,
+                               rtol=1e-5, atol=1e-6)
+    assert low.guess(row + 1e4) is None  # a sink: no guess
+    with pytest.raises(ValueError, match="rank"):
+        tw.fit_temporal(train, rank=tt.MAX_RANK + 1)
+
+
+@functools.cache
+def low_rank_context() -> tw.TokenwiseContext:
+    seqs = cross_sequences(8, 100, seed=1)
+    t = tw.fit_temporal(seqs, rank=3)
+    rows = tw.residual_rows(t, seqs)
+    ctx = tw.calibrate(rows, predict=True, trellis=True)
+    ctx.temporal = t
+    return ctx
+
+
+def test_low_rank_context_bytes() -> None:
+    """Flags bit 3 and the rank after the allocation bound, ``V`` and ``U`` at the tail; a
+    rank without a temporal guess, a zero rank or a non-finite ``U`` is refused."""
+    ctx = low_rank_context()
+    data = ctx.to_bytes()
+    assert data[5] & 12 == 12 and data[7] == 3
+    again = tw.TokenwiseContext.from_bytes(data)
+    assert again.to_bytes() == data and again.temporal.rank == 3
+    np.testing.assert_array_equal(again.temporal.mix, ctx.temporal.mix)
+    body = bytearray(data[:-4])
+    assert len(body) > tt.Temporal.tail_size(C, 3)
+
+    def sealed(b: bytearray) -> bytes:
+        return bytes(b) + struct.pack("<I", zlib.crc32(b))
+
+    for at, value in ((5, data[5] & ~4), (7, 0)):  # bit 3 without bit 2; rank 0
+        bad = bytearray(body)
+        bad[at] = value
+        with pytest.raises(BitstreamError, match="rank|length|flags"):
+            tw.TokenwiseContext.from_bytes(sealed(bad))
+    bad = bytearray(body)
+    bad[-2:] = np.float16(np.inf).tobytes()
+    with pytest.raises(BitstreamError, match="low-rank"):
+        tw.TokenwiseContext.from_bytes(sealed(bad))
+
+
+def test_low_rank_sessions_round_trip_in_fewer_bytes() -> None:
+    """A session's rows through the low-rank context: within the error bound, fewer bytes
+    than through the same calibration with one factor a channel."""
+    seqs = cross_sequences(8, 100, seed=1)
+    diag_t = tw.fit_temporal(seqs)
+    diag = tw.calibrate(tw.residual_rows(diag_t, seqs), predict=True, trellis=True)
+    diag.temporal = diag_t
+    low = low_rank_context()
+    sizes = {}
+    for name, ctx in (("diag", diag), ("low", low)):
+        codec = tw.TokenwiseCodec.with_context(ctx, level=round(8 * np.log2(1 / ctx.scale)))
+        total = 0
+        for seq in cross_sequences(2, 60, seed=9):
+            n, got = code_session(codec, seq)
+            total += n
+            assert np.abs(got - seq).max() <= 2.5 * float(ctx.steps(codec.context.row_steps(
+                codec.params["level"], None), np.zeros(1, np.int64)).max()) + 1e-3
+        sizes[name] = total
+    assert sizes["low"] < 0.97 * sizes["diag"], sizes
