@@ -205,7 +205,7 @@ class TokenwiseCodec(SessionContextCodec):
               doc="step = 2**(level/8) x the context's (or the row's) median |x - mu|"),
     )
     quality_param = "level"
-    quality_grid = (16, 12, 8, 6, 4, 3, 2, 1, 0, -2, -4, -8)
+    quality_grid = (16, 12, 10, 8, 7, 6, 5, 4, 3, 2, 1, 0, -2, -4, -8)
     context_param = "context"
     context_registry = CONTEXTS
 
