@@ -182,7 +182,8 @@ def fit_temporal(sequences: list[np.ndarray], rank: int = 0) -> Temporal:
     z = p @ basis
     coef = np.clip(_joint_coef(p, c, z), -1.0, 1.0).astype(np.float16).astype(np.float64)
     zz = z.T @ z
-    mix = np.linalg.solve(zz + 1e-9 * np.trace(zz) * np.eye(rank), z.T @ (c - coef * p))
+    mix = np.linalg.solve(zz + (1e-9 * np.trace(zz) + 1e-30) * np.eye(rank),
+                          z.T @ (c - coef * p))
     return Temporal(coef.astype(np.float32), _f16(mean), max(ref, 1e-30),
                     basis.astype(np.float32), _f16(mix))
 
@@ -199,7 +200,7 @@ def _joint_coef(p: np.ndarray, c: np.ndarray, z: np.ndarray) -> np.ndarray:
     g[:, 0, 1:] = g[:, 1:, 0] = p.T @ z
     g[:, 1:, 1:] = z.T @ z
     b = np.concatenate([(p * c).sum(0)[:, None], (z.T @ c).T], axis=1)
-    ridge = 1e-9 * np.trace(g, axis1=1, axis2=2)[:, None, None] * np.eye(r + 1) + 1e-30
+    ridge = (1e-9 * np.trace(g, axis1=1, axis2=2) + 1e-30)[:, None, None] * np.eye(r + 1)
     return np.linalg.solve(g + ridge, b[..., None])[:, 0, 0]
 
 

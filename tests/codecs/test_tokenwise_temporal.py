@@ -243,6 +243,8 @@ def test_the_low_rank_term_guesses_across_channels() -> None:
     assert low.guess(row + 1e4) is None  # a sink: no guess
     with pytest.raises(ValueError, match="rank"):
         tw.fit_temporal(train, rank=tt.MAX_RANK + 1)
+    flat = tw.fit_temporal([np.ones((200, C), np.float32)] * 2, rank=4)  # nothing to fit
+    assert flat.rank == 4 and np.all(flat.guess(np.ones(C, np.float32)) == 0)
 
 
 @functools.cache
