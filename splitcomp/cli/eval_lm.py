@@ -9,7 +9,7 @@ stops at the first setting that misses the target, and reports the last one that
 reported windows. A setting meets it when the increase it would cause on other text of as
 many windows stays under the target with probability ``--confidence``
 (:func:`~splitcomp.llm.lm_eval.increase_bound`): a setting chosen at the limit of one text
-lands over it on another about half the time.
+often lands over it on another (``docs/results/llm_chooser.json``).
 
 Generation quality (:mod:`splitcomp.llm.gen_eval`): the split model's own greedy continuations
 of ``--gen-prompts`` fixed prompts (``--gen-tokens`` each), every token's hidden state through

@@ -200,17 +200,17 @@ def increase_bound(base: Perplexity, coded: Perplexity, confidence: float) -> fl
     (``d_w`` a window's coded minus uncompressed NLL, ``n_w`` its tokens), its standard error
     ``se`` from the windows' spread around it (ratio estimator, ``W / (W - 1)``), and the bound
     ``r + z sqrt(2) se``: another text's ``r`` differs from this one's by twice one's variance.
-    Why: texts differ in how much the same setting hurts them (WikiText-2's first 32 windows
-    take ~1.3x the increase of the next 32), and a setting chosen at the limit on one text
-    lands over it on the next. ``confidence`` 0.5 gives the increase itself. Windows of one
-    article are alike, so few articles understate the spread."""
+    Why: texts differ in how much the same setting hurts them, so a setting chosen at the
+    limit on one text often lands over it on the next (how often, with and without the bound:
+    ``docs/results/llm_chooser.json``). ``confidence`` 0.5 gives the increase itself. Windows
+    of one article are alike, so few articles understate the spread."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence {confidence}: a probability, 0 < p < 1")
     if coded.window_tokens != base.window_tokens or len(coded.window_nll) != len(base.window_nll):
         raise ValueError("increase_bound: not the same windows")
     d = torch.tensor(coded.window_nll, dtype=torch.float64) - torch.tensor(
         base.window_nll, dtype=torch.float64)
     n = torch.tensor(base.window_tokens, dtype=torch.float64)
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence {confidence}: a probability, 0 < p < 1")
     r, z = float(d.sum() / n.sum()), NormalDist().inv_cdf(confidence)
     if z != 0.0:
         w = d.numel()
