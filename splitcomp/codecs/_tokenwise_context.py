@@ -269,8 +269,11 @@ class TokenwiseContext:
 
     def reconstruction_work(self, rows: int) -> int:
         """Decoding work (the codec's units, ~2 ns) of ``rows`` rows' reconstruction: one
-        C x C product a row with a predictor (16 multiply-adds a unit), none without."""
-        return 0 if self.pred is None else rows * self.channels * self.channels // 16
+        C x C product a row with a predictor (16 multiply-adds a unit), none without, and the
+        previous-token guess's low-rank term, two C x r products a row."""
+        rank = 0 if self.temporal is None else self.temporal.rank
+        square = 0 if self.pred is None else self.channels
+        return rows * self.channels * (square + 2 * rank) // 16
 
     def quantize(self, x: np.ndarray, d: np.ndarray) -> np.ndarray:
         """Symbols (R, C), float (whole numbers, unbounded: the caller checks their range), of

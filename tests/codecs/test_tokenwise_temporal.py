@@ -283,6 +283,13 @@ def test_low_rank_context_bytes() -> None:
         tw.TokenwiseContext.from_bytes(sealed(bad))
 
 
+def test_the_low_rank_term_counts_as_decoding_work() -> None:
+    """Two C x r products a row, 16 multiply-adds a unit, beside the predictor's C x C."""
+    ctx = low_rank_context()
+    assert ctx.reconstruction_work(5) == 5 * C * (C + 2 * 3) // 16
+    assert tw.stream_work(ctx, 0, np.zeros(5, np.int64)) >= ctx.reconstruction_work(5)
+
+
 def test_low_rank_sessions_round_trip_in_fewer_bytes() -> None:
     """A session's rows through the low-rank context: within the error bound, fewer bytes
     than through the same calibration with one factor a channel."""
