@@ -178,9 +178,8 @@ def test_the_wire_keeps_its_state_until_a_step_is_confirmed() -> None:
 @given(data=st.data())
 def test_fuzz_context_bytes(data: st.DataObject) -> None:
     """Corrupt temporal contexts, with and without the low-rank term (valid CRC; the
-    predictor's bytes most of all) parse to one
-    that codes and decodes a session's rows to finite values, or raise BitstreamError (or
-    the encoder refuses the values, ValueError)."""
+    predictor's bytes most of all) parse to one that codes and decodes a session's rows to
+    finite values, or raise BitstreamError (or the encoder refuses the values, ValueError)."""
     ctx = low_rank_context() if data.draw(st.booleans()) else contexts(True)[1]
     raw = ctx.to_bytes()[:-4]
     body = mutate(raw, data, len(raw) - tt.Temporal.tail_size(C, ctx.temporal.rank) - 8,
