@@ -172,23 +172,24 @@ def fit_temporal(sequences: list[np.ndarray], rank: int = 0) -> Temporal:
     prev = np.concatenate([np.asarray(s[:-1], np.float64) for s in sequences])
     cur = np.concatenate([np.asarray(s[1:], np.float64) for s in sequences])
     keep = np.sqrt(np.mean((prev - mean) ** 2, axis=1)) <= SINK_FACTOR * ref
-    mean = mean.astype(np.float16).astype(np.float64)
+    mean = _f16(mean).astype(np.float64)  # as the decoder has it
     p, c = prev[keep] - mean, cur[keep] - mean
     rank = min(rank, p.shape[1], p.shape[0] // PAIRS_PER_DIRECTION)
     if not rank:
         coef = (p * c).sum(0) / np.maximum((p * p).sum(0), 1e-30)
-        return Temporal(_f16(np.clip(coef, -1.0, 1.0)), _f16(mean), max(ref, 1e-30))
+        return Temporal(_f16(np.clip(coef, -1.0, 1.0)), mean.astype(np.float32), max(ref, 1e-30))
     basis = _f16(np.linalg.svd(p, full_matrices=False)[2][:rank].T).astype(np.float64)
     z = p @ basis
-    coef = np.clip(_joint_coef(p, c, z), -1.0, 1.0).astype(np.float16).astype(np.float64)
+    coef = _f16(np.clip(_joint_coef(p, c, z), -1.0, 1.0)).astype(np.float64)
     zz = z.T @ z
     mix = np.linalg.solve(zz + (1e-9 * np.trace(zz) + 1e-30) * np.eye(rank),
                           z.T @ (c - coef * p))
-    return Temporal(coef.astype(np.float32), _f16(mean), max(ref, 1e-30),
+    return Temporal(coef.astype(np.float32), mean.astype(np.float32), max(ref, 1e-30),
                     basis.astype(np.float32), _f16(mix))
 
 
 def _f16(a: np.ndarray) -> np.ndarray:
+    """``a`` rounded to float16, as a context carries it, in float32."""
     return np.asarray(a).astype(np.float16).astype(np.float32)
 
 
