@@ -22,6 +22,7 @@ perplexity target and the bits target. Levels run in ``--workers`` processes.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import sys
@@ -33,8 +34,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+@functools.cache
 def _windows(n: int) -> tuple[Any, list]:
-    """SmolLM2's server half at block 15 and the edge's pass over the first ``n`` windows."""
+    """SmolLM2's server half at block 15 and the edge's pass over the first ``n`` windows
+    (once per worker process: every level a worker measures reuses them)."""
     from splitcomp.llm.halves import EdgeHalf, ServerHalf
     from splitcomp.llm.lm_eval import edge_pass
     from splitcomp.llm.text import default_wikitext, load_lm, token_windows
